@@ -1,0 +1,51 @@
+"""diffraw-jax: DiffRAW (AAAI 2024) in JAX/Flax.
+
+Dependency groups:
+  core   (inference, sampling, the DTDM math): jax, flax, optax, orbax, numpy,
+         rawpy, ml-collections.
+  train  (data, training loop, metric writers): tensorflow-datasets, grain, clu,
+         tensorflow-cpu, tensorboard, dm-pix.
+  test   (the test suite): pytest, scipy, pillow, imageio, pidng.
+`make install` installs all of them.
+"""
+import setuptools
+
+CORE = [
+    "jax>=0.7,<0.12",
+    "flax>=0.11,<0.13",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.11",
+    "numpy>=1.26,<3",
+    "rawpy>=0.24",
+    "ml-collections>=1.0",
+]
+TRAIN = [
+    "tensorflow-datasets>=4.9.8",
+    "grain>=0.2.10",
+    "clu>=0.0.12",
+    "tensorflow-cpu>=2.18",
+    "tensorboard>=2.18",
+    "dm-pix>=0.4.3",
+    "tqdm>=4.66",
+]
+TEST = [
+    "pytest>=8",
+    "pytest-xdist>=3.5",
+    "scipy>=1.11",
+    "pillow>=10",
+    "imageio>=2.34",
+    "pidng>=4.0.9",
+]
+
+setuptools.setup(
+    name="diffraw-jax",
+    version="0.1.0",
+    description="DiffRAW (AAAI 2024): diffusion RAW-to-sRGB with the Domain "
+    "Transform Diffusion Method, in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["diffraw_jax", "diffraw_jax.*", "tfds_zrr", "tfds_zrr.*", "configs"]),
+    install_requires=CORE,
+    extras_require={"train": TRAIN, "test": TEST, "all": TRAIN + TEST},
+)
