@@ -18,6 +18,7 @@ CORE = [
     "numpy>=1.26,<3",
     "rawpy>=0.24",
     "ml-collections>=1.0",
+    "pillow>=10",
 ]
 TRAIN = [
     "tensorflow-datasets>=4.9.8",
@@ -27,12 +28,14 @@ TRAIN = [
     "tensorboard>=2.18",
     "dm-pix>=0.4.3",
     "tqdm>=4.66",
+    "importlib_resources>=6",  # etils.epath needs it for tfds builders; not declared upstream
+    "apache-beam>=2.60",  # the `tfds build` CLI imports it at start-up
+    "mlcroissant>=1.0",  # ... and this
 ]
 TEST = [
     "pytest>=8",
     "pytest-xdist>=3.5",
     "scipy>=1.11",
-    "pillow>=10",
     "imageio>=2.34",
     "pidng>=4.0.9",
 ]

@@ -1,0 +1,228 @@
+"""TFDS builder for the Zurich RAW-to-RGB (ZRR) dataset (Ignatov et al. 2020).
+
+Features are ``tfds.features.Tensor`` and the files are array_record, so the
+built dataset is read (``builder.as_data_source()``, Grain) without TensorFlow.
+
+    import tensorflow_datasets as tfds, tfds_zrr
+    tfds.builder("zrr", data_dir=D, file_format="array_record").download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=ZRR_ROOT))
+
+or ``python -m tfds_zrr.build --manual_dir ZRR_ROOT --data_dir D`` (see README).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+log = logging.getLogger("tfds_zrr")
+
+PATCH_SIZE = 448
+BLACK_LEVEL = 63  # a RAW with no code above this holds no signal ("all black")
+SKIPPED_FILE = "skipped_pairs.json"
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+Download the Zurich RAW to RGB dataset (Ignatov, Van Gool and Timofte, "Replacing
+Mobile Camera ISP with a Single Deep Learning Model", CVPRW 2020) from
+https://people.ee.ethz.ch/~ihnatova/pynet.html (archive Zurich-RAW-to-DSLR-Dataset.zip,
+~23.8 GB), unzip it, and pass the folder that contains train/ and test/ as manual_dir:
+
+  <manual_dir>/train/huawei_raw/<N>.png   448x448 single-channel RGGB Bayer PNG (16- or 8-bit)
+  <manual_dir>/train/canon/<N>.jpg        448x448x3 Canon 5D Mark IV JPEG
+  <manual_dir>/test/huawei_raw/<N>.png
+  <manual_dir>/test/canon/<N>.jpg
+  <manual_dir>/full_resolution/*.png      (optional; whole phone frames, config 'full_resolution')
+
+No download? `python -m tfds_zrr.synthetic --out DIR --num_train N --num_test M`
+writes synthetic data in this layout.
+"""
+
+
+class DataLayoutError(ValueError):
+    """The manual_dir does not hold the expected ZRR layout."""
+
+
+def read_raw_png(path: str) -> np.ndarray:
+    """A ZRR RAW PNG as uint16 [H, W], codes exactly as stored (8- or 16-bit)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()  # forces a full decode: truncated files raise here
+        if im.mode not in ("I;16", "I;16B", "I;16L", "I", "L"):
+            raise ValueError(f"expected a single-channel PNG, got mode {im.mode}")
+        arr = np.asarray(im)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D mosaic, got shape {arr.shape}")
+    if arr.dtype != np.uint8 and (arr.min() < 0 or arr.max() > 65535):
+        raise ValueError("RAW codes out of the 16-bit range")
+    return arr.astype(np.uint16)
+
+
+def read_rgb_jpeg(path: str) -> np.ndarray:
+    """An sRGB image as uint8 [H, W, 3]."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode != "RGB":
+            raise ValueError(f"expected an RGB image, got mode {im.mode}")
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _stems(folder: str, ext: str) -> dict[str, str]:
+    if not os.path.isdir(folder):
+        return {}
+    return {os.path.splitext(f)[0]: os.path.join(folder, f)
+            for f in os.listdir(folder) if f.lower().endswith(ext)}
+
+
+def _sort_key(stem: str):
+    return (0, int(stem), "") if re.fullmatch(r"\d+", stem) else (1, 0, stem)
+
+
+def check_layout(root: str | None) -> None:
+    """Raises DataLayoutError unless root has {train,test}/{huawei_raw,canon}."""
+    if not root or not os.path.isdir(root):
+        raise DataLayoutError(f"ZRR manual_dir {root!r} does not exist.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    missing = [os.path.join(s, d) for s in ("train", "test") for d in ("huawei_raw", "canon")
+               if not os.path.isdir(os.path.join(root, s, d))]
+    if missing:
+        raise DataLayoutError(
+            f"ZRR manual_dir {root!r} lacks {', '.join(missing)}.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    if not any(_stems(os.path.join(root, s, "huawei_raw"), ".png") for s in ("train", "test")):
+        raise DataLayoutError(f"ZRR manual_dir {root!r} holds no RAW PNGs.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+
+
+def scan_split(root: str, split: str, skipped: list) -> list[tuple[str, str, str]]:
+    """(stem, raw_path, dslr_path) for pairs with both partners; the others go to skipped."""
+    raws = _stems(os.path.join(root, split, "huawei_raw"), ".png")
+    dslrs = _stems(os.path.join(root, split, "canon"), ".jpg")
+    for stem in sorted(set(raws) ^ set(dslrs), key=_sort_key):
+        have = raws.get(stem) or dslrs.get(stem)
+        reason = "missing DSLR partner" if stem in raws else "missing RAW partner"
+        log.warning("zrr: skipping %s: %s", have, reason)
+        skipped.append({"split": split, "id": stem, "file": have, "reason": reason})
+    return [(s, raws[s], dslrs[s]) for s in sorted(set(raws) & set(dslrs), key=_sort_key)]
+
+
+def load_pair(raw_path: str, dslr_path: str, size: int = PATCH_SIZE):
+    """Reads and validates one pair; returns (raw, dslr) or raises ValueError naming the problem."""
+    try:
+        raw = read_raw_png(raw_path)
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise ValueError(f"unreadable RAW {raw_path}: {e}") from e
+    try:
+        dslr = read_rgb_jpeg(dslr_path)
+    except Exception as e:
+        raise ValueError(f"unreadable DSLR {dslr_path}: {e}") from e
+    if raw.shape != (size, size):
+        raise ValueError(f"RAW {raw_path} is {raw.shape}, expected ({size}, {size})")
+    if dslr.shape != (size, size, 3):
+        raise ValueError(f"DSLR {dslr_path} is {dslr.shape}, expected ({size}, {size}, 3)")
+    if int(raw.max()) <= BLACK_LEVEL:
+        raise ValueError(f"RAW {raw_path} is all black (max code {int(raw.max())} <= black level {BLACK_LEVEL})")
+    return raw, dslr
+
+
+class ZrrConfig(tfds.core.BuilderConfig):
+    pass
+
+
+class Zrr(tfds.core.GeneratorBasedBuilder):
+    """Zurich RAW-to-RGB: Huawei P20 RAW patches paired with Canon 5D Mark IV JPEGs."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Patches (448x448) and full-resolution RAW frames; bad pairs skipped."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    BUILDER_CONFIGS = [
+        ZrrConfig(name="patches", description="448x448 RAW/DSLR pairs, splits train and test."),
+        ZrrConfig(name="full_resolution", description="Whole phone RAW frames (no DSLR), split test."),
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        if self.builder_config.name == "full_resolution":
+            features = {
+                "raw": tfds.features.Tensor(shape=(None, None), dtype=np.uint16,
+                                            encoding=tfds.features.Encoding.ZLIB,
+                                            doc="Bayer mosaic codes exactly as stored"),
+                "id": tfds.features.Tensor(shape=(), dtype=np.str_, doc="file stem"),
+            }
+        else:
+            features = {
+                "raw": tfds.features.Tensor(shape=(PATCH_SIZE, PATCH_SIZE), dtype=np.uint16,
+                                            encoding=tfds.features.Encoding.ZLIB,
+                                            doc="RGGB Bayer mosaic, 10-bit codes exactly as stored"),
+                "dslr": tfds.features.Tensor(shape=(PATCH_SIZE, PATCH_SIZE, 3), dtype=np.uint8,
+                                             encoding=tfds.features.Encoding.ZLIB,
+                                             doc="Canon sRGB"),
+                "id": tfds.features.Tensor(shape=(), dtype=np.str_, doc="file stem"),
+            }
+        return self.dataset_info_from_configs(
+            description=("Zurich RAW-to-RGB (ZRR). Pairs whose files are unreadable, truncated, "
+                         "of the wrong size, all black, or lack a partner are skipped; the list is "
+                         f"in the dataset folder's {SKIPPED_FILE} and in metadata['skipped_pairs']."),
+            features=tfds.features.FeaturesDict(features),
+            homepage="https://people.ee.ethz.ch/~ihnatova/pynet.html",
+            metadata=tfds.core.MetadataDict(),
+            citation="@inproceedings{ignatov2020replacing, title={Replacing Mobile Camera ISP with a "
+                     "Single Deep Learning Model}, author={Ignatov, Andrey and Van Gool, Luc and "
+                     "Timofte, Radu}, booktitle={CVPR Workshops}, year={2020}}",
+        )
+
+    def _split_generators(self, dl_manager):
+        root = dl_manager.manual_dir
+        root = os.fspath(root) if root is not None else None
+        self._skipped = []
+        if self.builder_config.name == "full_resolution":
+            folder = next((os.path.join(root or "", d) for d in ("full_resolution", "test/huawei_full_resolution")
+                           if os.path.isdir(os.path.join(root or "", d))), None)
+            if folder is None or not _stems(folder, ".png"):
+                raise DataLayoutError(
+                    f"ZRR manual_dir {root!r} has no full_resolution/*.png frames.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+            return {"test": self._generate_examples(folder, None)}
+        check_layout(root)
+        return {split: self._generate_examples(root, split) for split in ("train", "test")}
+
+    def _generate_examples(self, root, split):
+        """Pairs of ``root/split`` or, with split None, the full-resolution frames in ``root``."""
+        if split is None:
+            yield from self._generate_full(root)
+        else:
+            yield from self._generate_pairs(root, split)
+
+    def _generate_pairs(self, root, split):
+        for stem, raw_path, dslr_path in scan_split(root, split, self._skipped):
+            try:
+                raw, dslr = load_pair(raw_path, dslr_path)
+            except ValueError as e:
+                log.warning("zrr: skipping pair %s/%s: %s", split, stem, e)
+                self._skipped.append({"split": split, "id": stem, "file": raw_path, "reason": str(e)})
+                continue
+            yield f"{split}/{stem}", {"raw": raw, "dslr": dslr, "id": stem}
+        self._record_skipped()
+
+    def _generate_full(self, folder):
+        for stem, path in sorted(_stems(folder, ".png").items(), key=lambda kv: _sort_key(kv[0])):
+            try:
+                raw = read_raw_png(path)
+                if raw.shape[0] % 2 or raw.shape[1] % 2 or int(raw.max()) <= BLACK_LEVEL:
+                    raise ValueError(f"odd size {raw.shape} or all black")
+            except Exception as e:
+                log.warning("zrr: skipping frame %s: %s", path, e)
+                self._skipped.append({"split": "test", "id": stem, "file": path, "reason": str(e)})
+                continue
+            yield stem, {"raw": raw, "id": stem}
+        self._record_skipped()
+
+    def _record_skipped(self):
+        # Called at the end of each split's generator; the last call has every split.
+        self.info.metadata["skipped_pairs"] = list(self._skipped)
+        self.info.metadata["num_skipped_pairs"] = len(self._skipped)
+        log.warning("zrr: %d pair(s) skipped so far", len(self._skipped))
+        os.makedirs(self.data_dir, exist_ok=True)
+        with open(os.path.join(self.data_dir, SKIPPED_FILE), "w") as f:
+            json.dump({"num_skipped": len(self._skipped), "skipped": self._skipped}, f, indent=1)
