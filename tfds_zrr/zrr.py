@@ -174,8 +174,12 @@ class Zrr(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        root = dl_manager.manual_dir
-        root = os.fspath(root) if root is not None else None
+        try:
+            root = os.fspath(dl_manager.manual_dir)
+        except AssertionError as e:  # TFDS: "does not exist or is empty"
+            raise DataLayoutError(
+                f"ZRR manual_dir {os.fspath(dl_manager._manual_dir)!r} does not exist or is empty.\n"
+                f"{MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
         self._skipped = []
         if self.builder_config.name == "full_resolution":
             folder = next((os.path.join(root or "", d) for d in ("full_resolution", "test/huawei_full_resolution")

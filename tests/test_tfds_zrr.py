@@ -1,0 +1,204 @@
+"""The ZRR TFDS builder on a fake ZRR folder written with real encoders, and the synthetic generator."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tfds_zrr import synthetic
+
+N = 448
+
+
+def write_raw(path, arr, bits):
+    if bits == 16:
+        Image.fromarray(arr.astype(np.uint16)).save(path)
+    else:
+        Image.fromarray(arr.astype(np.uint8), mode="L").save(path)
+
+
+def write_jpeg(path, arr):
+    Image.fromarray(arr, mode="RGB").save(path, quality=92)
+
+
+def truncate(path, keep=0.4):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: int(len(data) * keep)])
+
+
+@pytest.fixture(scope="module")
+def fake_zrr(tmp_path_factory):
+    """train: 0 (16-bit), 1 (8-bit) good; 2 all black; 3 truncated PNG; 4 lacks its JPEG;
+    5 lacks its PNG; 6 wrong size; 7 truncated JPEG. test: 0, 1 good."""
+    root = tmp_path_factory.mktemp("zrr_root")
+    rng = np.random.default_rng(0)
+    written = {}
+    for split in ("train", "test"):
+        os.makedirs(root / split / "huawei_raw")
+        os.makedirs(root / split / "canon")
+    def pair(split, i, raw, bits=16, dslr=None, shape=(N, N, 3)):
+        if raw is not None:
+            write_raw(root / split / "huawei_raw" / f"{i}.png", raw, bits)
+        if dslr is not False:
+            d = rng.integers(0, 256, shape, dtype=np.uint8)
+            write_jpeg(root / split / "canon" / f"{i}.jpg", d)
+        written[(split, str(i))] = raw
+    pair("train", 0, rng.integers(60, 1024, (N, N)))
+    pair("train", 1, rng.integers(60, 256, (N, N)), bits=8)
+    pair("train", 2, np.zeros((N, N)))
+    pair("train", 3, rng.integers(60, 1024, (N, N)))
+    truncate(root / "train" / "huawei_raw" / "3.png")
+    pair("train", 4, rng.integers(60, 1024, (N, N)), dslr=False)
+    pair("train", 5, None)
+    pair("train", 6, rng.integers(60, 1024, (N - 8, N)))
+    pair("train", 7, rng.integers(60, 1024, (N, N)))
+    truncate(root / "train" / "canon" / "7.jpg", keep=0.3)
+    pair("test", 0, rng.integers(60, 1024, (N, N)))
+    pair("test", 1, rng.integers(60, 1024, (N, N)))
+    return root, written
+
+
+EXPECTED_SKIPS = {"2": "all black", "3": "unreadable RAW", "4": "missing DSLR partner",
+                  "5": "missing RAW partner", "6": "expected (448, 448)", "7": "unreadable DSLR"}
+
+
+def check_built(data_dir, written, root):
+    import tensorflow_datasets as tfds
+    import tfds_zrr  # noqa: F401
+
+    b = tfds.builder("zrr", data_dir=str(data_dir), file_format="array_record")
+    assert b.info.splits["train"].num_examples == 2
+    assert b.info.splits["test"].num_examples == 2
+    src = b.as_data_source()
+    for split in ("train", "test"):
+        for ex in src[split]:
+            stem = ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"])
+            assert ex["raw"].dtype == np.uint16 and ex["raw"].shape == (N, N)
+            np.testing.assert_array_equal(ex["raw"], written[(split, stem)])  # bit-exact
+            want = np.asarray(Image.open(root / split / "canon" / f"{stem}.jpg"))
+            np.testing.assert_array_equal(ex["dslr"], want)
+    skipped = b.info.metadata["skipped_pairs"]
+    assert b.info.metadata["num_skipped_pairs"] == 6
+    got = {s["id"]: s["reason"] for s in skipped}
+    assert set(got) == set(EXPECTED_SKIPS)
+    for stem, words in EXPECTED_SKIPS.items():
+        assert words in got[stem], (stem, got[stem])
+    on_disk = json.load(open(os.path.join(b.data_dir, "skipped_pairs.json")))
+    assert on_disk["num_skipped"] == 6
+    return b
+
+
+def test_builder_python_api(fake_zrr, tmp_path, caplog):
+    import tensorflow_datasets as tfds
+    import tfds_zrr  # noqa: F401
+
+    root, written = fake_zrr
+    b = tfds.builder("zrr", data_dir=str(tmp_path), file_format="array_record")
+    with caplog.at_level("WARNING", logger="tfds_zrr"):
+        b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    for stem in EXPECTED_SKIPS:  # each skipped file is named in a warning
+        assert any(f"{os.sep}{stem}." in r.getMessage() or f"/{stem}:" in r.getMessage()
+                   for r in caplog.records), stem
+    check_built(tmp_path, written, root)
+    # Reading needs no TensorFlow.
+    code = ("import sys, tensorflow_datasets as tfds, tfds_zrr; "
+            f"b = tfds.builder('zrr', data_dir={str(tmp_path)!r}, file_format='array_record'); "
+            "ex = b.as_data_source()['train'][0]; assert ex['raw'].shape == (448, 448); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tfds_build_cli(fake_zrr, tmp_path):
+    root, written = fake_zrr
+    tfds_bin = os.path.join(os.path.dirname(sys.executable), "tfds")
+    r = subprocess.run([tfds_bin, "build", "zrr/patches", "--imports", "tfds_zrr", "--manual_dir", str(root),
+                        "--data_dir", str(tmp_path), "--file_format", "array_record"],
+                       capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    check_built(tmp_path, written, root)
+
+
+def test_our_build_command_and_bad_manual_dir(fake_zrr, tmp_path):
+    root, _ = fake_zrr
+    cmd = [sys.executable, "-m", "tfds_zrr.build", "--data_dir", str(tmp_path / "d")]
+    r = subprocess.run(cmd + ["--manual_dir", str(root)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "train: 2" in r.stdout and "test: 2" in r.stdout and "skipped 6" in r.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for k, bad in enumerate((str(empty), str(tmp_path / "nope"))):
+        cmd[-1] = str(tmp_path / f"fresh{k}")
+        r = subprocess.run(cmd + ["--manual_dir", bad], capture_output=True, text=True)
+        assert r.returncode == 2
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ZRR manual_dir"), r.stderr
+
+
+def test_check_layout_message(tmp_path):
+    from tfds_zrr.zrr import DataLayoutError, check_layout
+
+    (tmp_path / "train" / "huawei_raw").mkdir(parents=True)
+    with pytest.raises(DataLayoutError, match=r"lacks .*train/canon.*test/huawei_raw") as e:
+        check_layout(str(tmp_path))
+    assert "huawei_raw/<N>.png" in str(e.value)  # the expected layout is spelled out
+
+
+# ------------------------------------------------------------------ synthetic
+
+def test_synthetic_layout_dtypes_ranges_and_determinism(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    synthetic.generate(str(a), 5, 2, size=64, seed=3, workers=1, progress=False)
+    synthetic.generate(str(b), 5, 2, size=64, seed=3, workers=2, progress=False)
+    synthetic.generate(str(c), 5, 2, size=64, seed=4, workers=1, progress=False)
+    for split, n in (("train", 5), ("test", 2)):
+        assert sorted(os.listdir(a / split / "huawei_raw")) == [f"{i}.png" for i in range(n)]
+        assert sorted(os.listdir(a / split / "canon")) == [f"{i}.jpg" for i in range(n)]
+        for i in range(n):
+            pa, pb = a / split / "huawei_raw" / f"{i}.png", b / split / "huawei_raw" / f"{i}.png"
+            assert pa.read_bytes() == pb.read_bytes()  # deterministic, whatever the worker count
+            assert (a / split / "canon" / f"{i}.jpg").read_bytes() == (b / split / "canon" / f"{i}.jpg").read_bytes()
+            im = Image.open(pa)
+            assert im.mode in ("I;16", "L") and im.size == (64, 64)
+            raw = np.asarray(im).astype(np.int64)
+            assert raw.max() <= 1023 and raw.max() > 63
+            assert raw.min() >= 40 and np.mean(raw >= 63) > 0.95  # black level 63 (+ read noise)
+            dslr = Image.open(a / split / "canon" / f"{i}.jpg")
+            assert dslr.mode == "RGB" and dslr.size == (64, 64)
+    assert (a / "train" / "huawei_raw" / "0.png").read_bytes() != (c / "train" / "huawei_raw" / "0.png").read_bytes()
+
+
+def test_synthetic_pairs_carry_colour_instability_and_misalignment():
+    """Per-pair WB gains differ (unstable colour mapping); RAW is RGGB with R and B
+    attenuated by the inverse gains; the RAW content is shifted against the DSLR."""
+    ratios, shifts = [], []
+    for i in range(6):
+        raw, dslr = synthetic.make_pair(7, "train", i, size=128)
+        lin = raw.astype(np.float64) - synthetic.BLACK_LEVEL
+        r, g1, g2, b = lin[0::2, 0::2], lin[0::2, 1::2], lin[1::2, 0::2], lin[1::2, 1::2]
+        assert abs(g1.mean() / g2.mean() - 1) < 0.05  # both greens see the same colour
+        ratios.append((r.mean() / g1.mean(), b.mean() / g1.mean()))
+        # Cross-correlate the green plane with the DSLR's green (downsampled) for the offset.
+        gr = (g1 + g2) / 2
+        dg = dslr[..., 1].astype(np.float64).reshape(64, 2, 64, 2).mean(axis=(1, 3))
+        gr, dg = gr - gr.mean(), dg - dg.mean()
+        xc = np.real(np.fft.ifft2(np.fft.fft2(gr) * np.conj(np.fft.fft2(dg))))
+        assert xc.max() > 0.3 * np.sqrt((gr**2).sum() * (dg**2).sum())  # same scene
+        shifts.append(np.unravel_index(np.argmax(xc), xc.shape))
+    ratios = np.array(ratios)
+    assert ratios[:, 0].std() > 0.02 and ratios[:, 1].std() > 0.02
+    assert all(min(s[0], 64 - s[0]) <= 2 and min(s[1], 64 - s[1]) <= 2 for s in shifts)
+
+
+def test_synthetic_cli_errors(tmp_path):
+    cmd = [sys.executable, "-m", "tfds_zrr.synthetic", "--num_train", "1", "--num_test", "0"]
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "x"), "--size", "33"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--size must be even" in r.stderr
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "full"), "--size", "32"], capture_output=True, text=True)
+    assert r.returncode == 2 and "not empty" in r.stderr
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "ok"), "--size", "32"], capture_output=True, text=True)
+    assert r.returncode == 0 and "wrote 1 train + 0 test pairs" in r.stdout
