@@ -1,0 +1,418 @@
+"""Grain input pipeline for DiffRAW training and evaluation on ZRR.
+
+Only used for training/eval: it imports ``grain`` at module level, but
+``import diffraw_jax`` does not import this module (nor grain).
+
+Data source
+-----------
+Any random-access source (``__len__`` / ``__getitem__``) of dicts
+``{"raw": uint16 [H, W] RGGB mosaic, "dslr": uint8 [H, W, 3], "id": bytes|str}``,
+e.g. ``tfds.builder("zrr", ..., file_format="array_record").as_data_source()["train"]``
+(no TensorFlow needed) or a plain Python list of such dicts. The DSLR image
+has the mosaic's resolution, so a window of the mosaic and the same pixel
+window of the DSLR cover the same scene.
+
+Training batches (``create_train_loader``)
+-----------------------------------------
+Per process, ``b = global_batch_size // process_count``::
+
+    "raw":  float32 [b, crop/2, crop/2, 4]  packed planes (R, Gr, Gb, B; see raw.py),
+            clip((code - black) / (white - black), 0, 1)
+    "dslr": float32 [b, crop, crop, 3]      dslr / 127.5 - 1, in [-1, 1]
+
+(no "id": a training batch is all numbers, ready for ``to_global_batch``).
+
+Shuffled globally with the seed, repeated forever (``num_epochs=None``),
+sharded over JAX processes (``ShardByJaxProcess(drop_remainder=True)``: each
+process reads a disjoint 1/process_count slice of the records), last partial
+batch dropped. Given (data, seed, shard options, worker_count) the batches are
+identical from run to run. The loader's seed is hashed (``SeedSequence``) to
+the 32-bit seed grain wants, because grain seeds record ``i``'s augmentation
+RNG with ``Philox(seed + i)``: nearby user seeds would otherwise share
+augmentation streams shifted by one record. Changing ``worker_count``
+changes which worker batches which records, hence the batches.
+
+Crop and Bayer-consistent augmentation
+--------------------------------------
+A crop starts at an EVEN (row, col), so the cropped mosaic is still RGGB. The
+DSLR gets exactly the same window (and every later window op).
+
+With ``augment=True`` each example draws (vflip, hflip, transpose), i.e. one of
+the 8 symmetries of the square:
+
+* transpose is free: an RGGB cell transposed keeps R at (0,0) and B at (1,1);
+  the two greens swap places (Gr <-> Gb), which is still RGGB. (The model sees
+  the Gr/Gb planes exchanged on those examples: the usual green-imbalance
+  caveat of Bayer augmentation.)
+* a flip turns RGGB into another pattern (hflip -> GRBG, vflip -> GBRG, both ->
+  BGGR). So along each flipped axis we take a window 2 pixels larger
+  (crop+2, at an even offset, hence RGGB), flip it, and cut it back to RGGB
+  with ``raw.crop_box(new_pattern, ...)``, which drops the first and last
+  row/column of the flipped axis: exactly ``crop`` pixels remain, starting on
+  an R site. E.g. an hflip of window columns [x0, x0+crop+2) keeps original
+  columns x0+crop ... x0+1 (reversed). The DSLR window is flipped and cut
+  identically, so DSLR pixel (i, j) and mosaic site (i, j) still come from the
+  same scene point.
+* a flip along an axis needs ``crop + 2 <= image size`` on that axis; for
+  full-size crops (crop == 448 on ZRR patches) flips are skipped and only the
+  transpose is applied.
+
+Evaluation batches (``create_eval_loader``)
+-------------------------------------------
+Full images, dataset order, no shuffling, no augmentation, one epoch. The
+last batch is PADDED rather than kept short, so every batch (on every process)
+has the same shape and count -- what a jitted/sharded eval step needs::
+
+    "raw":  float32 [b, H/2, W/2, 4]   "dslr": float32 [b, H, W, 3]  (if the source has it)
+    "id":   bytes   [b]  (b"" for padding)
+    "mask": bool    [b]  True for real examples, False for padding (zeros)
+
+Every example appears exactly once with ``mask=True`` over all processes.
+
+Prefetching
+-----------
+``worker_count > 0`` runs reading + transforms + batching in that many child
+processes (spawned; the transforms here are picklable module-level classes),
+each keeping ``worker_buffer_size`` batches ready. Grain then needs absl flags
+to be parsed; outside ``absl.app.run`` the loaders mark them parsed (defaults).
+Startup costs a few seconds (each worker imports jax/grain). Close a worker
+iterator you no longer need (``del it``) before interpreter shutdown to avoid
+shared-memory cleanup warnings. Independently, in every
+process ``read_options`` (``grain.ReadOptions``) sets the threads reading
+records and the read-ahead buffer; our default is ``ReadOptions(num_threads=4,
+prefetch_buffer_size=64)`` instead of grain's 16/500, because a ZRR record
+decodes to ~1 MB and 500 of them per process is a lot of host memory.
+
+Global arrays
+-------------
+``to_global_batch(batch, sharding)`` turns a per-process numpy batch into
+``jax.Array``s laid out over all processes with
+``jax.make_array_from_process_local_data`` (``data_sharding()`` builds a
+``NamedSharding`` over a 1-D "data" mesh). String leaves (eval "id") stay
+process-local numpy arrays.
+
+Checkpointing the iterator
+--------------------------
+``it = iter(loader)``; ``state = it.get_state()`` (bytes, JSON) and, in a new
+process, ``it = iter(create_train_loader(<same arguments>)); it.set_state(state)``
+continues with exactly the batches the interrupted run would have produced
+(grain checks that seed/sampler, source repr and worker_count match). With
+orbax (grain 0.2.18 + orbax-checkpoint 0.12.x, tested)::
+
+    mngr = ocp.CheckpointManager(dir, item_names=("state", "data"))
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(train_state),
+        data=grain.checkpoint.CheckpointSave(it)))
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(it)))
+
+(one ``process_<i>-of-<n>.json`` per process inside the "data" item).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import grain
+import jax
+import numpy as np
+
+from diffraw_jax import raw as raw_lib
+
+__all__ = [
+    "DEFAULT_READ_OPTIONS",
+    "BayerRandomCrop",
+    "ToModelInputs",
+    "create_train_loader",
+    "create_eval_loader",
+    "data_sharding",
+    "to_global_batch",
+]
+
+DEFAULT_READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=64)
+
+# (vflip, hflip) -> CFA pattern of an RGGB window after the flips.
+_FLIPPED_PATTERN = {(0, 0): "RGGB", (0, 1): "GRBG", (1, 0): "GBRG", (1, 1): "BGGR"}
+
+
+# ----------------------------------------------------------------- checks
+
+def _check_example(raw, dslr) -> None:
+    if raw.ndim != 2:
+        raise ValueError(f"expected a Bayer mosaic 'raw' [H, W], got shape {raw.shape}")
+    h, w = raw.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"Bayer mosaic height and width must be even, got {h}x{w}")
+    if dslr is not None and dslr.shape != (h, w, 3):
+        raise ValueError(
+            f"'dslr' must be [H, W, 3] at the mosaic's resolution {h}x{w}, got {dslr.shape}")
+
+
+def _check_crop_size(crop_size, height: int, width: int) -> int:
+    if isinstance(crop_size, bool) or int(crop_size) != crop_size:
+        raise ValueError(f"crop_size must be an integer, got {crop_size!r}")
+    crop_size = int(crop_size)
+    if crop_size <= 0 or crop_size % 2:
+        raise ValueError(
+            f"crop_size must be a positive even number (whole 2x2 Bayer cells), got {crop_size}")
+    if crop_size > min(height, width):
+        raise ValueError(
+            f"crop_size {crop_size} exceeds the image size {height}x{width}")
+    return crop_size
+
+
+def _process_count(shard_options) -> int:
+    return shard_options.shard_count if shard_options is not None else jax.process_count()
+
+
+def _per_process_batch(batch_size: int, process_count: int, name: str) -> int:
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
+    if batch_size % process_count:
+        raise ValueError(
+            f"{name} {batch_size} is not divisible by the number of processes "
+            f"(data shards) {process_count}")
+    return batch_size // process_count
+
+
+def _grain_seed(seed) -> int:
+    """Any non-negative int -> a well-mixed 32-bit seed for grain."""
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(np.random.SeedSequence(int(seed)).generate_state(1, np.uint32)[0])
+
+
+def _prepare_workers(worker_count) -> None:
+    """grain 0.2.18 reads an absl flag (--grain_enable_multiprocess_worker_profiling)
+    when it starts worker processes, which raises UnparsedFlagAccessError unless
+    absl flags were parsed (``absl.app.run``). Outside absl apps (scripts,
+    pytest, notebooks) mark them parsed, i.e. use the defaults."""
+    if worker_count:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+
+
+def _first_shapes(data_source):
+    if len(data_source) == 0:
+        raise ValueError("the data source is empty")
+    ex = data_source[0]
+    raw = np.asarray(ex["raw"])
+    dslr = np.asarray(ex["dslr"]) if "dslr" in ex else None
+    _check_example(raw, dslr)
+    return raw, dslr
+
+
+# ----------------------------------------------------------------- transforms
+
+class BayerRandomCrop(grain.transforms.RandomMap):
+    """Random even-offset crop (+ optional Bayer-consistent flips/transpose).
+
+    In: {"raw": [H, W] RGGB, "dslr": [H, W, 3], ...}. Out: {"raw": [c, c]
+    RGGB mosaic (dtype kept), "dslr": [c, c, 3] (dtype kept)}; other keys are
+    dropped. See the module docstring for how flips are re-canonicalised.
+    """
+
+    def __init__(self, crop_size: int, augment: bool = True):
+        self.crop_size = int(crop_size)
+        self.augment = bool(augment)
+
+    def random_map(self, element, rng: np.random.Generator):
+        raw = np.asarray(element["raw"])
+        dslr = np.asarray(element["dslr"])
+        _check_example(raw, dslr)
+        c = _check_crop_size(self.crop_size, *raw.shape)
+        h, w = raw.shape
+        if self.augment:
+            vflip, hflip, transpose = (int(v) for v in rng.integers(0, 2, size=3))
+            vflip &= int(c + 2 <= h)  # a flip needs one spare Bayer cell on its axis
+            hflip &= int(c + 2 <= w)
+        else:
+            vflip = hflip = transpose = 0
+        wh, ww = c + 2 * vflip, c + 2 * hflip
+        top = 2 * int(rng.integers(0, (h - wh) // 2 + 1))
+        left = 2 * int(rng.integers(0, (w - ww) // 2 + 1))
+        raw = raw[top:top + wh, left:left + ww]
+        dslr = dslr[top:top + wh, left:left + ww]
+        if vflip:
+            raw, dslr = raw[::-1], dslr[::-1]
+        if hflip:
+            raw, dslr = raw[:, ::-1], dslr[:, ::-1]
+        t, l, b, r = raw_lib.crop_box(_FLIPPED_PATTERN[(vflip, hflip)], wh, ww)
+        raw, dslr = raw[t:b, l:r], dslr[t:b, l:r]
+        if transpose:  # RGGB -> RGGB with Gr/Gb exchanged
+            raw, dslr = raw.T, dslr.transpose(1, 0, 2)
+        return {"raw": np.ascontiguousarray(raw), "dslr": np.ascontiguousarray(dslr)}
+
+
+class ToModelInputs(grain.transforms.Map):
+    """RGGB mosaic -> normalised packed planes; uint8 DSLR -> [-1, 1] float32.
+
+    With ``keep_id`` the "id" is kept as bytes and "mask" passed through.
+    """
+
+    def __init__(self, black_level=raw_lib.ZRR_BLACK_LEVEL,
+                 white_level=raw_lib.ZRR_WHITE_LEVEL, keep_id: bool = False):
+        self.black_level = black_level
+        self.white_level = white_level
+        self.keep_id = bool(keep_id)
+
+    def map(self, element):
+        raw = np.asarray(element["raw"])
+        out = {"raw": raw_lib.normalize(raw_lib.pack(raw), self.black_level, self.white_level)}
+        if "dslr" in element:
+            out["dslr"] = np.asarray(element["dslr"], np.float32) / np.float32(127.5) - np.float32(1)
+        if self.keep_id:
+            ident = element.get("id", b"")
+            out["id"] = ident if isinstance(ident, bytes) else str(ident).encode()
+            out["mask"] = bool(element.get("mask", True))
+        return out
+
+
+class _PaddedEvalSource:
+    """The source plus padding records (zeros, id b"", mask False) up to ``length``."""
+
+    def __init__(self, source, length: int, raw_like, dslr_like):
+        self._source = source
+        self._length = int(length)
+        self._raw_shape, self._raw_dtype = raw_like.shape, raw_like.dtype
+        self._dslr_shape = None if dslr_like is None else dslr_like.shape
+        self._dslr_dtype = None if dslr_like is None else dslr_like.dtype
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int):
+        index = int(index)
+        if index < 0 or index >= self._length:
+            raise IndexError(index)
+        if index < len(self._source):
+            ex = self._source[index]
+            out = {"raw": ex["raw"], "id": ex.get("id", str(index)), "mask": True}
+            if self._dslr_shape is not None:
+                out["dslr"] = ex["dslr"]
+            return out
+        out = {"raw": np.zeros(self._raw_shape, self._raw_dtype), "id": b"", "mask": False}
+        if self._dslr_shape is not None:
+            out["dslr"] = np.zeros(self._dslr_shape, self._dslr_dtype)
+        return out
+
+    def __repr__(self) -> str:  # grain checks it when restoring iterator state
+        src = self._source
+        src = str(type(src)) if isinstance(src, (list, tuple, np.ndarray)) else repr(src)
+        return f"_PaddedEvalSource({src}, num_records={len(self._source)}, length={self._length})"
+
+
+# ----------------------------------------------------------------- loaders
+
+def create_train_loader(data_source, *, global_batch_size: int, crop_size: int, seed: int,
+                        augment: bool = True, worker_count: int = 0,
+                        shard_options: Optional[grain.sharding.ShardOptions] = None,
+                        black_level=raw_lib.ZRR_BLACK_LEVEL,
+                        white_level=raw_lib.ZRR_WHITE_LEVEL,
+                        num_epochs: Optional[int] = None,
+                        worker_buffer_size: int = 1,
+                        read_options: Optional[grain.ReadOptions] = None) -> grain.DataLoader:
+    """Shuffled, cropped, (augmented) training batches; see the module docstring.
+
+    Args:
+      data_source: random-access source of {"raw", "dslr", ...} dicts.
+      global_batch_size: batch over all processes; each process yields
+        ``global_batch_size // shard_count`` examples per batch.
+      crop_size: even, <= the image size; the mosaic crop (DSLR crop is the same).
+      seed: non-negative int: shuffling and augmentation.
+      augment: random flips/transpose keeping the RGGB phase.
+      worker_count: child processes for reading/transforming (0: in process).
+      shard_options: default ``ShardByJaxProcess(drop_remainder=True)``.
+      black_level, white_level: RAW normalisation (scalars or 4 per-plane values).
+      num_epochs: None repeats forever.
+      worker_buffer_size: batches each worker keeps ready.
+      read_options: per-process read threads/buffer; default DEFAULT_READ_OPTIONS.
+    """
+    if shard_options is None:
+        shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    per_process = _per_process_batch(global_batch_size, _process_count(shard_options),
+                                     "global_batch_size")
+    raw0, dslr0 = _first_shapes(data_source)
+    if dslr0 is None:
+        raise ValueError("training examples need a 'dslr' target")
+    crop_size = _check_crop_size(crop_size, *raw0.shape)
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(data_source), shard_options=shard_options, shuffle=True,
+        num_epochs=num_epochs, seed=_grain_seed(seed))
+    operations = [
+        BayerRandomCrop(crop_size, augment),
+        ToModelInputs(black_level, white_level),
+        grain.transforms.Batch(batch_size=per_process, drop_remainder=True),
+    ]
+    _prepare_workers(worker_count)
+    return grain.DataLoader(
+        data_source=data_source, sampler=sampler, operations=operations,
+        worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+        shard_options=shard_options, read_options=read_options or DEFAULT_READ_OPTIONS)
+
+
+def create_eval_loader(data_source, *, batch_size: int, worker_count: int = 0,
+                       shard_options: Optional[grain.sharding.ShardOptions] = None,
+                       black_level=raw_lib.ZRR_BLACK_LEVEL,
+                       white_level=raw_lib.ZRR_WHITE_LEVEL,
+                       worker_buffer_size: int = 1,
+                       read_options: Optional[grain.ReadOptions] = None) -> grain.DataLoader:
+    """Full-size, un-augmented, dataset-order, single-epoch batches with "id" and "mask".
+
+    ``batch_size`` is global, like ``global_batch_size`` of the train loader:
+    each process yields ``batch_size // shard_count`` examples per batch. The
+    data are padded to a multiple of ``batch_size`` (padding has mask False),
+    so all batches on all processes have the same shape and number. Process
+    ``i`` of ``n`` reads the i-th contiguous block of the padded sequence.
+    All examples must have the same shape (they are batched).
+    """
+    if shard_options is None:
+        shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    _per_process_batch(batch_size, _process_count(shard_options), "batch_size")
+    per_process = int(batch_size) // shard_options.shard_count
+    raw0, dslr0 = _first_shapes(data_source)
+    n = len(data_source)
+    padded = -(-n // int(batch_size)) * int(batch_size)
+    source = _PaddedEvalSource(data_source, padded, raw0, dslr0)
+    sampler = grain.samplers.IndexSampler(
+        num_records=padded, shard_options=shard_options, shuffle=False, num_epochs=1)
+    operations = [
+        ToModelInputs(black_level, white_level, keep_id=True),
+        grain.transforms.Batch(batch_size=per_process, drop_remainder=False),
+    ]
+    _prepare_workers(worker_count)
+    return grain.DataLoader(
+        data_source=source, sampler=sampler, operations=operations,
+        worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+        shard_options=shard_options, read_options=read_options or DEFAULT_READ_OPTIONS)
+
+
+# ----------------------------------------------------------------- global arrays
+
+def data_sharding(devices=None, axis_name: str = "data") -> jax.sharding.NamedSharding:
+    """NamedSharding splitting dim 0 over a 1-D mesh of ``devices`` (default: all)."""
+    devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
+    mesh = jax.sharding.Mesh(devices, (axis_name,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
+
+
+def to_global_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Per-process numpy batch (pytree) -> global ``jax.Array``s.
+
+    Each numeric leaf ``x`` [b_local, ...] becomes
+    ``jax.make_array_from_process_local_data(sharding, x)`` of shape
+    [b_local * process_count, ...] (for a sharding splitting the batch dim over
+    "data", e.g. ``data_sharding()``; its spec must fit every leaf's rank --
+    ``PartitionSpec("data")`` does). String/object leaves (eval "id") are
+    returned unchanged as process-local numpy arrays: jax arrays cannot hold them.
+    """
+    def convert(x):
+        x = np.asarray(x)
+        if x.dtype.kind in "SUO":
+            return x
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree_util.tree_map(convert, batch)
