@@ -18,6 +18,7 @@ CORE = [
     "numpy>=1.26,<3",
     "rawpy>=0.24",
     "ml-collections>=1.0",
+    "absl-py>=2.0",
     "pillow>=10",
 ]
 TRAIN = [

@@ -1,0 +1,87 @@
+"""Orbax checkpoints of the train state and the Grain iterator.
+
+Layout: ``<workdir>/checkpoints/<step>/{state,data}``. Saves are asynchronous;
+the last ``keep`` are kept. ``restore_latest`` walks back from the newest step
+when a checkpoint is unreadable (partial write, corruption), reporting each one
+it skips, so a damaged latest checkpoint never ends a run that has an older one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def create_manager(workdir: str, keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator=None, *, force=False) -> bool:
+    """Starts an async save of ``state`` (and the Grain iterator, if given)."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+        import grain
+
+        items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
+    """Moves unreadable step folders to ``checkpoints_unreadable/`` (kept for inspection,
+    out of the manager's way so the run can save those steps again)."""
+    if not steps or jax.process_index() != 0:
+        return
+    root = os.fspath(manager.directory)
+    aside = root.rstrip(os.sep) + "_unreadable"
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+        src = os.path.join(root, str(step))
+        dst = os.path.join(aside, f"{step}")
+        k = 0
+        while os.path.exists(dst):
+            k += 1
+            dst = os.path.join(aside, f"{step}.{k}")
+        os.rename(src, dst)
+        log.error("moved the unreadable checkpoint of step %d to %s", step, dst)
+    manager.reload()
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator=None):
+    """Restores the newest readable checkpoint.
+
+    Returns ``(step, state)`` or ``(None, None)`` when there is none. ``abstract_state``
+    (``jax.ShapeDtypeStruct`` leaves with shardings) fixes the restored layout. The
+    iterator, if given, is restored in place.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    unreadable = []
+    for step in steps:
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            import grain
+
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001 -- orbax raises many types for damaged files
+            log.error("checkpoint at step %d is unreadable (%s: %s); trying the previous one",
+                      step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            unreadable.append(step)
+            continue
+        _set_aside(manager, unreadable)
+        return step, restored["state"]
+    if steps:
+        raise RuntimeError(f"no readable checkpoint among steps {steps} in {manager.directory}")
+    return None, None

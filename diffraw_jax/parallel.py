@@ -1,0 +1,61 @@
+"""The device mesh and shardings, declared once.
+
+Mesh axes: ``("data", "fsdp")``. The batch is split over both axes (every device
+holds a different slice of the global batch); parameters, EMA and optimiser
+state are split over "fsdp" according to the models' logical partitioning
+annotations (``nn.with_logical_partitioning``) and replicated over "data".
+With ``fsdp = 1`` this is plain data parallelism.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXES = ("data", "fsdp")
+
+
+def create_mesh(fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "fsdp") mesh over all (global) devices, Auto axis types."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"mesh.fsdp={fsdp} must be >= 1 and divide the device count {n}")
+    return jax.make_mesh((n // fsdp, fsdp), DATA_AXES, axis_types=(AxisType.Auto, AxisType.Auto),
+                         devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over every device."""
+    return NamedSharding(mesh, P(DATA_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def _fit(spec: P, shape: tuple, mesh: Mesh) -> P:
+    """Drops a mesh axis from a dimension it does not divide (that leaf is replicated there)."""
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+        out.append(axes if names and dim % size == 0 else None)
+    return P(*out)
+
+
+def logical_shardings(abstract_variables: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
+    """NamedShardings for a (possibly boxed) variable tree from its logical annotations.
+
+    ``rules`` map logical axis names to mesh axes, e.g. ``(("conv_out", "fsdp"), ...)``;
+    unnamed or unmapped dimensions are replicated, and so is any dimension the mesh
+    axis does not divide.
+    """
+    specs = nn.get_partition_spec(abstract_variables)
+    mesh_specs = nn.logical_to_mesh(specs, rules)
+    shapes = jax.tree.map(lambda x: x.shape, nn.meta.unbox(abstract_variables))
+    return jax.tree.map(lambda s, shp: NamedSharding(mesh, _fit(s, shp, mesh)), mesh_specs, shapes,
+                        is_leaf=lambda x: isinstance(x, P))

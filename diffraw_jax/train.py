@@ -1,0 +1,377 @@
+"""Training (Algorithm 1): ``create_train_state``, ``train_step``, ``train_and_evaluate``.
+
+Shape of google/flax ``examples/``. One ``jax.jit`` step with NamedShardings on a
+("data", "fsdp") mesh (``diffraw_jax.parallel``): the batch is split over every
+device, parameters/EMA/optimiser state over "fsdp" by the model's logical
+annotations. Randomness is per example: example ``i`` of step ``n`` uses
+``fold_in(fold_in(key, n), i)``, so results do not depend on the device count.
+
+Two tasks share the loop:
+  * ``diffraw``: the U-Net f(m_t, w, c, t). x = c = D2(y) on device; t ~ U{1..s};
+    m_t from ``dtdm.q_sample``; loss ||f - (gamma_s (x - y) + eps)||^2 (eq. 20).
+    ``diffusion.objective = "ddpm"`` trains the plain epsilon target on y_t,
+    t ~ U{1..T} (the Fig. 4 baseline) with the same conditions.
+  * ``color_net``: G(w) with L1 + ssim_weight (1 - SSIM) against the DSLR image,
+    which is first aligned to G's output by a global integer shift found by
+    phase correlation (we have no PWC-Net weights; LiteISPNet uses its flow).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from diffraw_jax import checkpointing, dtdm, parallel
+from diffraw_jax.models import isp as isp_lib
+from diffraw_jax.models import unet as unet_lib
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a step's loss or gradient is NaN/inf; no state was updated by it."""
+
+
+# ----------------------------------------------------------------- construction
+
+def create_model(config) -> nn.Module:
+    dtype = DTYPES.get(config.model.dtype)
+    if dtype is None:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
+    if config.task == "color_net":
+        return isp_lib.ColorNet(**isp_lib.color_net_config(config.color_net.name), dtype=dtype)
+    if config.task != "diffraw":
+        raise ValueError(f"task must be 'diffraw' or 'color_net', got {config.task!r}")
+    overrides = dict(dtype=dtype, remat=bool(config.model.remat),
+                     use_w=bool(config.model.use_w), use_c=bool(config.model.use_c))
+    if config.model.dropout >= 0:
+        overrides["dropout"] = float(config.model.dropout)
+    return unet_lib.make_unet(config.model.name, **overrides)
+
+
+def create_schedule(config) -> dtdm.Schedule:
+    d = config.diffusion
+    if not 1 <= d.s <= d.num_timesteps:
+        raise ValueError(f"diffusion.s={d.s} must be in [1, num_timesteps={d.num_timesteps}]")
+    if d.objective not in ("dtdm", "ddpm"):
+        raise ValueError(f"diffusion.objective must be 'dtdm' or 'ddpm', got {d.objective!r}")
+    return dtdm.make_schedule(d.num_timesteps, d.beta_start, d.beta_end, d.schedule)
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+    o = config.optim
+    if o.learning_rate <= 0 or o.warmup_steps < 0:
+        raise ValueError("optim.learning_rate must be > 0 and optim.warmup_steps >= 0")
+    lr = optax.join_schedules(
+        [optax.linear_schedule(0.0, o.learning_rate, max(1, o.warmup_steps)),
+         optax.constant_schedule(o.learning_rate)], [max(1, o.warmup_steps)])
+    chain = []
+    if o.grad_clip_norm > 0:
+        chain.append(optax.clip_by_global_norm(o.grad_clip_norm))
+    if o.weight_decay > 0:
+        chain.append(optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+    else:
+        chain.append(optax.adam(lr, b1=o.b1, b2=o.b2))
+    return optax.chain(*chain)
+
+
+def model_inputs(config, batch_size: int):
+    """Abstract inputs for init: (m_t, w, c, t) for the U-Net, (w,) for G."""
+    h = config.data.crop_size
+    f32 = jnp.float32
+    w = jax.ShapeDtypeStruct((batch_size, h // 2, h // 2, 4), f32)
+    if config.task == "color_net":
+        return (w,)
+    return (jax.ShapeDtypeStruct((batch_size, h, h, 3), f32), w,
+            jax.ShapeDtypeStruct((batch_size, h, h, 3), f32),
+            jax.ShapeDtypeStruct((batch_size,), jnp.int32))
+
+
+def create_train_state(config, model, tx, mesh, key) -> TrainState:
+    """Initialises parameters, EMA (a copy) and optimiser state, laid out by the mesh.
+
+    The parameters are drawn with the "rbg" PRNG seeded from ``key``: XLA compiles
+    threefry initialisers very slowly on CPU (~40 s for the tiny U-Net). The draw is
+    replicated, then resharded, so the values do not depend on the mesh.
+    """
+    inputs = model_inputs(config, 1)
+    abstract = jax.eval_shape(lambda k, *a: model.init(k, *a), key, *inputs)
+    rules = unet_lib.default_logical_axis_rules(*parallel.DATA_AXES)
+    param_sh = parallel.logical_shardings(abstract, mesh, rules)["params"]
+
+    def init(k):
+        k = jax.random.wrap_key_data(jax.random.bits(k, (4,), jnp.uint32), impl="rbg")
+        zeros = [jnp.zeros(a.shape, a.dtype) for a in inputs]
+        params = nn.unbox(model.init(k, *zeros)["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+
+    abstract_state = jax.eval_shape(init, key)
+    rep = parallel.replicated(mesh)
+    opt_sh = _opt_state_shardings(tx, abstract_state.opt_state, param_sh, rep)
+    shardings = TrainState(step=rep, params=param_sh, ema_params=param_sh, opt_state=opt_sh)
+    state = jax.jit(init, out_shardings=rep)(key)
+    return jax.jit(lambda x: x, out_shardings=shardings)(state)
+
+
+def _opt_state_shardings(tx, opt_state, param_sh, rep):
+    """Optimiser leaves that mirror the params (Adam moments) take the param sharding."""
+    return optax.tree_map_params(tx, lambda _, sh: sh, opt_state, param_sh,
+                                 transform_non_params=lambda _: rep)
+
+
+# ---------------------------------------------------------------- the train step
+
+def _step_keys(key, step, batch_size):
+    """(per-example keys [B], dropout key) for ``step``: fold_in of the step, then of the index."""
+    examples, dropout = jax.random.split(jax.random.fold_in(key, step))
+    return jax.vmap(lambda i: jax.random.fold_in(examples, i))(jnp.arange(batch_size)), dropout
+
+
+def diffraw_example(config, schedule, y, w, key):
+    """One example of Algorithm 1, lines 3-7: returns (model inputs, target).
+
+    y: [H, W, 3] in [-1, 1]; w: [H/2, W/2, 4] in [0, 1].
+    """
+    from diffraw_jax import degradation
+
+    k_deg, k_t, k_eps = (jax.random.fold_in(key, i) for i in range(3))
+    if config.degradation.enabled:
+        x = degradation.degrade_single((y + 1.0) / 2.0, k_deg) * 2.0 - 1.0
+    else:
+        x = y
+    s = config.diffusion.s
+    eps = jax.random.normal(k_eps, y.shape, jnp.float32)
+    if config.diffusion.objective == "dtdm":
+        t = jax.random.randint(k_t, (), 1, s + 1, dtype=jnp.int32)
+        m_t = dtdm.q_sample(schedule, y, x, t, eps, s)
+        target = dtdm.training_target(schedule, y, x, eps, s)
+    else:  # ddpm: y_t = sqrt(ab_t) y + sqrt(1 - ab_t) eps, t ~ U{1..T}, target eps
+        t = jax.random.randint(k_t, (), 1, schedule.num_timesteps + 1, dtype=jnp.int32)
+        m_t = dtdm.q_sample(schedule, y, y, t, eps, s)
+        target = eps
+    return (m_t, w, x, t), target
+
+
+def global_shift_align(pred, target, max_shift: int = 4):
+    """Rolls ``target`` [H, W, 3] by the integer shift (|dy|, |dx| <= max_shift) that
+    maximises its phase correlation with ``pred``; returns (aligned, valid mask [H, W, 1])."""
+    h, w = pred.shape[:2]
+    g = lambda im: jnp.mean(im, axis=-1) - jnp.mean(im)
+    cross = jnp.fft.fft2(g(pred)) * jnp.conj(jnp.fft.fft2(g(target)))
+    corr = jnp.real(jnp.fft.ifft2(cross / (jnp.abs(cross) + 1e-8)))
+    offs = jnp.arange(-max_shift, max_shift + 1)
+    window = corr[offs[:, None] % h, offs[None, :] % w]
+    idx = jnp.argmax(window)
+    dy, dx = offs[idx // offs.size], offs[idx % offs.size]
+    aligned = jnp.roll(target, (dy, dx), axis=(0, 1))
+    yy, xx = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+    valid = (yy >= dy) & (yy < h + dy) & (xx >= dx) & (xx < w + dx)
+    return aligned, valid[..., None].astype(pred.dtype)
+
+
+def train_step(state: TrainState, batch, key, *, model, tx, schedule, config):
+    """One optimisation step. batch: {"raw": [B, h, w, 4] in [0, 1], "dslr": [B, H, W, 3] in [-1, 1]}.
+
+    Returns (new_state, metrics). A non-finite loss or gradient leaves the state
+    unchanged and reports metrics["finite"] = False.
+    """
+    y, w = batch["dslr"], batch["raw"]
+    bsz = y.shape[0]
+    keys, drop_key = _step_keys(key, state.step, bsz)
+
+    if config.task == "color_net":
+        import dm_pix
+
+        y01 = (y + 1.0) / 2.0
+
+        def loss_fn(params):
+            pred = model.apply({"params": params}, w, train=True)
+            if config.isp.align:
+                target, mask = jax.vmap(global_shift_align)(jax.lax.stop_gradient(pred), y01)
+            else:
+                target, mask = y01, jnp.ones(y01.shape[:3] + (1,), pred.dtype)
+            l1 = jnp.sum(jnp.abs(pred - target) * mask) / (jnp.sum(mask) * 3)
+            ssim = jnp.mean(dm_pix.ssim(pred * mask, target * mask, max_val=1.0))
+            return l1 + config.isp.ssim_weight * (1.0 - ssim), {"l1": l1, "ssim": ssim}
+    else:
+        (m_t, w_, x, t), target = jax.vmap(
+            lambda yy, ww, kk: diffraw_example(config, schedule, yy, ww, kk))(y, w, keys)
+
+        def loss_fn(params):
+            f = model.apply({"params": params}, m_t, w_, x, t, train=True, rngs={"dropout": drop_key})
+            loss = jnp.mean((f.astype(jnp.float32) - target) ** 2)
+            return loss, {}
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = config.optim.ema_decay
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
+    return new, metrics
+
+
+def make_train_step(config, model, tx, schedule, mesh, state_shardings):
+    fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config)
+    data = parallel.batch_sharding(mesh)
+    rep = parallel.replicated(mesh)
+    return jax.jit(fn, in_shardings=(state_shardings, {"raw": data, "dslr": data}, rep),
+                   out_shardings=(state_shardings, rep), donate_argnums=(0,))
+
+
+# --------------------------------------------------------------------- the loop
+
+def load_data_sources(config):
+    """(train, test) TFDS array_record data sources; builds from data.manual_dir if needed."""
+    import tensorflow_datasets as tfds
+    import tfds_zrr  # noqa: F401  registers "zrr"
+
+    if not config.data.data_dir:
+        raise ValueError("config.data.data_dir is empty: set --config.data.data_dir=DIR")
+    builder = tfds.builder(config.data.name, data_dir=config.data.data_dir, file_format="array_record")
+    if not builder.is_prepared():
+        if not config.data.manual_dir:
+            raise FileNotFoundError(
+                f"dataset {config.data.name} is not built in {config.data.data_dir}; set "
+                "--config.data.manual_dir=ZRR_ROOT to build it, or run python -m tfds_zrr.build")
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=config.data.manual_dir))
+    sources = builder.as_data_source()
+    return sources["train"], sources["test"]
+
+
+def _validate(config):
+    d = config.data
+    if d.crop_size % 2 or d.crop_size < 8:
+        raise ValueError(f"data.crop_size must be even and >= 8, got {d.crop_size}")
+    if d.global_batch_size < 1 or d.global_batch_size % jax.device_count():
+        raise ValueError(f"data.global_batch_size={d.global_batch_size} must be a positive "
+                         f"multiple of the device count {jax.device_count()}")
+    if config.train.num_train_steps < 0:
+        raise ValueError("train.num_train_steps must be >= 0")
+
+
+class _Preemption:
+    """SIGTERM -> finish the current step, save, exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint and stopping")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState:
+    """Trains per ``config``, checkpointing to ``workdir``; resumes from its latest checkpoint.
+
+    ``data_sources``: optional (train, test) random-access sources (tests); default TFDS.
+    """
+    from clu import metric_writers, parameter_overview, periodic_actions
+
+    from diffraw_jax import input_pipeline
+
+    _validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    mesh = parallel.create_mesh(config.mesh.fsdp)
+    model = create_model(config)
+    schedule = create_schedule(config)
+    tx = create_optimizer(config)
+    key = jax.random.key(config.seed)
+    state = create_train_state(config, model, tx, mesh, jax.random.fold_in(key, 0))
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    if jax.process_index() == 0:
+        parameter_overview.log_parameter_overview(state.params)
+
+    train_src, _ = data_sources if data_sources is not None else load_data_sources(config)
+    loader = input_pipeline.create_train_loader(
+        train_src, global_batch_size=config.data.global_batch_size, crop_size=config.data.crop_size,
+        seed=config.seed, augment=config.data.augment, worker_count=config.data.worker_count,
+        black_level=config.data.black_level, white_level=config.data.white_level)
+    data_iter = iter(loader)
+
+    manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    start, restored = checkpointing.restore_latest(manager, abstract, data_iter)
+    if restored is not None:
+        state = restored
+        log.info("resumed from step %d in %s", start, workdir)
+    start = int(state.step)
+
+    step_fn = make_train_step(config, model, tx, schedule, mesh, state_sh)
+    data_sh = parallel.batch_sharding(mesh)
+    step_key = jax.random.fold_in(key, 1)
+    total = config.train.num_train_steps
+    hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer)]
+    if config.train.profile and jax.process_index() == 0:
+        hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
+    writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+
+    pending = []
+    with _Preemption() as preempt:
+        for step in range(start, total):
+            batch = next(data_iter)
+            batch = input_pipeline.to_global_batch({"raw": batch["raw"], "dslr": batch["dslr"]}, data_sh)
+            state, metrics = step_fn(state, batch, step_key)
+            pending.append(metrics)
+            done = step + 1
+            if not bool(metrics["finite"]):
+                manager.wait_until_finished()
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradient at step {done} (loss={float(metrics['loss'])}); "
+                    f"stopped without saving it; the last good checkpoint is step "
+                    f"{manager.latest_step()} in {checkpointing.checkpoint_dir(workdir)}")
+            for h in hooks:
+                h(done)
+            if done % config.train.log_every_steps == 0 or done == total:
+                summary = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0] if k != "finite"}
+                writer.write_scalars(done, summary)
+                pending = []
+            preempted = preempt.requested or manager.reached_preemption(done)
+            if done % config.train.checkpoint_every_steps == 0 or done == total or preempted:
+                checkpointing.save(manager, done, state, data_iter, force=True)
+            if preempted:
+                log.warning("stopping at step %d for preemption (checkpoint saved)", done)
+                break
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    return state

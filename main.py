@@ -1,0 +1,53 @@
+"""diffraw-jax entry point.
+
+    python main.py --config=configs/zrr.py --workdir=DIR [--mode=train|eval] [--config.x=y ...]
+
+Multi-host (TPU pod slices, GPU clusters): pass --jax_distributed to call
+jax.distributed.initialize() (auto-detected on Cloud TPU and SLURM), or give
+--coordinator_address/--num_processes/--process_id explicitly.
+"""
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes automatically) or eval.")
+flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (multi-host).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    if FLAGS.coordinator_address or FLAGS.jax_distributed:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    logging.info("JAX process %d / %d, local devices %s", jax.process_index(), jax.process_count(),
+                 jax.local_devices())
+    config = FLAGS.config
+    try:
+        if FLAGS.mode == "train":
+            from diffraw_jax import train
+
+            train.train_and_evaluate(config, FLAGS.workdir)
+        else:
+            from diffraw_jax import evaluate
+
+            evaluate.evaluate(config, FLAGS.workdir)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        # Configuration and data problems: one clear line, non-zero exit.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
