@@ -71,6 +71,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.fsdp = 1             # devices along the parameter-sharding axis; the rest is "data"
 
+    c.eval = e = ml_collections.ConfigDict()
+    e.crop_size = 0             # centre crop (mosaic pixels) for CPU-sized evaluation; 0: whole image
+    e.num_images = -1           # < 0: the whole split
+    e.ddim_steps = 10           # the DTDM-DDIM row; 0: off
+    e.grid_images = 8
+
     c.sample = sm = ml_collections.ConfigDict()
     sm.method = "dtdm"          # dtdm | dtdm_ddim | ddpm
     sm.num_steps = -1           # < 0: s

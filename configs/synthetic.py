@@ -19,6 +19,8 @@ def get_config():
     c.optim.warmup_steps = 50
     c.optim.ema_decay = 0.99
     c.train.num_train_steps = 400
+    c.eval.crop_size = 128
+    c.eval.num_images = 16
     c.train.log_every_steps = 20
     c.train.checkpoint_every_steps = 200
     return c

@@ -18,4 +18,8 @@ def get_config():
     c.train.num_train_steps = 6
     c.train.log_every_steps = 2
     c.train.checkpoint_every_steps = 3
+    c.eval.crop_size = 32
+    c.eval.num_images = 4
+    c.eval.ddim_steps = 4
+    c.eval.grid_images = 2
     return c

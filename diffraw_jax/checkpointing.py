@@ -62,13 +62,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     """Restores the newest readable checkpoint.
 
     Returns ``(step, state)`` or ``(None, None)`` when there is none. ``abstract_state``
-    (``jax.ShapeDtypeStruct`` leaves with shardings) fixes the restored layout. The
+    (``jax.ShapeDtypeStruct`` leaves with shardings) fixes the restored layout; with
+    None the tree comes back as saved (nested dicts of arrays). The
     iterator, if given, is restored in place.
     """
     steps = sorted(manager.all_steps(), reverse=True)
     unreadable = []
     for step in steps:
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        items = {"state": ocp.args.StandardRestore(abstract_state)}  # None: as saved
         if data_iterator is not None:
             import grain
 

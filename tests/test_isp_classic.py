@@ -109,7 +109,8 @@ def test_gray_patch_is_neutral_after_white_balance():
     planes = _planes(rgb).astype(np.float32)
 
     gains = np.asarray(isp.gray_world_gains(planes))
-    np.testing.assert_allclose(gains, sens[:, 1:2] / sens, rtol=1e-6)
+    # float32 planes: the ratio of two rounded means is exact to a few ulps only
+    np.testing.assert_allclose(gains, sens[:, 1:2] / sens, rtol=1e-5)
 
     for wb in (None, sens[:, 1:2] / sens):  # gray-world, or the inverse sensitivities
         out = np.asarray(isp.process(planes, wb_gains=wb))

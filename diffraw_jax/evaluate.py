@@ -1,0 +1,200 @@
+"""Evaluation: sample a split with the EMA parameters and G, score, write tables and grids.
+
+    python main.py --config=configs/synthetic.py --workdir=W --mode=eval
+
+Writes ``W/eval/<split>/metrics.csv`` (one row per image and method),
+``summary.md`` / ``summary.json`` (mean per method, the layout of the paper's
+Table 2, "Original GT" protocol) and ``samples.png`` (a grid: classical ISP | c = G(w)
+| DiffRAW | DSLR). Rows: the classical ISP, G, DiffRAW DTDM-s and DTDM-DDIM-k.
+PSNR and SSIM follow LiteISPNet: outputs quantised to 8 bits, full image, data
+range 1, Gaussian SSIM with window 11.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffraw_jax import checkpointing, isp_classic, parallel, sampling, train
+
+log = logging.getLogger(__name__)
+
+
+def load_params(config, workdir: str, *, use_ema: bool = True):
+    """(model, params, step) from the latest readable checkpoint in ``workdir``.
+
+    Only the parameter subtree is used, so the checkpoint's optimiser settings need
+    not match ``config``; the model architecture must (a mismatch is reported).
+    """
+    model = train.create_model(config)
+    manager = checkpointing.create_manager(workdir, read_only=True)
+    step, restored = checkpointing.restore_latest(manager, None)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpointing.checkpoint_dir(workdir)}")
+    params = restored["ema_params" if use_ema else "params"]
+    expected = jax.eval_shape(lambda k, *a: model.init(k, *a), jax.random.key(0),
+                              *train.model_inputs(config, 1))["params"]
+    got_shapes = jax.tree.map(lambda x: tuple(x.shape), params)
+    want_shapes = jax.tree.map(lambda x: tuple(x.shape), nn_unbox(expected))
+    if got_shapes != want_shapes:
+        raise ValueError(f"checkpoint in {workdir} does not match the configured model "
+                         f"({config.task}: {config.model.name if config.task == 'diffraw' else config.color_net.name})")
+    log.info("loaded step %d from %s", step, workdir)
+    return model, jax.tree.map(jnp.asarray, params), step
+
+
+def nn_unbox(tree):
+    import flax.linen as nn
+
+    return nn.unbox(tree)
+
+
+def color_net_config(config):
+    cfg = config.copy_and_resolve_references()
+    cfg.task = "color_net"
+    return cfg
+
+
+def quantize(img01):
+    """[0, 1] float -> the values an 8-bit PNG would hold (LiteISPNet saves PNGs first)."""
+    return jnp.round(jnp.clip(img01, 0.0, 1.0) * 255.0) / 255.0
+
+
+def psnr_ssim(pred01, target01):
+    import dm_pix
+
+    p, t = quantize(pred01), quantize(target01)
+    mse = jnp.mean((p - t) ** 2, axis=(1, 2, 3))
+    psnr = 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-12))
+    ssim = dm_pix.ssim(p, t, max_val=1.0, filter_size=11, filter_sigma=1.5)
+    return psnr, ssim
+
+
+def center_crop(batch, crop: int):
+    """Even-offset centre crop of mosaic-resolution size ``crop`` (0: whole image)."""
+    h = batch["dslr"].shape[1]
+    if not crop or crop >= h:
+        return batch
+    o = ((h - crop) // 2) & ~1
+    out = dict(batch)
+    out["dslr"] = batch["dslr"][:, o:o + crop, o:o + crop]
+    out["raw"] = batch["raw"][:, o // 2:(o + crop) // 2, o // 2:(o + crop) // 2]
+    return out
+
+
+def grid_png(path, rows, labels):
+    """rows: list of lists of [H, W, 3] float [0, 1] images; one row per example."""
+    from PIL import Image, ImageDraw
+
+    h, w = rows[0][0].shape[:2]
+    pad, top = 4, 16
+    img = Image.new("RGB", (len(labels) * (w + pad) + pad, top + len(rows) * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(img)
+    for j, lab in enumerate(labels):
+        draw.text((pad + j * (w + pad), 2), lab, fill="black")
+    for i, row in enumerate(rows):
+        for j, im in enumerate(row):
+            tile = Image.fromarray(np.round(np.clip(np.asarray(im), 0, 1) * 255).astype(np.uint8))
+            img.paste(tile, (pad + j * (w + pad), top + pad + i * (h + pad)))
+    img.save(path)
+
+
+def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> dict:
+    """Samples ``split`` and writes metrics; returns the summary dict."""
+    from tqdm import tqdm
+
+    from diffraw_jax import input_pipeline
+
+    e = config.eval
+    out_dir = os.path.join(workdir, "eval", split)
+    os.makedirs(out_dir, exist_ok=True)
+    model, params, step = load_params(config, workdir, use_ema=config.sample.use_ema)
+    schedule = train.create_schedule(config)
+    s = config.diffusion.s
+
+    color_fn = sampling.make_color_condition()  # classical ISP
+    g_fn, g_note = None, "G: needs a trained colour network (color_net.workdir)"
+    if config.color_net.workdir and os.path.isdir(checkpointing.checkpoint_dir(config.color_net.workdir)):
+        g_model, g_params, _ = load_params(color_net_config(config), config.color_net.workdir)
+        g_fn, g_note = sampling.make_color_condition(g_model, g_params), None
+    else:
+        log.warning("no trained colour network at %r: DiffRAW rows use the classical ISP as c",
+                    config.color_net.workdir)
+    cond_fn = g_fn or color_fn
+
+    methods = {f"DiffRAW DTDM-{s}": sampling.make_sampler(model, schedule, s, method="dtdm")}
+    k = e.ddim_steps
+    if k > 0:
+        methods[f"DiffRAW DTDM-DDIM-{k}"] = sampling.make_sampler(model, schedule, s, method="dtdm_ddim",
+                                                                  num_steps=k)
+    if data_source is None:
+        data_source = train.load_data_sources(config)[1 if split == "test" else 0]
+    n = len(data_source) if e.num_images <= 0 else min(e.num_images, len(data_source))
+    loader = input_pipeline.create_eval_loader(
+        [data_source[i] for i in range(n)], batch_size=config.data.eval_batch_size,
+        black_level=config.data.black_level, white_level=config.data.white_level)
+
+    rows, grid_rows = [], []
+    key = jax.random.key(config.seed + 1)
+    t0 = time.time()
+    bar = tqdm(total=n, desc=f"eval {split}", unit="img")
+    for b, batch in enumerate(loader):
+        batch = center_crop(batch, e.crop_size)
+        mask = np.asarray(batch["mask"])
+        w = jnp.asarray(batch["raw"])
+        y01 = (jnp.asarray(batch["dslr"]) + 1.0) / 2.0
+        outs = {"Classical ISP": isp_classic.process(w)}
+        if g_fn is not None:
+            outs["G (LiteISPNet-style)"] = sampling.to_unit_range(g_fn(w))
+        x = cond_fn(w)
+        for name, fn in methods.items():
+            outs[name] = sampling.to_unit_range(fn(params, w, x, x, jax.random.fold_in(key, b)))
+        scores = {name: psnr_ssim(o, y01) for name, o in outs.items()}
+        for i in np.flatnonzero(mask):
+            ident = batch["id"][i].decode() if isinstance(batch["id"][i], bytes) else str(batch["id"][i])
+            for name, (p, q) in scores.items():
+                rows.append({"id": ident, "method": name, "psnr": float(p[i]), "ssim": float(q[i])})
+            if len(grid_rows) < e.grid_images:
+                main = outs[next(iter(methods))]
+                grid_rows.append([outs["Classical ISP"][i], sampling.to_unit_range(x)[i], main[i], y01[i]])
+        bar.update(int(mask.sum()))
+    bar.close()
+
+    with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["id", "method", "psnr", "ssim"])
+        wr.writeheader()
+        wr.writerows(rows)
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    summary = {"split": split, "num_images": n, "checkpoint_step": step, "crop_size": e.crop_size,
+               "seconds": round(time.time() - t0, 1), "protocol": "Original GT", "methods": {}}
+    for name in names:
+        sel = [r for r in rows if r["method"] == name]
+        summary["methods"][name] = {"PSNR": float(np.mean([r["psnr"] for r in sel])),
+                                    "SSIM": float(np.mean([r["ssim"] for r in sel]))}
+    if g_note:
+        summary["methods"]["G (LiteISPNet-style)"] = {"note": g_note}
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    lines = [f"# Evaluation: {split} split, {n} images, checkpoint step {step}",
+             "", "Original GT protocol. PSNR (dB) and SSIM on 8-bit outputs, data range 1.", "",
+             "| Method | PSNR | SSIM |", "|---|---|---|"]
+    for name, m in summary["methods"].items():
+        if "note" in m:
+            lines.append(f"| {name} | needs weights | needs weights |")
+        else:
+            lines.append(f"| {name} | {m['PSNR']:.2f} | {m['SSIM']:.4f} |")
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    if grid_rows:
+        label_c = "c = G(w)" if g_fn is not None else "c = classical ISP"
+        grid_png(os.path.join(out_dir, "samples.png"), grid_rows,
+                 ["RAW (classical ISP)", label_c, next(iter(methods)), "DSLR"])
+    print("\n".join(lines))
+    print(f"wrote {out_dir}/metrics.csv, summary.md, summary.json, samples.png")
+    return summary
