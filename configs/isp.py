@@ -13,5 +13,5 @@ def get_config():
     c.color_net.workdir = ""
     c.optim.learning_rate = 1e-3
     c.optim.ema_decay = 0.0
-    c.train.num_train_steps = 300
+    c.train.num_train_steps = 600
     return c

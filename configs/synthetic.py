@@ -18,9 +18,9 @@ def get_config():
     c.optim.learning_rate = 3e-4
     c.optim.warmup_steps = 50
     c.optim.ema_decay = 0.99
-    c.train.num_train_steps = 400
+    c.train.num_train_steps = 300
     c.eval.crop_size = 128
-    c.eval.num_images = 16
+    c.eval.num_images = 8
     c.train.log_every_steps = 20
-    c.train.checkpoint_every_steps = 200
+    c.train.checkpoint_every_steps = 100
     return c

@@ -38,6 +38,20 @@ from diffraw_jax.models import unet as unet_lib
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CONFIG_FILE = "config.json"  # the training config, written to the workdir
+
+
+def load_workdir_config(workdir: str):
+    """The ml_collections ConfigDict a workdir was trained with (its config.json)."""
+    import json
+
+    import ml_collections
+
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a diffraw-jax training workdir")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
 
 
 @flax.struct.dataclass
@@ -310,6 +324,9 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
 
     _validate(config)
     os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:  # inference and evaluation rebuild the model from it
+        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+            f.write(config.to_json_best_effort(indent=1))
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     mesh = parallel.create_mesh(config.mesh.fsdp)
     model = create_model(config)
