@@ -269,6 +269,10 @@ def load_data_sources(config):
         raise ValueError("config.data.data_dir is empty: set --config.data.data_dir=DIR")
     builder = tfds.builder(config.data.name, data_dir=config.data.data_dir, file_format="array_record")
     if not builder.is_prepared():
+        if jax.process_count() > 1:
+            raise FileNotFoundError(
+                f"dataset {config.data.name} is not built in {config.data.data_dir}; on a multi-host run "
+                "build it once beforehand (python -m tfds_zrr.build) on storage every host can read")
         if not config.data.manual_dir:
             raise FileNotFoundError(
                 f"dataset {config.data.name} is not built in {config.data.data_dir}; set "
@@ -288,6 +292,16 @@ def _validate(config):
                          f"multiple of the device count {jax.device_count()}")
     if config.train.num_train_steps < 0:
         raise ValueError("train.num_train_steps must be >= 0")
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
 
 
 class _Preemption:
@@ -360,7 +374,7 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
     hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer)]
     if config.train.profile and jax.process_index() == 0:
         hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
-    writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+    writer.write_hparams(_flatten(config.to_dict()))
 
     pending = []
     with _Preemption() as preempt:
