@@ -108,29 +108,37 @@ def render_scene(rng: np.random.Generator, size: int) -> np.ndarray:
     # a few hundred tiny ones on top add fine detail.
     radii = np.concatenate([power_law(int(rng.integers(1500, 2500)), 4.0, size / 3.0),
                             power_law(int(rng.integers(150, 400)), 1.0, 4.0)])
-    for r in radii:  # later leaves occlude earlier ones
+    # Paint top-down (the last leaf first), only where nothing is painted yet:
+    # the same picture as painting bottom-up, but it stops once the plane is covered.
+    covered = np.zeros((size, size), bool)
+    for n, r in enumerate(radii[::-1]):
+        if n % 128 == 127 and covered.all():
+            break
         cy, cx = rng.uniform(-r, size + r, 2)
         y0, y1 = max(0, int(cy - r)), min(size, int(cy + r) + 2)
         x0, x1 = max(0, int(cx - r)), min(size, int(cx + r) + 2)
         if y0 >= y1 or x0 >= x1:
             continue
         dy, dx = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
-        mask = dy * dy + dx * dx <= r * r
+        free = ~covered[y0:y1, x0:x1]
+        mask = (dy * dy + dx * dx <= r * r) & free
         colour = palette[rng.integers(len(palette))] * rng.uniform(0.7, 1.1)
         kind = rng.uniform()
+        if not mask.any():
+            continue
         if kind < 0.2 and r > 6:  # stripes
             period = rng.uniform(2.5, 12.0)
             ang = rng.uniform(0, np.pi)
-            phase = (np.cos(ang) * dy + np.sin(ang) * dx) * 2 * np.pi / period
+            phase = (np.cos(ang) * dy[mask] + np.sin(ang) * dx[mask]) * 2 * np.pi / period
             alt = palette[rng.integers(len(palette))]
-            w = 0.5 + 0.5 * np.sin(phase)
-            patch = colour * w[..., None] + alt * (1 - w[..., None])
+            w = (0.5 + 0.5 * np.sin(phase))[:, None]
+            patch = colour * w + alt * (1 - w)
         elif kind < 0.35 and r > 6:  # fine noise texture
-            patch = colour * (1 + 0.25 * rng.standard_normal(mask.shape + (1,)))
+            patch = colour * (1 + 0.25 * rng.standard_normal((int(mask.sum()), 1)))
         else:
-            patch = np.broadcast_to(colour, mask.shape + (3,))
-        region = img[y0:y1, x0:x1]
-        region[mask] = patch[mask]
+            patch = colour
+        img[y0:y1, x0:x1][mask] = patch
+        covered[y0:y1, x0:x1] |= mask
 
     for _ in range(int(rng.integers(1, 5))):  # rectangles: long straight edges
         h, w = rng.integers(size // 12, size // 3, 2)
