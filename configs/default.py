@@ -76,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
     e.num_images = -1           # < 0: the whole split
     e.ddim_steps = 10           # the DTDM-DDIM row; 0: off
     e.grid_images = 8
+    e.fid_inception_weights = ""  # .npz of Inception-v3 FID weights (not available offline)
 
     c.sample = sm = ml_collections.ConfigDict()
     sm.method = "dtdm"          # dtdm | dtdm_ddim | ddpm

