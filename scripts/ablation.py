@@ -161,6 +161,9 @@ def plot(results, out):
             ks = sorted(curve, key=int)
             ax.plot([int(k) for k in ks], [curve[k][m] for k in ks], marker="o", label=label)
         ax.set_xscale("log")
+        if m == "HF ratio":
+            ax.set_yscale("log")
+            ax.axhline(1.0, color="gray", lw=0.8, ls="--")
         ax.set_xlabel("sampling steps")
         ax.set_title(m + (" (1 = DSLR detail)" if m == "HF ratio" else ""))
         ax.grid(alpha=0.3)
@@ -171,6 +174,8 @@ def plot(results, out):
 
 def write_table(results, out):
     lines = ["# Ablations (synthetic data, CPU scale)", "",
+             "Command: `python scripts/ablation.py --dtdm_workdir workdir/demo --out results/ablation` "
+             "(after `make demo`).", "",
              f"Setting: `{json.dumps(results['setting'])}`", "",
              "## Quality against sampling steps (Fig. 4)", "",
              "| sampler | steps | PSNR | SSIM | LPIPS | HF ratio | seconds |", "|---|---|---|---|---|---|---|"]
