@@ -26,6 +26,7 @@ A pair is made as follows (all numpy, deterministic per (seed, split, index)):
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import time
@@ -233,7 +234,9 @@ def generate(out: str, num_train: int, num_test: int, size: int = 448, seed: int
             _work(job)
             bar and bar.update(1)
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        # "spawn": callers (tests, notebooks) may have JAX loaded, and forking a
+        # multithreaded process can deadlock.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for _ in pool.map(_work, jobs, chunksize=4):
                 bar and bar.update(1)
     if bar:
