@@ -107,6 +107,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffraw_jax.raw import depth_to_space, space_to_depth  # noqa: F401  (re-exported)
+
 Array = jax.Array
 
 __all__ = [
@@ -186,29 +188,8 @@ def _vec_init(value: float = 0.0):
 # --------------------------------------------------------------------------
 # Small functional helpers.
 # --------------------------------------------------------------------------
-def depth_to_space(x: Array, block: int = 2) -> Array:
-    """[B, h, w, block*block*k] -> [B, h*block, w*block, k].
-
-    Channel block s = block*dy + dx goes to pixel (block*i + dy, block*j + dx):
-    with block 2 and w in (R, G_r, G_b, B) order this rebuilds the RGGB mosaic.
-    """
-    b, h, w, c = x.shape
-    if c % (block * block):
-        raise ValueError(f"depth_to_space: {c} channels not divisible by {block * block}")
-    k = c // (block * block)
-    x = x.reshape(b, h, w, block, block, k)
-    x = x.transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h * block, w * block, k)
-
-
-def space_to_depth(x: Array, block: int = 2) -> Array:
-    """Inverse of ``depth_to_space``: [B, H, W, k] -> [B, H/b, W/b, b*b*k]."""
-    b, h, w, k = x.shape
-    if h % block or w % block:
-        raise ValueError(f"space_to_depth: spatial shape {(h, w)} not divisible by {block}")
-    x = x.reshape(b, h // block, block, w // block, block, k)
-    x = x.transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h // block, w // block, block * block * k)
+# depth_to_space / space_to_depth: the Bayer-consistent pair of diffraw_jax.raw
+# (channel block s = block*dy + dx <-> pixel (block*i + dy, block*j + dx)).
 
 
 def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
