@@ -44,6 +44,9 @@ TEST = [
     "imageio>=2.34",
     "pidng>=4.0.9",
     "scikit-image>=0.19",
+    "nbclient>=0.10,<0.12",  # runs notebooks/diffraw_colab_tpu.ipynb headless
+    "nbformat>=5.9,<6",
+    "ipykernel>=6.29,<8",
 ]
 
 setuptools.setup(
