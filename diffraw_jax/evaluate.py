@@ -17,6 +17,7 @@ import logging
 import os
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +42,7 @@ def load_params(config, workdir: str, *, use_ema: bool = True):
     expected = jax.eval_shape(lambda k, *a: model.init(k, *a), jax.random.key(0),
                               *train.model_inputs(config, 1))["params"]
     got_shapes = jax.tree.map(lambda x: tuple(x.shape), params)
-    want_shapes = jax.tree.map(lambda x: tuple(x.shape), nn_unbox(expected))
+    want_shapes = jax.tree.map(lambda x: tuple(x.shape), nn.unbox(expected))
     if got_shapes != want_shapes:
         raise ValueError(f"checkpoint in {workdir} does not match the configured model "
                          f"({config.task}: {config.model.name if config.task == 'diffraw' else config.color_net.name})")
@@ -49,16 +50,45 @@ def load_params(config, workdir: str, *, use_ema: bool = True):
     return model, jax.tree.map(jnp.asarray, params), step
 
 
-def nn_unbox(tree):
-    import flax.linen as nn
-
-    return nn.unbox(tree)
-
-
 def color_net_config(config):
+    """The colour-network config implied by a DiffRAW config (task "color_net")."""
     cfg = config.copy_and_resolve_references()
     cfg.task = "color_net"
     return cfg
+
+
+def resolve_workdir(path: str, base: str) -> str:
+    """A config's relative workdir: as given (cwd), else next to / inside ``base``."""
+    if not path or os.path.isabs(path) or os.path.isdir(path):
+        return path
+    for root in (os.path.dirname(os.path.abspath(base)), os.path.abspath(base)):
+        for cand in (os.path.join(root, path), os.path.join(root, os.path.basename(path))):
+            if os.path.isdir(cand):
+                return cand
+    return path
+
+
+def load_color_net(config, workdir: str):
+    """(G model, G params) from a DiffRAW config's ``color_net.workdir``.
+
+    The path may be relative to the current directory or to ``workdir``. G's own
+    ``config.json`` fixes its architecture when present. ValueError if there is no
+    trained G there, or if that workdir is not a colour-network workdir.
+    """
+    gdir = resolve_workdir(config.color_net.workdir or "", workdir)
+    if not gdir or not os.path.isdir(checkpointing.checkpoint_dir(gdir)):
+        raise ValueError(
+            f"color 'g' needs a trained colour network G, but color_net.workdir in "
+            f"{os.path.join(workdir, train.CONFIG_FILE)} is {config.color_net.workdir!r}"
+            f"{'' if not gdir else ' (no checkpoints there)'}; use color 'classic' or an image")
+    if os.path.exists(os.path.join(gdir, train.CONFIG_FILE)):
+        gcfg = train.load_workdir_config(gdir)
+        if gcfg.task != "color_net":
+            raise ValueError(f"{gdir} is a {gcfg.task!r} workdir, not a colour network")
+    else:
+        gcfg = color_net_config(config)
+    g_model, g_params, _ = load_params(gcfg, gdir)
+    return g_model, g_params
 
 
 def psnr_ssim(pred01, target01):
@@ -157,9 +187,9 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
 
     color_fn = sampling.make_color_condition()  # classical ISP
     g_fn, g_note = None, "G: needs a trained colour network (color_net.workdir)"
-    if config.color_net.workdir and os.path.isdir(checkpointing.checkpoint_dir(config.color_net.workdir)):
-        g_model, g_params, _ = load_params(color_net_config(config), config.color_net.workdir)
-        g_fn, g_note = sampling.make_color_condition(g_model, g_params), None
+    gdir = resolve_workdir(config.color_net.workdir or "", workdir)
+    if gdir and os.path.isdir(checkpointing.checkpoint_dir(gdir)):
+        g_fn, g_note = sampling.make_color_condition(*load_color_net(config, workdir)), None
     else:
         log.warning("no trained colour network at %r: DiffRAW rows use the classical ISP as c",
                     config.color_net.workdir)

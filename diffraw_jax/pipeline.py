@@ -414,40 +414,6 @@ def _pad_planes(planes: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(planes, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
-def _resolve_workdir(path: str, base: str) -> str:
-    """A config's relative workdir: as given (cwd), else next to / inside ``base``."""
-    if not path or os.path.isabs(path) or os.path.isdir(path):
-        return path
-    for root in (os.path.dirname(os.path.abspath(base)), os.path.abspath(base)):
-        cand = os.path.join(root, path)
-        if os.path.isdir(cand):
-            return cand
-        cand = os.path.join(root, os.path.basename(path))
-        if os.path.isdir(cand):
-            return cand
-    return path
-
-
-def _load_color_net(config, workdir: str):
-    """(G model, G params) for a DiffRAW workdir's ``color_net.workdir``; ValueError if absent."""
-    from diffraw_jax import checkpointing, evaluate, train
-
-    gdir = _resolve_workdir(config.color_net.workdir or "", workdir)
-    if not gdir or not os.path.isdir(checkpointing.checkpoint_dir(gdir)):
-        raise ValueError(
-            f"color 'g' needs a trained colour network G, but color_net.workdir in "
-            f"{os.path.join(workdir, train.CONFIG_FILE)} is {config.color_net.workdir!r}"
-            f"{'' if not gdir else ' (no checkpoints there)'}; use color 'classic' or an image")
-    if os.path.exists(os.path.join(gdir, train.CONFIG_FILE)):
-        gcfg = train.load_workdir_config(gdir)
-        if gcfg.task != "color_net":
-            raise ValueError(f"{gdir} is a {gcfg.task!r} workdir, not a colour network")
-    else:
-        gcfg = evaluate.color_net_config(config)
-    g_model, g_params, _ = evaluate.load_params(gcfg, gdir)
-    return g_model, g_params
-
-
 # ---------------------------------------------------------------------------
 # The pipeline.
 
@@ -527,7 +493,7 @@ class DiffRAWPipeline:
         model, params, step = evaluate.load_params(config, path, use_ema=use_ema)
         g_model = g_params = None
         if color == "g":
-            g_model, g_params = _load_color_net(config, path)
+            g_model, g_params = evaluate.load_color_net(config, path)
         return cls(model, params, train.create_schedule(config), config.diffusion.s, method=method,
                    num_steps=num_steps, eta=eta, color=color, color_model=g_model,
                    color_params=g_params, tile=tile, overlap=overlap, batch=batch,

@@ -96,8 +96,7 @@ def main(argv=None):
     batch = evaluate.center_crop(batch, a.crop)
     w = jnp.asarray(batch["raw"])
     y01 = (np.asarray(batch["dslr"]) + 1.0) / 2.0
-    g_model, g_params, _ = evaluate.load_params(evaluate.color_net_config(base), a.color_workdir)
-    x = sampling.make_color_condition(g_model, g_params)(w)
+    x = sampling.make_color_condition(*evaluate.load_color_net(base, workdirs["dtdm_w_c"]))(w)
     ref_hf = laplacian_energy(y01)
     from diffraw_jax.metrics.lpips_alex import lpips
 
