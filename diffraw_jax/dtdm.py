@@ -289,7 +289,7 @@ def ddim_step(schedule: Schedule, m_t: Array, f: Array, x: Array, t, t_next, s, 
     y_hat = predict_y(schedule, m_t, f, t)
     d_hat = gamma_s(schedule, s) * (x - y_hat)
     eps_hat = f - d_hat
-    ab_t, ab_r = schedule.alpha_bars[t], schedule.alpha_bars[r]
+    ab_r = schedule.alpha_bars[r]
     om_t, om_r = schedule.one_minus_alpha_bars[t], schedule.one_minus_alpha_bars[r]
     # 1 - ab_t/ab_r = 1 - prod_{r<i<=t} a_i, computed from the 1-ab values to stay accurate.
     sig2 = (eta**2) * om_r / om_t * ((om_t - om_r) / ab_r)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import checkpointing, isp_classic, parallel, sampling, train
+from diffraw_jax import checkpointing, isp_classic, sampling, train
 
 log = logging.getLogger(__name__)
 

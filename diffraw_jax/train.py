@@ -21,7 +21,6 @@ import functools
 import logging
 import os
 import signal
-import time
 from typing import Any
 
 import flax
