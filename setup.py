@@ -6,6 +6,9 @@ Dependency groups:
   train  (data, training loop, metric writers): tensorflow-datasets, grain, clu,
          tensorflow-cpu, tensorboard, dm-pix.
   test   (the test suite): pytest, scipy, pillow, imageio, pidng.
+  bench  (benchmarks/torch_unet.py, the PyTorch reference timed by
+         `python -m benchmarks.run`; its tests port weights into it): torch.
+         Not needed by the package itself.
 `make install` installs all of them.
 """
 import setuptools
@@ -48,6 +51,9 @@ TEST = [
     "nbformat>=5.9,<6",
     "ipykernel>=6.29,<8",
 ]
+BENCH = [
+    "torch>=2.5",  # measured with torch 2.13.0 (CPU)
+]
 
 setuptools.setup(
     name="diffraw-jax",
@@ -59,6 +65,6 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["diffraw_jax", "diffraw_jax.*", "tfds_zrr", "tfds_zrr.*", "configs"]),
     install_requires=CORE,
-    extras_require={"train": TRAIN, "test": TEST, "all": TRAIN + TEST},
+    extras_require={"train": TRAIN, "test": TEST, "bench": BENCH, "all": TRAIN + TEST + BENCH},
     entry_points={"console_scripts": ["diffraw = diffraw_jax.infer:main"]},
 )

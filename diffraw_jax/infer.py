@@ -2,7 +2,7 @@
 
     python -m diffraw_jax.infer --checkpoint W --input PATH [PATH ...] --output DIR
         [--steps N] [--method dtdm|dtdm_ddim] [--color g|classic|IMAGE] [--seed S]
-        [--tile 448] [--overlap 64] [--batch B] [--overwrite]
+        [--tile T] [--overlap O] [--batch B] [--overwrite]
         [--black 63] [--white 1020] [--cfa RGGB] [--bits16] [--quiet]
 
 ``W`` is a training workdir (``config.json`` + ``checkpoints/``). Inputs are
@@ -101,10 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="colour condition c: trained G, classical ISP, or an sRGB image / folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eta", type=float, default=0.0, help="dtdm_ddim noise (0: deterministic)")
-    p.add_argument("--tile", type=int, default=448,
-                   help="tile side in output pixels (a multiple of the U-Net's 2**(levels-1)); "
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile side in output pixels (default: the training crop size; a multiple "
+                   "of the U-Net's 2**(levels-1)); "
                    "0: the whole frame in one piece")
-    p.add_argument("--overlap", type=int, default=64, help="minimum tile overlap (even)")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="minimum tile overlap, even (default: min(64, tile / 4))")
     p.add_argument("--batch", type=int, default=4, help="tiles per sampler call")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--black", type=_levels, default=float(raw.ZRR_BLACK_LEVEL),
@@ -311,7 +313,8 @@ def _load_pipeline(args):
     color = args.color if args.color in ("g", "classic") else "image"
     return DiffRAWPipeline.from_checkpoint(
         args.checkpoint, method=args.method, num_steps=args.steps, color=color,
-        tile=args.tile, overlap=args.overlap, batch=args.batch, eta=args.eta)
+        tile="train" if args.tile is None else args.tile, overlap=args.overlap, batch=args.batch,
+        eta=args.eta)
 
 
 def process_file(pipe, path: str, out: str, args) -> None:
@@ -341,7 +344,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(e.code or 0)
     for flag, value, lo in (("--batch", args.batch, 1), ("--tile", args.tile, 0),
                             ("--overlap", args.overlap, 0)):
-        if value < lo:
+        if value is not None and value < lo:
             parser.print_usage(sys.stderr)
             print(f"diffraw: error: {flag} must be >= {lo}", file=sys.stderr)
             return 2

@@ -473,12 +473,15 @@ class DiffRAWPipeline:
     # ---- construction ----------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str, *, method: str = "dtdm", num_steps: Optional[int] = None,
-                        color: str = "g", tile=448, overlap: int = 64, batch: int = 4,
+                        color: str = "g", tile="train", overlap: Optional[int] = None, batch: int = 4,
                         eta: float = 0.0, use_ema: Optional[bool] = None) -> "DiffRAWPipeline":
         """Loads a training workdir (``config.json`` + ``checkpoints/``).
 
         ``color``: "g" (the trained G of the config's ``color_net.workdir``;
         ValueError if there is none), "classic", or "image" (c given per call).
+        ``tile``: "train" (the training crop size, the default), a side or
+        (H, W), or None / 0 for the whole frame in one piece. ``overlap``:
+        default min(64, tile / 4) rounded down to even.
         ``use_ema``: default the config's ``sample.use_ema``. Raises
         FileNotFoundError (no config / checkpoint), ValueError (a checkpoint
         that does not match the config's model, bad options).
@@ -491,6 +494,13 @@ class DiffRAWPipeline:
         if use_ema is None:
             use_ema = bool(config.sample.use_ema) if "sample" in config else True
         model, params, step = evaluate.load_params(config, path, use_ema=use_ema)
+        if isinstance(tile, str):
+            if tile != "train":
+                raise ValueError(f"tile must be 'train', a size, (H, W) or None, got {tile!r}")
+            tile = int(config.data.crop_size)
+        if overlap is None:
+            shape = _as_tile_shape(tile)
+            overlap = 64 if shape is None else min(64, (min(shape) // 4) // 2 * 2)
         g_model = g_params = None
         if color == "g":
             g_model, g_params = evaluate.load_color_net(config, path)

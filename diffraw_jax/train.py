@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffraw_jax import checkpointing, dtdm, parallel
+from diffraw_jax import dtdm, parallel
 from diffraw_jax.models import isp as isp_lib
 from diffraw_jax.models import unet as unet_lib
 
@@ -357,6 +357,8 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
         seed=config.seed, augment=config.data.augment, worker_count=config.data.worker_count,
         black_level=config.data.black_level, white_level=config.data.white_level)
     data_iter = iter(loader)
+
+    from diffraw_jax import checkpointing  # orbax: only the training loop needs it
 
     manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

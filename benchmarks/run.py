@@ -1,0 +1,701 @@
+"""diffraw-jax benchmarks: train step, sampling, a PyTorch reference, the input pipeline.
+
+    python -m benchmarks.run [--quick] [--device] [--out results/benchmarks]
+        [--only train,forward,sample,torch,input] [--model tiny|demo|zrr] [--tag NAME]
+
+Writes ``<out>/<tag>.json`` and ``<out>/<tag>.md`` (tag: "cpu", or the
+accelerator's kind with ``--device``) and prints the Markdown.
+
+Without ``--device`` everything runs on the CPU (JAX_PLATFORMS=cpu) with
+CPU-sized workloads; ``--device`` runs on JAX's default accelerator with the
+paper-sized ones (the zrr U-Net at 448x448 crops). ``--quick`` keeps a few
+cases and few timed steps (a smoke run, ~5 min on 2 CPU cores).
+
+Every case runs in its own subprocess (``--case JSON``), so compile caches,
+peak memory and a failure (out of memory, a timeout) stay with that case.
+
+What is measured
+----------------
+* ``train``: ``diffraw_jax.train.make_train_step`` (the real jitted step:
+  per-example DTDM sampling of t and m_t, forward, backward, global-norm clip,
+  Adam, EMA, the non-finite guard; D2 off, it is measured on its own under
+  ``input``) on random data: compile seconds (lower + compile), steps/s and
+  images/s over the timed steps, peak memory (device ``peak_bytes_in_use`` on
+  an accelerator, the process's peak RSS on CPU, compile included), FLOPs per
+  step from XLA's cost analysis of the compiled step, achieved FLOP/s and, on a
+  known accelerator, the MFU against its dense peak for the compute dtype.
+* ``forward``: one jitted eval-mode U-Net forward (``model.apply``), the same
+  numbers.
+* ``sample``: ``diffraw_jax.sampling.make_sampler`` (one ``lax.scan``) for
+  DTDM-100 and DTDM-DDIM-10: images/s, ms per step, the ratio of ms per step to
+  one forward pass of the same batch measured in the same process (goal
+  <= 1.05), and a compile-once check (a second call with new inputs and key
+  hits the cache, and the denoiser was traced once).
+* ``torch``: ``benchmarks/torch_unet.py``, the same U-Net in PyTorch (same
+  layers, shapes and parameter count, checked here), forward and train step
+  (same loss, global-norm clip, Adam, EMA) at the same shapes, with
+  ``torch.set_num_threads(os.cpu_count())``. PyTorch is not a dependency of the
+  package: ``pip install torch==2.13.0``; without it the rows say "skipped".
+* ``input``: the Grain host pipeline (examples/s at the train crops, needs the
+  ``[train]`` extra: tfds and grain; skipped without them) and D2 on the device
+  (images/s), each against the images/s the train step consumes at that crop
+  (goal >= 4x).
+
+The benchmark itself imports only jax, flax, optax, numpy and the project's core
+modules (and torch / tfds / grain inside the cases that need them), so it runs
+on a bare accelerator machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+RESULT_PREFIX = "BENCH_RESULT "
+
+# Dense peak FLOP/s per chip, (bfloat16, float32). float32 convolutions and
+# matmuls on NVIDIA Ampere+ run as TF32 under JAX's default precision, so the
+# float32 peak is the TF32 tensor-core peak. Sources: NVIDIA H100/H200/A100 data
+# sheets (dense, without sparsity), Google Cloud TPU system architecture pages.
+PEAK_FLOPS = {
+    "H100 PCIe": (756e12, 378e12),
+    "H100": (989.4e12, 494.7e12),   # SXM5 (also "H100 80GB HBM3")
+    "H200": (989.4e12, 494.7e12),
+    "A100": (312e12, 156e12),
+    "TPU v4": (275e12, 275e12 / 2),
+    "TPU v5 lite": (197e12, 197e12 / 2),
+    "TPU v5e": (197e12, 197e12 / 2),
+    "TPU v5p": (459e12, 459e12 / 2),
+    "TPU v6 lite": (918e12, 918e12 / 2),
+    "TPU v6e": (918e12, 918e12 / 2),
+}
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+    """Dense peak FLOP/s of one chip for ``dtype`` ("bfloat16"/"float32"), or None."""
+    for name, (bf16, f32) in PEAK_FLOPS.items():  # most specific names first
+        if name.lower() in device_kind.lower():
+            return bf16 if dtype == "bfloat16" else f32
+    return None
+
+
+# ----------------------------------------------------------------- the cases
+
+def case_list(quick: bool, device: bool) -> list[dict]:
+    """The cases of one run (each a dict with a "kind")."""
+    cases: list[dict] = []
+    if device:
+        train_shapes = [("demo", 64, 64), ("zrr", 448, 8)] if not quick else [("zrr", 448, 8)]
+        dtypes = ["float32", "bfloat16"]
+        steps = 5 if quick else 20
+        sample_shapes = [("zrr", 448, 1), ("demo", 64, 8)] if not quick else [("zrr", 448, 1)]
+    else:
+        train_shapes = [("demo", 64, 8), ("zrr", 64, 2)] if not quick else [("demo", 64, 8)]
+        dtypes = ["float32", "bfloat16"] if not quick else ["float32"]
+        steps = 3 if quick else 8
+        sample_shapes = [("demo", 64, 8), ("demo", 448, 1)] if not quick else [("demo", 64, 8)]
+    for model, crop, batch in train_shapes:
+        for dt in dtypes:
+            cases.append(dict(kind="train", model=model, crop=crop, batch=batch, dtype=dt,
+                              steps=steps))
+            cases.append(dict(kind="forward", model=model, crop=crop, batch=batch, dtype=dt,
+                              steps=steps))
+    for model, crop, batch in sample_shapes:
+        runs = [("dtdm", 100), ("dtdm_ddim", 10)]
+        if quick:
+            runs = [("dtdm", 10), ("dtdm_ddim", 10)] if not device else runs
+        for method, n in runs:
+            cases.append(dict(kind="sample", model=model, crop=crop, batch=batch,
+                              dtype="float32", method=method, num_steps=n))
+    for model, crop, batch in train_shapes:
+        cases.append(dict(kind="torch", model=model, crop=crop, batch=batch, steps=steps,
+                          device="cuda" if device else "cpu"))
+    crops = sorted({crop for _, crop, _ in train_shapes} | ({64, 448} if not quick else set()))
+    cases.append(dict(kind="input", crops=crops, batch=8, quick=quick))
+    return cases
+
+
+def _sync(tree):
+    import jax
+    return jax.block_until_ready(tree)
+
+
+def _peak_memory_bytes() -> tuple[int | None, str]:
+    """(peak bytes, what it is): device peak_bytes_in_use, else the process's peak RSS."""
+    import jax
+    dev = jax.local_devices()[0]
+    stats = dev.memory_stats() if dev.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"
+
+
+def _flops(compiled) -> float | None:
+    ca = compiled.cost_analysis()
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else None
+    flops = (ca or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def _config(model: str, crop: int, batch: int, dtype: str):
+    from configs import default
+
+    cfg = default.get_config()
+    cfg.model.name = model
+    cfg.model.dtype = dtype
+    cfg.data.crop_size = crop
+    cfg.data.global_batch_size = batch
+    cfg.degradation.enabled = False
+    cfg.optim.warmup_steps = 1
+    return cfg
+
+
+def _random_batch(batch: int, crop: int, seed: int = 0) -> dict:
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return {"raw": rng.uniform(0, 1, (batch, crop // 2, crop // 2, 4)).astype(np.float32),
+            "dslr": rng.uniform(-1, 1, (batch, crop, crop, 3)).astype(np.float32)}
+
+
+def _rates(out: dict, seconds_per_call: float, images_per_call: int, flops: float | None,
+           device_kind: str, dtype: str):
+    out["ms_per_call"] = 1e3 * seconds_per_call
+    out["calls_per_s"] = 1.0 / seconds_per_call
+    out["images_per_s"] = images_per_call / seconds_per_call
+    out["gflop_per_call"] = None if flops is None else flops / 1e9
+    out["achieved_tflop_s"] = None if flops is None else flops / seconds_per_call / 1e12
+    peak = peak_flops(device_kind, dtype)
+    out["mfu"] = None if (flops is None or peak is None) else flops / seconds_per_call / peak
+
+
+def run_train(c: dict) -> dict:
+    import jax
+    from diffraw_jax import parallel, train
+
+    cfg = _config(c["model"], c["crop"], c["batch"], c["dtype"])
+    mesh = parallel.create_mesh(1)
+    model = train.create_model(cfg)
+    tx = train.create_optimizer(cfg)
+    schedule = train.create_schedule(cfg)
+    state = train.create_train_state(cfg, model, tx, mesh, jax.random.key(0))
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = train.make_train_step(cfg, model, tx, schedule, mesh, shardings)
+    batch = jax.device_put(_random_batch(c["batch"], c["crop"]), parallel.batch_sharding(mesh))
+    key = jax.random.key(1)
+    t = time.perf_counter()
+    compiled = step.lower(state, batch, key).compile()
+    compile_s = time.perf_counter() - t
+    for _ in range(2):  # warm-up
+        state, metrics = compiled(state, batch, key)
+    _sync(state)
+    t = time.perf_counter()
+    for _ in range(c["steps"]):
+        state, metrics = compiled(state, batch, key)
+    _sync((state, metrics))
+    dt = (time.perf_counter() - t) / c["steps"]
+    if not bool(metrics["finite"]):
+        raise FloatingPointError("non-finite loss in the benchmark train step")
+    out = dict(compile_s=compile_s, devices=len(mesh.devices.flat),
+               params=int(sum(x.size for x in jax.tree.leaves(state.params))))
+    _rates(out, dt, c["batch"], _flops(compiled), jax.devices()[0].device_kind, c["dtype"])
+    out["peak_memory_bytes"], out["peak_memory_kind"] = _peak_memory_bytes()
+    return out
+
+
+def _unet_and_params(model_name: str, crop: int, dtype: str, perturb: bool = True):
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from diffraw_jax.models import unet as unet_lib
+
+    dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+    model = unet_lib.make_unet(model_name, dtype=dt)
+    params = nn.unbox(unet_lib.init_variables(model, jax.random.key(0), crop)["params"])
+    if perturb:  # zero-initialised layers would make the output identically 0
+        import numpy as np
+        rng = np.random.default_rng(2)  # numpy: threefry draws compile slowly on CPU
+        params = jax.tree.map(lambda p: p + jnp.asarray(0.02 * rng.standard_normal(p.shape), p.dtype),
+                              params)
+    return model, params
+
+
+def _model_inputs(batch: int, crop: int, seed: int = 0):
+    import jax.numpy as jnp
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    m_t = jnp.asarray(rng.standard_normal((batch, crop, crop, 3)), jnp.float32)
+    w = jnp.asarray(rng.uniform(0, 1, (batch, crop // 2, crop // 2, 4)), jnp.float32)
+    c = jnp.asarray(rng.uniform(-1, 1, (batch, crop, crop, 3)), jnp.float32)
+    t = jnp.asarray(rng.integers(1, 101, (batch,)), jnp.int32)
+    return m_t, w, c, t
+
+
+def _time_forward(model, params, inputs, steps: int):
+    """(compiled forward, compile s, seconds per call)."""
+    import jax
+
+    fwd = jax.jit(lambda p, m, w, c, t: model.apply({"params": p}, m, w, c, t, train=False))
+    t0 = time.perf_counter()
+    compiled = fwd.lower(params, *inputs).compile()
+    compile_s = time.perf_counter() - t0
+    _sync(compiled(params, *inputs))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out = compiled(params, *inputs)
+    _sync(out)
+    return compiled, compile_s, (time.perf_counter() - t0) / steps
+
+
+def run_forward(c: dict) -> dict:
+    import jax
+
+    model, params = _unet_and_params(c["model"], c["crop"], c["dtype"])
+    inputs = _model_inputs(c["batch"], c["crop"])
+    compiled, compile_s, dt = _time_forward(model, params, inputs, c["steps"])
+    out = dict(compile_s=compile_s)
+    _rates(out, dt, c["batch"], _flops(compiled), jax.devices()[0].device_kind, c["dtype"])
+    out["peak_memory_bytes"], out["peak_memory_kind"] = _peak_memory_bytes()
+    return out
+
+
+def run_sample(c: dict) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from diffraw_jax import dtdm, sampling
+
+    model, params = _unet_and_params(c["model"], c["crop"], c["dtype"])
+    m_t, w, cond, _ = _model_inputs(c["batch"], c["crop"])
+    schedule = dtdm.make_schedule(2000, 1e-6, 1e-2, "linear")
+    traces = []
+
+    class Counting:
+        """Counts how often the sampler traces the denoiser."""
+
+        def apply(self, *a, **k):
+            traces.append(1)
+            return model.apply(*a, **k)
+
+    sampler = sampling.make_sampler(Counting(), schedule, 100, method=c["method"],
+                                    num_steps=c["num_steps"])
+    t0 = time.perf_counter()
+    _sync(sampler(params, w, cond, cond, jax.random.key(0)))
+    first_s = time.perf_counter() - t0
+    # A second call: new inputs and key, same shapes: must not recompile.
+    t0 = time.perf_counter()
+    _sync(sampler(params, w * 0.5, cond * 0.5, cond * 0.5, jax.random.key(1)))
+    dt = time.perf_counter() - t0
+    repeats = 1 if dt > 20 else 2
+    if repeats > 1:
+        t0 = time.perf_counter()
+        for i in range(repeats):
+            y = sampler(params, w, cond, cond, jax.random.key(2 + i))
+        _sync(y)
+        dt = (time.perf_counter() - t0) / repeats
+    cache = sampler._cache_size()
+    # One forward pass of the same batch, in the same process.
+    fwd_steps = max(3, min(20, int(5.0 / max(dt / c["num_steps"], 1e-4))))
+    _, _, fwd_s = _time_forward(model, params, (m_t, w, cond, jnp.full((c["batch"],), 50, jnp.int32)),
+                                fwd_steps)
+    per_step = dt / c["num_steps"]
+    return dict(compile_s=max(first_s - dt, 0.0), seconds_per_call=dt,
+                images_per_s=c["batch"] / dt, ms_per_step=1e3 * per_step,
+                forward_ms=1e3 * fwd_s, step_over_forward=per_step / fwd_s,
+                compiled_once=bool(cache == 1 and len(traces) == 1),
+                jit_cache_size=int(cache), denoiser_traces=len(traces))
+
+
+def run_torch(c: dict) -> dict:
+    try:
+        import torch
+    except ImportError:
+        return dict(skipped="torch is not installed (pip install torch==2.13.0)")
+    import numpy as np
+    from benchmarks import torch_unet
+    from diffraw_jax.models import unet as unet_lib
+
+    dev = c.get("device", "cpu")
+    if dev == "cuda" and not torch.cuda.is_available():
+        return dict(skipped="torch has no CUDA device here")
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    cfg = unet_lib.unet_config(c["model"])
+    net = torch_unet.TorchUNet(**cfg).to(dev)
+    n_params = torch_unet.count_params(net)
+    jax_params = unet_lib.PARAM_COUNTS[c["model"]]
+    if n_params != jax_params:
+        raise AssertionError(f"PyTorch U-Net has {n_params} parameters, JAX {jax_params}")
+    b, s = c["batch"], c["crop"]
+    gen = np.random.default_rng(0)
+    tens = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(dev)
+    m_t = tens(gen.standard_normal((b, 3, s, s)))
+    w = tens(gen.uniform(0, 1, (b, 4, s // 2, s // 2)))
+    cond = tens(gen.uniform(-1, 1, (b, 3, s, s)))
+    target = tens(gen.standard_normal((b, 3, s, s)))
+    t = torch.from_numpy(gen.integers(1, 101, (b,))).to(dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    out = dict(params=n_params, threads=torch.get_num_threads(), torch_version=torch.__version__)
+
+    net.eval()
+    with torch.no_grad():
+        for _ in range(2):
+            net(m_t, w, cond, t)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(c["steps"]):
+            net(m_t, w, cond, t)
+        sync()
+    out["forward_ms"] = 1e3 * (time.perf_counter() - t0) / c["steps"]
+
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.999))
+    ema = [p.detach().clone() for p in net.parameters()]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.mean((net(m_t, w, cond, t) - target) ** 2)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in net.parameters()], 1.0 - 0.9999)
+        return loss
+
+    for _ in range(2):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(c["steps"]):
+        loss = step()
+    sync()
+    dt = (time.perf_counter() - t0) / c["steps"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError("non-finite loss in the PyTorch train step")
+    out["train_ms"] = 1e3 * dt
+    out["train_images_per_s"] = b / dt
+    if dev == "cuda":
+        out["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
+        out["peak_memory_kind"] = "torch.cuda.max_memory_allocated"
+    else:
+        import resource
+        out["peak_memory_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        out["peak_memory_kind"] = "process peak RSS"
+    return out
+
+
+def run_input(c: dict) -> dict:
+    import jax
+    import numpy as np
+    from diffraw_jax import degradation as D
+
+    out: dict = {"d2": [], "grain": []}
+    for crop in c["crops"]:
+        rng = np.random.default_rng(0)
+        y = jax.numpy.asarray(rng.uniform(0, 1, (c["batch"], crop, crop, 3)), jax.numpy.float32)
+        fn = jax.jit(lambda y, k: D.degrade(y, k))
+        _sync(fn(y, jax.random.key(0)))
+        _sync(fn(y, jax.random.key(1)))
+        iters = 1
+        t0 = time.perf_counter()
+        while True:
+            for i in range(iters):
+                r = fn(y, jax.random.key(2 + i))
+            _sync(r)
+            dt = time.perf_counter() - t0
+            if dt > 2.0 or iters >= 64:
+                break
+            iters *= 2
+            t0 = time.perf_counter()
+        out["d2"].append(dict(crop=crop, images_per_s=c["batch"] * iters / dt))
+    try:
+        import grain  # noqa: F401
+        import tensorflow_datasets  # noqa: F401
+    except ImportError as e:
+        out["grain_skipped"] = f"needs the [train] extra ({e.name} is missing)"
+        return out
+    import tempfile
+
+    from benchmarks import input_pipeline_bench as ipb
+
+    data_dir = os.environ.get("DIFFRAW_BENCH_DATA") or tempfile.mkdtemp(prefix="zrr_bench_")
+    source = ipb.build_dataset(data_dir, 16 if c["quick"] else 32)
+    for crop in c["crops"]:
+        first, eps = ipb.time_loader(source, crop, 0, c["batch"], 10 if c["quick"] else 30)
+        out["grain"].append(dict(crop=crop, workers=0, images_per_s=eps, first_batch_s=first))
+    return out
+
+
+RUNNERS = {"train": run_train, "forward": run_forward, "sample": run_sample,
+           "torch": run_torch, "input": run_input}
+
+
+def _run_case_here(case: dict) -> None:
+    """Child process: run one case, print one RESULT line."""
+    try:
+        res = RUNNERS[case["kind"]](case)
+    except Exception as e:  # reported as the case's error, the run goes on
+        res = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+    print(RESULT_PREFIX + json.dumps(res), flush=True)
+
+
+def run_case(case: dict, device: bool, timeout: float) -> dict:
+    env = dict(os.environ)
+    if not device:
+        env["JAX_PLATFORMS"] = "cpu"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--case", json.dumps(case)],
+                              cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(case, error=f"timed out after {timeout:.0f} s", wall_s=timeout)
+    res = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            res = json.loads(line[len(RESULT_PREFIX):])
+    if res is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        res = dict(error=f"exit {proc.returncode}: " + " | ".join(tail)[-400:])
+    return dict(case, **res, wall_s=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------- report
+
+def _fmt(x, spec=".2f", none="-"):
+    if x is None:
+        return none
+    return format(x, spec)
+
+
+def _mb(x):
+    return None if x is None else x / 2**20
+
+
+def summarize(results: list[dict]) -> dict:
+    """Derived comparisons and goal checks."""
+    by = {}
+    for r in results:
+        by.setdefault(r["kind"], []).append(r)
+    ratios, goals = [], []
+    for tr in by.get("torch", []):
+        if "error" in tr or "skipped" in tr:
+            continue
+        for kind, key_j, key_t in (("train", "ms_per_call", "train_ms"),
+                                   ("forward", "ms_per_call", "forward_ms")):
+            for j in by.get(kind, []):
+                if (j["model"], j["crop"], j["batch"], j["dtype"]) == (tr["model"], tr["crop"], tr["batch"],
+                                                                      "float32") and "error" not in j:
+                    ratios.append(dict(what=kind, model=j["model"], crop=j["crop"], batch=j["batch"],
+                                       jax_ms=j[key_j], torch_ms=tr[key_t],
+                                       jax_over_torch=j[key_j] / tr[key_t]))
+    for s in by.get("sample", []):
+        if "error" not in s:
+            goals.append(dict(goal="sampler ms/step <= 1.05x one forward",
+                              case=f"{s['model']} {s['crop']}px b{s['batch']} {s['method']}-{s['num_steps']}",
+                              value=s["step_over_forward"], met=s["step_over_forward"] <= 1.05))
+            goals.append(dict(goal="sampler compiles once", case=f"{s['method']}-{s['num_steps']}",
+                              value=s["jit_cache_size"], met=s["compiled_once"]))
+    train_ips = {}
+    for j in by.get("train", []):
+        if "error" not in j and j["dtype"] == "float32":
+            train_ips[j["crop"]] = max(train_ips.get(j["crop"], 0), j["images_per_s"])
+    for inp in by.get("input", []):
+        for src in ("grain", "d2"):
+            for row in inp.get(src, []):
+                need = train_ips.get(row["crop"])
+                if need:
+                    row["over_train_step"] = row["images_per_s"] / need
+                    goals.append(dict(goal=f"{'Grain pipeline' if src == 'grain' else 'D2 on device'}"
+                                      f" >= 4x the train step's images/s",
+                                      case=f"crop {row['crop']} (fastest f32 train step: {need:.2f} img/s)",
+                                      value=row["over_train_step"], met=row["over_train_step"] >= 4))
+    for j in by.get("train", []):
+        if j.get("mfu") is not None and j["model"] == "zrr" and j["dtype"] == "bfloat16" and j["crop"] == 448:
+            goals.append(dict(goal="bf16 train MFU >= 45% (zrr, 448)", case=f"batch {j['batch']}",
+                              value=j["mfu"], met=j["mfu"] >= 0.45))
+    for r in ratios:
+        if r["what"] == "train" and by.get("meta_device"):
+            goals.append(dict(goal="JAX >= 1.3x faster than PyTorch per train step (GPU)",
+                              case=f"{r['model']} {r['crop']}px", value=1 / r["jax_over_torch"],
+                              met=1 / r["jax_over_torch"] >= 1.3))
+    return dict(jax_vs_torch=ratios, goals=goals)
+
+
+def markdown(report: dict) -> str:
+    m = report["meta"]
+    res = report["results"]
+    L = [f"# diffraw-jax benchmarks: {m['tag']}", "",
+         f"`{m['command']}` on {m['device_kind']} ({m['backend']}, {m['num_devices']} device(s)), "
+         f"{m['cpu_count']} CPU core(s), jax {m['jax']}, flax {m['flax']}, {m['date']}, commit {m['commit']}.",
+         ""]
+    tr = [r for r in res if r["kind"] in ("train", "forward")]
+    if tr:
+        L += ["## Train step and forward pass (JAX)", "",
+              "| what | model | crop | batch | dtype | compile s | ms/step | steps/s | images/s | GFLOP/step "
+              "| TFLOP/s | MFU | peak memory MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in tr:
+            if "error" in r:
+                L.append(f"| {r['kind']} | {r['model']} | {r['crop']} | {r['batch']} | {r['dtype']} | "
+                         f"error: {r['error']} |||||||")
+                continue
+            L.append(f"| {r['kind']} | {r['model']} | {r['crop']} | {r['batch']} | {r['dtype']} | "
+                     f"{_fmt(r['compile_s'], '.1f')} | {_fmt(r['ms_per_call'], '.1f')} | "
+                     f"{_fmt(r['calls_per_s'], '.3f')} | {_fmt(r['images_per_s'], '.2f')} | "
+                     f"{_fmt(r['gflop_per_call'], '.1f')} | {_fmt(r['achieved_tflop_s'], '.3f')} | "
+                     f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | "
+                     f"{_fmt(_mb(r['peak_memory_bytes']), '.0f')} |")
+        L += ["", "Peak memory: " + ", ".join(sorted({r.get('peak_memory_kind', '') for r in tr
+                                                       if r.get('peak_memory_kind')})) +
+              " (on CPU the whole process: compilation included). FLOPs: XLA cost analysis of the "
+              "compiled step. MFU only where the chip's dense peak is known.", ""]
+    sm = [r for r in res if r["kind"] == "sample"]
+    if sm:
+        L += ["## Sampling (one `lax.scan`)", "",
+              "| model | crop | batch | sampler | compile s | s/call | images/s | ms/step | forward ms "
+              "| step / forward | compiled once |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sm:
+            name = f"{'DTDM' if r['method'] == 'dtdm' else 'DTDM-DDIM'}-{r['num_steps']}"
+            if "error" in r:
+                L.append(f"| {r['model']} | {r['crop']} | {r['batch']} | {name} | error: {r['error']} ||||||")
+                continue
+            L.append(f"| {r['model']} | {r['crop']} | {r['batch']} | {name} | {r['compile_s']:.1f} | "
+                     f"{r['seconds_per_call']:.2f} | {r['images_per_s']:.3f} | {r['ms_per_step']:.1f} | "
+                     f"{r['forward_ms']:.1f} | {r['step_over_forward']:.3f} | "
+                     f"{'yes' if r['compiled_once'] else 'NO'} |")
+        L.append("")
+    to = [r for r in res if r["kind"] == "torch"]
+    if to:
+        L += ["## PyTorch reference (benchmarks/torch_unet.py)", "",
+              "| model | crop | batch | device | params | forward ms | train ms/step | images/s | peak memory MiB |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for r in to:
+            if "error" in r or "skipped" in r:
+                L.append(f"| {r['model']} | {r['crop']} | {r['batch']} | {r['device']} | "
+                         f"{r.get('error') or 'skipped: ' + r['skipped']} |||||")
+                continue
+            L.append(f"| {r['model']} | {r['crop']} | {r['batch']} | {r['device']} (torch {r['torch_version']}, "
+                     f"{r['threads']} threads) | {r['params']:,} | {r['forward_ms']:.1f} | {r['train_ms']:.1f} | "
+                     f"{r['train_images_per_s']:.2f} | {_mb(r['peak_memory_bytes']):.0f} |")
+        L.append("")
+    ratios = report["summary"]["jax_vs_torch"]
+    if ratios:
+        L += ["## JAX / PyTorch (float32; > 1 means JAX is slower)", "",
+              "| what | model | crop | batch | JAX ms | PyTorch ms | JAX / PyTorch |", "|---|---|---|---|---|---|---|"]
+        for r in ratios:
+            L.append(f"| {r['what']} | {r['model']} | {r['crop']} | {r['batch']} | {r['jax_ms']:.1f} | "
+                     f"{r['torch_ms']:.1f} | {r['jax_over_torch']:.2f} |")
+        L.append("")
+    inp = [r for r in res if r["kind"] == "input"]
+    for r in inp:
+        L += ["## Input pipeline", ""]
+        if "error" in r:
+            L += [f"error: {r['error']}", ""]
+            continue
+        L += ["| source | crop | images/s | / train step's images/s |", "|---|---|---|---|"]
+        for src, label in (("grain", "Grain host pipeline (0 workers, batch 8)"), ("d2", "D2 on device (batch 8)")):
+            for row in r.get(src, []):
+                L.append(f"| {label} | {row['crop']} | {row['images_per_s']:.1f} | "
+                         f"{_fmt(row.get('over_train_step'), '.1f')} |")
+        if r.get("grain_skipped"):
+            L.append(f"| Grain host pipeline | - | skipped: {r['grain_skipped']} | |")
+        L.append("")
+    goals = report["summary"]["goals"]
+    if goals:
+        L += ["## Goals", "", "| goal | case | value | met |", "|---|---|---|---|"]
+        for g in goals:
+            v = g["value"]
+            L.append(f"| {g['goal']} | {g['case']} | {v:.3g} | {'yes' if g['met'] else 'no'} |")
+        L.append("")
+    return "\n".join(L)
+
+
+def _meta(args, device: bool) -> dict:
+    env = dict(os.environ)
+    if not device:
+        env["JAX_PLATFORMS"] = "cpu"
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax, flax, json; d = jax.devices(); print(json.dumps(dict("
+         "backend=jax.default_backend(), device_kind=d[0].device_kind, num_devices=len(d), "
+         "jax=jax.__version__, flax=flax.__version__)))"],
+        env=env, capture_output=True, text=True, check=True)
+    meta = json.loads(probe.stdout.strip().splitlines()[-1])
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    meta.update(cpu_count=os.cpu_count(), python=platform.python_version(), commit=commit,
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                command="python -m benchmarks.run " + " ".join(args))
+    return meta
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="few cases and steps (a smoke run)")
+    p.add_argument("--device", action="store_true",
+                   help="run on JAX's default accelerator with paper-sized workloads")
+    p.add_argument("--out", default="results/benchmarks", help="folder for <tag>.json and <tag>.md")
+    p.add_argument("--tag", default=None, help="file name stem (default: cpu / the device kind)")
+    p.add_argument("--only", default="", help="comma-separated kinds: train,forward,sample,torch,input")
+    p.add_argument("--model", default=None,
+                   help="use this U-Net config (tiny | demo | zrr) in every case instead of the defaults")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per case")
+    p.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.case is not None:
+        _run_case_here(json.loads(a.case))
+        return 0
+    kinds = set(filter(None, a.only.split(",")))
+    bad = kinds - set(RUNNERS)
+    if bad:
+        p.error(f"--only: unknown kinds {sorted(bad)}; choose from {sorted(RUNNERS)}")
+    meta = _meta(argv, a.device)
+    if a.device and meta["backend"] == "cpu":
+        print("error: --device given but JAX sees no accelerator (backend cpu)", file=sys.stderr)
+        return 2
+    tag = a.tag or ("cpu" if not a.device else meta["device_kind"].lower().replace(" ", "-"))
+    meta["tag"] = tag
+    cases = [c for c in case_list(a.quick, a.device) if not kinds or c["kind"] in kinds]
+    if a.model:
+        from diffraw_jax.models.unet import UNET_CONFIGS
+
+        if a.model not in UNET_CONFIGS:
+            p.error(f"--model must be one of {sorted(UNET_CONFIGS)}, got {a.model!r}")
+        cases = [dict(c, model=a.model) if "model" in c else c for c in cases]
+        cases = [c for i, c in enumerate(cases) if c not in cases[:i]]  # drop duplicates
+    print(f"{len(cases)} cases on {meta['device_kind']} ({meta['backend']})", flush=True)
+    results = []
+    for i, case in enumerate(cases, 1):
+        label = " ".join(f"{k}={v}" for k, v in case.items() if k != "kind")
+        print(f"[{i}/{len(cases)}] {case['kind']} {label} ...", end=" ", flush=True)
+        r = run_case(case, a.device, a.timeout)
+        results.append(r)
+        print("error: " + r["error"] if "error" in r else f"done in {r['wall_s']:.0f} s", flush=True)
+    report = dict(meta=meta, results=results)
+    summary_in = results + ([{"kind": "meta_device"}] if a.device else [])
+    report["summary"] = summarize(summary_in)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, tag + ".json"), "w") as f:
+        json.dump(report, f, indent=1)
+    md = markdown(report)
+    with open(os.path.join(a.out, tag + ".md"), "w") as f:
+        f.write(md + "\n")
+    print()
+    print(md)
+    print(f"wrote {os.path.join(a.out, tag + '.json')} and {tag}.md")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,298 @@
+"""Every command in README.md is exercised: run here, by `make demo`, or by CI.
+
+The commands are read from the README itself (```bash blocks, continuation
+lines joined, comments dropped; ```python blocks; `python -m ...` / `make ...`
+quoted inline), placeholders (ZRR_ROOT, DATA_DIR, W, ...) are replaced by
+temporary paths, and the training commands get tiny-model overrides appended.
+A README command that no rule here knows fails `test_every_readme_command_is_known`,
+so the README cannot grow an untested command.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+def _readme() -> str:
+    with open(os.path.join(REPO, "README.md")) as f:
+        return f.read()
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced code block."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def shell_commands(text: str) -> list[str]:
+    """Commands of the ```bash blocks: continuations joined, comments and blank lines dropped."""
+    cmds = []
+    for lang, body in fenced_blocks(text):
+        if lang != "bash":
+            continue
+        joined = re.sub(r"\\\n\s*", " ", body)
+        for line in joined.splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                cmds.append(line)
+    return cmds
+
+
+def inline_commands(text: str) -> list[str]:
+    """`python -m ...`, `python main.py ...` and `make ...` quoted in the prose."""
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return [c.strip() for c in re.findall(r"`((?:python -m|python main\.py|make) [^`]+)`", prose)]
+
+
+def python_blocks(text: str) -> list[str]:
+    return [body for lang, body in fenced_blocks(text) if lang == "python"]
+
+
+def classify(cmd: str) -> str:
+    """A README command -> the rule that exercises it (a KeyError-like 'unknown' otherwise)."""
+    toks = shlex.split(cmd)
+    if toks[0] == "make":
+        return "make " + toks[1]
+    if toks[0] == "gcloud":
+        return "gcloud"
+    if toks[0] == "diffraw":
+        return "diffraw"
+    if toks[:2] == ["tfds", "build"]:
+        return "tfds build"
+    if toks[:2] == ["python", "-m"]:
+        return "python -m " + toks[2]
+    if toks[:2] == ["python", "main.py"]:
+        opts = dict(t.split("=", 1) for t in toks[2:] if t.startswith("--") and "=" in t)
+        return f"main.py {opts.get('--config', '?')} {opts.get('--mode', 'train')}"
+    return "unknown"
+
+
+# What runs each kind of command. "workflow": test_readme_workflow below runs it;
+# "demo": the Makefile's demo recipe runs it verbatim (checked below); the others
+# name the test that runs it.
+RULES = {
+    "make demo": "Makefile target, run by hand (README 'Demo results' were produced by it)",
+    "make test": ".ci/run",
+    "make install": ".ci/run (make test installs first)",
+    "python -m tfds_zrr.synthetic": "workflow",
+    "python -m tfds_zrr.build": "workflow",
+    "tfds build": "workflow",
+    "main.py configs/zrr.py train": "workflow",
+    "main.py configs/isp.py train": "workflow",
+    "main.py configs/zrr.py eval": "workflow",
+    "main.py configs/synthetic.py eval": "demo",
+    "gcloud": "workflow",
+    "diffraw": "workflow",
+    "python -m benchmarks.run": "tests/test_benchmarks.py::test_benchmark_run_quick_tiny",
+    "python -m benchmarks.infer_bench": "workflow",
+}
+
+
+def all_commands() -> list[str]:
+    text = _readme()
+    return shell_commands(text) + inline_commands(text)
+
+
+def test_every_readme_command_is_known():
+    cmds = all_commands()
+    assert len(cmds) >= 10, cmds  # the parser found the README's commands
+    unknown = [c for c in cmds if classify(c) not in RULES]
+    assert not unknown, f"README commands no test exercises (add a rule in {__file__}): {unknown}"
+    for c in cmds:
+        rule = RULES[classify(c)]
+        if "::" in rule:
+            path, name = rule.split("::")
+            with open(os.path.join(REPO, path)) as f:
+                assert f"def {name}(" in f.read(), f"{rule} (for README command {c!r}) does not exist"
+
+
+def _makefile_demo_commands() -> list[list[str]]:
+    with open(os.path.join(REPO, "Makefile")) as f:
+        text = f.read()
+    recipe = re.search(r"^demo:.*?\n((?:\t.*\n|\n)+)", text, flags=re.M).group(1)
+    recipe = re.sub(r"\\\n\s*", " ", recipe)
+    subst = {"$(BIN)/python": "python", "$(DEMO_TFDS)": "data/tfds", "$(DEMO_WORK)": "workdir",
+             "$(DEMO_DATA)": "data/synthetic_zrr"}
+    out = []
+    for line in recipe.splitlines():
+        line = line.strip()
+        for k, v in subst.items():
+            line = line.replace(k, v)
+        if line.startswith("python"):
+            out.append(shlex.split(line))
+    return out
+
+
+def test_demo_commands_are_in_the_makefile_demo_recipe():
+    demo = _makefile_demo_commands()
+    assert len(demo) >= 4
+    for c in all_commands():
+        if RULES.get(classify(c)) == "demo":
+            assert shlex.split(c) in demo, f"README command {c!r} is not run by `make demo`: {demo}"
+
+
+# ---------------------------------------------------------------------------
+# Running the README's commands.
+
+TINY = ["--config.model.name=tiny", "--config.color_net.name=tiny", "--config.model.dtype=float32",
+        "--config.data.crop_size=32", "--config.data.global_batch_size=4", "--config.data.eval_batch_size=2",
+        "--config.diffusion.num_timesteps=200", "--config.diffusion.s=20", "--config.optim.warmup_steps=1",
+        "--config.train.num_train_steps=2", "--config.train.log_every_steps=1",
+        "--config.train.checkpoint_every_steps=2", "--config.eval.crop_size=32", "--config.eval.num_images=2",
+        "--config.eval.ddim_steps=2", "--config.eval.grid_images=2"]
+
+# Values for the README's optional "[--flag VALUE|OTHER]" groups (every group must have one).
+OPTIONAL_VALUES = {"--size": "448", "--seed": "1", "--method": "dtdm_ddim", "--steps": "2",
+                   "--color": "classic", "--tile": "32", "--overlap": "8", "--batch": "2",
+                   "--bits16": None, "--overwrite": None}
+
+
+def expand_optional(cmd: str) -> str:
+    def repl(m):
+        flag = m.group(1).split()[0]
+        assert flag in OPTIONAL_VALUES, f"no test value for the README option {m.group(0)!r}"
+        v = OPTIONAL_VALUES[flag]
+        return flag if v is None else f"{flag} {v}"
+    return re.sub(r"\[(--[^\]]+)\]", repl, cmd)
+
+
+def substitute(tokens: list[str], mapping: dict) -> list[str]:
+    out = []
+    for t in tokens:
+        if t.startswith("--") and "=" in t:
+            k, v = t.split("=", 1)
+            out.append(f"{k}={mapping.get(v, v)}")
+        else:
+            out.append(mapping.get(t, t))
+    return out
+
+
+def _find(kind: str) -> list[str]:
+    found = [c for c in all_commands() if classify(c) == kind]
+    assert found, f"the README has no {kind!r} command any more; update tests/test_readme.py"
+    return found
+
+
+def _run(argv: list[str], env=None, timeout=600):
+    if argv[0] == "python":
+        argv = [sys.executable] + argv[1:]
+    elif argv[0] in ("tfds", "diffraw"):
+        argv = [os.path.join(BIN, argv[0])] + argv[1:]
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(argv)}\nexit {r.returncode}\n{r.stderr[-3000:]}"
+    return r
+
+
+def test_readme_workflow(tmp_path):
+    """Data -> TFDS (both ways) -> G -> DiffRAW -> eval -> multi-host form -> diffraw CLI -> Python API."""
+    zrr, data, cli_data = tmp_path / "zrr", tmp_path / "tfds", tmp_path / "tfds_cli"
+    w, wg, run = tmp_path / "w", tmp_path / "wg", tmp_path / "run"
+    mapping = {"DIR": str(zrr), "N": "4", "M": "2", "ZRR_ROOT": str(zrr), "DATA_DIR": str(data),
+               "W": str(w), "W_G": str(wg), "gs://BUCKET/run": str(run), "gs://BUCKET/tfds": str(data)}
+
+    (synth,) = _find("python -m tfds_zrr.synthetic")
+    _run(substitute(shlex.split(expand_optional(synth)), mapping))
+    assert len(os.listdir(zrr / "train" / "huawei_raw")) == 4 and len(os.listdir(zrr / "test" / "canon")) == 2
+
+    (build,) = _find("python -m tfds_zrr.build")
+    _run(substitute(shlex.split(build), mapping))
+    (cli,) = _find("tfds build")
+    _run(substitute(shlex.split(cli), dict(mapping, DATA_DIR=str(cli_data))))
+    for d in (data, cli_data):
+        assert any(f.startswith("zrr-train.array_record") for f in os.listdir(d / "zrr" / "patches" / "1.0.0"))
+
+    (isp,) = _find("main.py configs/isp.py train")
+    _run(substitute(shlex.split(isp), mapping) + TINY)
+    (train_cmd,) = _find("main.py configs/zrr.py train")
+    _run(substitute(shlex.split(train_cmd), mapping) + TINY)
+    assert (w / "checkpoints" / "2").is_dir() and (wg / "checkpoints" / "2").is_dir()
+    (eval_cmd,) = _find("main.py configs/zrr.py eval")
+    _run(substitute(shlex.split(eval_cmd), mapping) + TINY)
+    assert (w / "eval" / "test" / "summary.md").is_file()
+
+    # The pod-slice command: the quoted command each host runs, with --jax_distributed;
+    # a one-process SLURM environment stands in for Cloud TPU's auto-detection.
+    (gcloud,) = _find("gcloud")
+    remote = shlex.split(gcloud)[-1]
+    assert remote.startswith("cd diffraw-jax && ")
+    host_cmd = substitute(shlex.split(remote.split("&&", 1)[1]), mapping)
+    assert "--jax_distributed" in host_cmd
+    env = dict(os.environ, SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="localhost", SLURM_NODELIST="localhost",
+               SLURM_NTASKS="1", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_STEP_NUM_NODES="1")
+    r = _run(host_cmd + TINY + ["--config.train.num_train_steps=1", "--config.train.checkpoint_every_steps=1"],
+             env=env)
+    assert (run / "checkpoints" / "1").is_dir()
+    assert "JAX process 0 / 1" in r.stderr
+
+    # diffraw on a DNG and a folder of ZRR PNGs.
+    from PIL import Image
+    from test_infer import write_dng
+
+    rng = np.random.default_rng(0)
+    raws = tmp_path / "raws"
+    (raws / "more_raws").mkdir(parents=True)
+    mosaic = rng.integers(100, 900, (64, 96)).astype(np.uint16)
+    dng = write_dng(raws / "photo.dng", mosaic)
+    shutil.copy(zrr / "test" / "huawei_raw" / "0.png", raws / "more_raws" / "0.png")
+    (infer,) = _find("diffraw")
+    out = raws / "out"
+    argv = substitute(shlex.split(expand_optional(infer)), {"workdir/demo": str(w), "photo.dng": str(dng),
+                                                            "more_raws/": str(raws / "more_raws"),
+                                                            "out/": str(out)})
+    _run(argv + ["--quiet"])
+    outs = sorted(os.listdir(out))
+    assert outs == ["0.png", "photo.png"], outs
+    img = np.asarray(Image.open(out / "photo.png"))
+    assert img.shape == (64, 96, 3) and img.std() > 0
+    with open(out / "photo.png", "rb") as f:
+        head = f.read(26)
+    assert head[12:16] == b"IHDR" and head[24] == 16, "--bits16 wrote no 16-bit PNG"
+
+    # The inference benchmark on this run's checkpoint (a 64-px frame, 2 DDIM steps).
+    (bench,) = _find("python -m benchmarks.infer_bench")
+    r = _run(substitute(shlex.split(bench), {"256": "64"}) + [
+        "--checkpoint", str(w), "--tile", "32", "--overlap", "8", "--runs", "dtdm_ddim:2"])
+    assert "dtdm_ddim-2" in r.stdout and "s/MP" in r.stdout
+
+    # The Python API block, with the README's names bound to this run's files.
+    (api,) = [b for b in python_blocks(_readme()) if "DiffRAWPipeline" in b]
+    code = (api.replace('"workdir/demo"', repr(str(w))).replace('"photo.dng"', repr(str(dng)))
+            .replace('"sampler.jaxexp"', repr(str(tmp_path / "sampler.jaxexp"))).replace("(448, 448)", "(32, 32)"))
+    env_code = ("import os; os.environ.setdefault('JAX_PLATFORMS', 'cpu')\nimport numpy as np, rawpy\n"
+                "mosaic = np.random.default_rng(0).integers(63, 1020, (64, 64)).astype(np.uint16)\n"
+                + code + "\nassert srgb.shape == (64, 96, 3) and 0 <= srgb.min() and srgb.max() <= 1\n"
+                "assert os.path.getsize(" + repr(str(tmp_path / "sampler.jaxexp")) + ") > 0\nprint('ok')\n")
+    r = _run(["python", "-c", env_code])
+    assert r.stdout.strip().endswith("ok")
+
+
+def test_readme_dtdm_api_block():
+    """The DTDM API snippet runs as written, with a tiny U-Net bound to its free names."""
+    import jax
+    import jax.numpy as jnp
+
+    from diffraw_jax.models import unet
+
+    (block,) = [b for b in python_blocks(_readme()) if "dtdm.sample(" in b]
+    model = unet.make_unet("tiny")
+    variables = unet.init_variables(model, jax.random.key(0), 16)
+    rng = np.random.default_rng(0)
+    scope = dict(model=model, params=variables,
+                 w=jnp.asarray(rng.uniform(0, 1, (1, 8, 8, 4)), jnp.float32),
+                 c=jnp.asarray(rng.uniform(-1, 1, (1, 16, 16, 3)), jnp.float32))
+    scope["x"] = scope["c"]
+    exec(compile(block, "README.md", "exec"), scope)
+    y = np.asarray(scope["y_hat"])
+    assert y.shape == (1, 16, 16, 3) and np.isfinite(y).all()
+    # A fresh U-Net outputs 0, so the sampler must return exactly what an oracle-free
+    # chain gives from x: compare with a second call (deterministic for a fixed key).
+    np.testing.assert_array_equal(y, np.asarray(scope["sampler"](scope["x"], jax.random.PRNGKey(0))))
