@@ -113,8 +113,14 @@ def case_list(quick: bool, device: bool) -> list[dict]:
             cases.append(dict(kind="sample", model=model, crop=crop, batch=batch,
                               dtype="float32", method=method, num_steps=n))
     for model, crop, batch in train_shapes:
-        cases.append(dict(kind="torch", model=model, crop=crop, batch=batch, steps=steps,
-                          device="cuda" if device else "cpu"))
+        for dt in dtypes:
+            cases.append(dict(kind="torch", model=model, crop=crop, batch=batch, steps=steps, dtype=dt,
+                              device="cuda" if device else "cpu"))
+    conv_shapes = [(8, 64, 16, 16), (8, 32, 32, 32), (8, 16, 64, 64), (8, 8, 128, 128)]
+    if device:
+        conv_shapes = [(8, 448, 64, 64), (8, 224, 128, 128), (8, 112, 256, 256), (8, 56, 512, 512)]
+    cases.append(dict(kind="conv", shapes=conv_shapes[:2] if quick else conv_shapes,
+                      steps=5 if quick else 20))
     crops = sorted({crop for _, crop, _ in train_shapes} | ({64, 448} if not quick else set()))
     cases.append(dict(kind="input", crops=crops, batch=8, quick=quick))
     return cases
@@ -123,6 +129,23 @@ def case_list(quick: bool, device: bool) -> list[dict]:
 def _sync(tree):
     import jax
     return jax.block_until_ready(tree)
+
+
+def _best_of(call, sync, steps: int, windows: int = 3) -> float:
+    """Seconds per call: two warm-up calls, then the fastest of ``windows`` windows of
+    ``steps`` calls (the minimum filters out other load on a shared machine)."""
+    sync = sync or (lambda: None)
+    for _ in range(2):
+        call()
+    sync()
+    best = float("inf")
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            call()
+        sync()
+        best = min(best, (time.perf_counter() - t0) / steps)
+    return best
 
 
 def _peak_memory_bytes() -> tuple[int | None, str]:
@@ -192,14 +215,13 @@ def run_train(c: dict) -> dict:
     t = time.perf_counter()
     compiled = step.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - t
-    for _ in range(2):  # warm-up
-        state, metrics = compiled(state, batch, key)
-    _sync(state)
-    t = time.perf_counter()
-    for _ in range(c["steps"]):
-        state, metrics = compiled(state, batch, key)
-    _sync((state, metrics))
-    dt = (time.perf_counter() - t) / c["steps"]
+    box = {"state": state}
+
+    def call():
+        box["state"], box["metrics"] = compiled(box["state"], batch, key)
+
+    dt = _best_of(call, lambda: _sync(box), c["steps"])
+    state, metrics = box["state"], box["metrics"]
     if not bool(metrics["finite"]):
         raise FloatingPointError("non-finite loss in the benchmark train step")
     out = dict(compile_s=compile_s, devices=len(mesh.devices.flat),
@@ -245,12 +267,12 @@ def _time_forward(model, params, inputs, steps: int):
     t0 = time.perf_counter()
     compiled = fwd.lower(params, *inputs).compile()
     compile_s = time.perf_counter() - t0
-    _sync(compiled(params, *inputs))
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        out = compiled(params, *inputs)
-    _sync(out)
-    return compiled, compile_s, (time.perf_counter() - t0) / steps
+    box = {}
+
+    def call():
+        box["out"] = compiled(params, *inputs)
+
+    return compiled, compile_s, _best_of(call, lambda: _sync(box), steps)
 
 
 def run_forward(c: dict) -> dict:
@@ -323,62 +345,62 @@ def run_torch(c: dict) -> dict:
     dev = c.get("device", "cpu")
     if dev == "cuda" and not torch.cuda.is_available():
         return dict(skipped="torch has no CUDA device here")
+    dtype = c.get("dtype", "float32")
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     cfg = unet_lib.unet_config(c["model"])
-    net = torch_unet.TorchUNet(**cfg).to(dev)
-    n_params = torch_unet.count_params(net)
-    jax_params = unet_lib.PARAM_COUNTS[c["model"]]
-    if n_params != jax_params:
-        raise AssertionError(f"PyTorch U-Net has {n_params} parameters, JAX {jax_params}")
     b, s = c["batch"], c["crop"]
     gen = np.random.default_rng(0)
-    tens = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(dev)
-    m_t = tens(gen.standard_normal((b, 3, s, s)))
-    w = tens(gen.uniform(0, 1, (b, 4, s // 2, s // 2)))
-    cond = tens(gen.uniform(-1, 1, (b, 3, s, s)))
-    target = tens(gen.standard_normal((b, 3, s, s)))
+    host = [gen.standard_normal((b, 3, s, s)), gen.uniform(0, 1, (b, 4, s // 2, s // 2)),
+            gen.uniform(-1, 1, (b, 3, s, s)), gen.standard_normal((b, 3, s, s))]
     t = torch.from_numpy(gen.integers(1, 101, (b,))).to(dev)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    out = dict(params=n_params, threads=torch.get_num_threads(), torch_version=torch.__version__)
+    # bfloat16 as PyTorch users run it: float32 weights, autocast compute.
+    autocast = (torch.autocast(dev, dtype=torch.bfloat16) if dtype == "bfloat16"
+                else torch.autocast(dev, enabled=False))
+    out = dict(threads=torch.get_num_threads(), torch_version=torch.__version__, dtype=dtype, layouts={})
+    for layout in ("contiguous", "channels_last"):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        net = torch_unet.TorchUNet(**cfg).to(dev).to(memory_format=fmt)
+        n_params = torch_unet.count_params(net)
+        if n_params != unet_lib.PARAM_COUNTS[c["model"]]:
+            raise AssertionError(f"PyTorch U-Net has {n_params} parameters, "
+                                 f"JAX {unet_lib.PARAM_COUNTS[c['model']]}")
+        m_t, w, cond, target = (torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(dev)
+                                .contiguous(memory_format=fmt) for a in host)
+        net.eval()
 
-    net.eval()
-    with torch.no_grad():
-        for _ in range(2):
-            net(m_t, w, cond, t)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(c["steps"]):
-            net(m_t, w, cond, t)
-        sync()
-    out["forward_ms"] = 1e3 * (time.perf_counter() - t0) / c["steps"]
+        def forward():
+            with torch.no_grad(), autocast:
+                net(m_t, w, cond, t)
 
-    net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.999))
-    ema = [p.detach().clone() for p in net.parameters()]
+        fwd_s = _best_of(forward, sync, c["steps"])
+        net.train()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.999))
+        ema = [p.detach().clone() for p in net.parameters()]
+        losses = []
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = torch.mean((net(m_t, w, cond, t) - target) ** 2)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in net.parameters()], 1.0 - 0.9999)
-        return loss
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                f = net(m_t, w, cond, t)
+            loss = torch.mean((f.float() - target) ** 2)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in net.parameters()], 1.0 - 0.9999)
+            losses.append(loss)
 
-    for _ in range(2):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(c["steps"]):
-        loss = step()
-    sync()
-    dt = (time.perf_counter() - t0) / c["steps"]
-    if not torch.isfinite(loss):
-        raise FloatingPointError("non-finite loss in the PyTorch train step")
-    out["train_ms"] = 1e3 * dt
-    out["train_images_per_s"] = b / dt
+        train_s = _best_of(step, sync, c["steps"])
+        if not torch.isfinite(losses[-1]):
+            raise FloatingPointError("non-finite loss in the PyTorch train step")
+        out["layouts"][layout] = dict(forward_ms=1e3 * fwd_s, train_ms=1e3 * train_s)
+        out["params"] = n_params
+    best = min(out["layouts"], key=lambda k: out["layouts"][k]["train_ms"])
+    out.update(best_layout=best, forward_ms=min(v["forward_ms"] for v in out["layouts"].values()),
+               train_ms=out["layouts"][best]["train_ms"])
+    out["train_images_per_s"] = 1e3 * b / out["train_ms"]
     if dev == "cuda":
         out["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
         out["peak_memory_kind"] = "torch.cuda.max_memory_allocated"
@@ -387,6 +409,49 @@ def run_torch(c: dict) -> dict:
         out["peak_memory_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
         out["peak_memory_kind"] = "process peak RSS"
     return out
+
+
+def run_conv(c: dict) -> dict:
+    """One conv3x3 (bias-free, padding 1) in JAX (XLA) and PyTorch, forward and forward+backward."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rows = []
+    try:
+        import torch
+        torch.set_num_threads(os.cpu_count() or 1)
+    except ImportError:
+        torch = None
+    for b, size, cin, cout in c["shapes"]:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((b, size, size, cin)).astype(np.float32)
+        k = (0.1 * rng.standard_normal((3, 3, cin, cout))).astype(np.float32)
+        conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        fwd = jax.jit(conv)
+        grad = jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) ** 2), argnums=(0, 1)))
+        xj, kj = jnp.asarray(x), jnp.asarray(k)
+        row = dict(batch=b, size=size, cin=cin, cout=cout,
+                   gflop=2 * b * size * size * cin * cout * 9 / 1e9,
+                   jax_forward_ms=1e3 * _best_of(lambda: fwd(xj, kj).block_until_ready(), None, c["steps"]),
+                   jax_fwd_bwd_ms=1e3 * _best_of(lambda: jax.block_until_ready(grad(xj, kj)), None, c["steps"]))
+        if torch is not None:
+            xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+            kt = torch.from_numpy(k.transpose(3, 2, 0, 1).copy()).requires_grad_(True)
+
+            def tf():
+                with torch.no_grad():
+                    torch.nn.functional.conv2d(xt, kt, padding=1)
+
+            def tg():
+                xt.grad = kt.grad = None
+                (torch.nn.functional.conv2d(xt, kt, padding=1) ** 2).sum().backward()
+
+            row.update(torch_forward_ms=1e3 * _best_of(tf, None, c["steps"]),
+                       torch_fwd_bwd_ms=1e3 * _best_of(tg, None, c["steps"]))
+        rows.append(row)
+    return dict(rows=rows, torch=torch is not None)
 
 
 def run_input(c: dict) -> dict:
@@ -432,7 +497,7 @@ def run_input(c: dict) -> dict:
 
 
 RUNNERS = {"train": run_train, "forward": run_forward, "sample": run_sample,
-           "torch": run_torch, "input": run_input}
+           "torch": run_torch, "conv": run_conv, "input": run_input}
 
 
 def _run_case_here(case: dict) -> None:
@@ -490,9 +555,10 @@ def summarize(results: list[dict]) -> dict:
         for kind, key_j, key_t in (("train", "ms_per_call", "train_ms"),
                                    ("forward", "ms_per_call", "forward_ms")):
             for j in by.get(kind, []):
-                if (j["model"], j["crop"], j["batch"], j["dtype"]) == (tr["model"], tr["crop"], tr["batch"],
-                                                                      "float32") and "error" not in j:
+                if (j["model"], j["crop"], j["batch"], j["dtype"]) == (
+                        tr["model"], tr["crop"], tr["batch"], tr.get("dtype", "float32")) and "error" not in j:
                     ratios.append(dict(what=kind, model=j["model"], crop=j["crop"], batch=j["batch"],
+                                       dtype=j["dtype"],
                                        jax_ms=j[key_j], torch_ms=tr[key_t],
                                        jax_over_torch=j[key_j] / tr[key_t]))
     for s in by.get("sample", []):
@@ -521,7 +587,7 @@ def summarize(results: list[dict]) -> dict:
             goals.append(dict(goal="bf16 train MFU >= 45% (zrr, 448)", case=f"batch {j['batch']}",
                               value=j["mfu"], met=j["mfu"] >= 0.45))
     for r in ratios:
-        if r["what"] == "train" and by.get("meta_device"):
+        if r["what"] == "train" and by.get("meta_device") and r["model"] == "zrr":
             goals.append(dict(goal="JAX >= 1.3x faster than PyTorch per train step (GPU)",
                               case=f"{r['model']} {r['crop']}px", value=1 / r["jax_over_torch"],
                               met=1 / r["jax_over_torch"] >= 1.3))
@@ -575,24 +641,43 @@ def markdown(report: dict) -> str:
     to = [r for r in res if r["kind"] == "torch"]
     if to:
         L += ["## PyTorch reference (benchmarks/torch_unet.py)", "",
-              "| model | crop | batch | device | params | forward ms | train ms/step | images/s | peak memory MiB |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "Same layers, shapes and parameter count (checked in the run); the same step: MSE, "
+              "global-norm clip, Adam, EMA. Both memory layouts; the faster one is compared.", "",
+              "| model | crop | batch | dtype | device | params | forward ms (NCHW / channels_last) "
+              "| train ms/step (NCHW / channels_last) | images/s (best) | peak memory MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for r in to:
+            head = f"| {r['model']} | {r['crop']} | {r['batch']} | {r.get('dtype', 'float32')} | {r['device']} |"
             if "error" in r or "skipped" in r:
-                L.append(f"| {r['model']} | {r['crop']} | {r['batch']} | {r['device']} | "
-                         f"{r.get('error') or 'skipped: ' + r['skipped']} |||||")
+                L.append(f"{head} {r.get('error') or 'skipped: ' + r['skipped']} |||||")
                 continue
-            L.append(f"| {r['model']} | {r['crop']} | {r['batch']} | {r['device']} (torch {r['torch_version']}, "
-                     f"{r['threads']} threads) | {r['params']:,} | {r['forward_ms']:.1f} | {r['train_ms']:.1f} | "
-                     f"{r['train_images_per_s']:.2f} | {_mb(r['peak_memory_bytes']):.0f} |")
-        L.append("")
+            lay = r["layouts"]
+            L.append(f"{head} {r['params']:,} | {lay['contiguous']['forward_ms']:.1f} / "
+                     f"{lay['channels_last']['forward_ms']:.1f} | {lay['contiguous']['train_ms']:.1f} / "
+                     f"{lay['channels_last']['train_ms']:.1f} | {r['train_images_per_s']:.2f} | "
+                     f"{_mb(r['peak_memory_bytes']):.0f} |")
+        L += ["", f"torch {to[0].get('torch_version', '?')}, {to[0].get('threads', '?')} threads.", ""]
     ratios = report["summary"]["jax_vs_torch"]
     if ratios:
-        L += ["## JAX / PyTorch (float32; > 1 means JAX is slower)", "",
-              "| what | model | crop | batch | JAX ms | PyTorch ms | JAX / PyTorch |", "|---|---|---|---|---|---|---|"]
+        L += ["## JAX / PyTorch (> 1 means JAX is slower)", "",
+              "| what | model | crop | batch | dtype | JAX ms | PyTorch ms (best layout) | JAX / PyTorch |",
+              "|---|---|---|---|---|---|---|---|"]
         for r in ratios:
-            L.append(f"| {r['what']} | {r['model']} | {r['crop']} | {r['batch']} | {r['jax_ms']:.1f} | "
-                     f"{r['torch_ms']:.1f} | {r['jax_over_torch']:.2f} |")
+            L.append(f"| {r['what']} | {r['model']} | {r['crop']} | {r['batch']} | {r['dtype']} | "
+                     f"{r['jax_ms']:.1f} | {r['torch_ms']:.1f} | {r['jax_over_torch']:.2f} |")
+        L.append("")
+    for r in (r for r in res if r["kind"] == "conv"):
+        L += ["## One conv3x3 layer, JAX (XLA) against PyTorch", ""]
+        if "error" in r:
+            L += [f"error: {r['error']}", ""]
+            continue
+        L += ["| input (NHWC) | channels | GFLOP | JAX fwd ms | PyTorch fwd ms | ratio | JAX fwd+bwd ms "
+              "| PyTorch fwd+bwd ms | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+        for q in r["rows"]:
+            tf, tg = q.get("torch_forward_ms"), q.get("torch_fwd_bwd_ms")
+            L.append(f"| {q['batch']}x{q['size']}x{q['size']} | {q['cin']} -> {q['cout']} | {q['gflop']:.2f} | "
+                     f"{q['jax_forward_ms']:.2f} | {_fmt(tf)} | {_fmt(tf and q['jax_forward_ms'] / tf)} | "
+                     f"{q['jax_fwd_bwd_ms']:.2f} | {_fmt(tg)} | {_fmt(tg and q['jax_fwd_bwd_ms'] / tg)} |")
         L.append("")
     inp = [r for r in res if r["kind"] == "input"]
     for r in inp:
@@ -635,7 +720,7 @@ def _meta(args, device: bool) -> dict:
         commit = "unknown"
     meta.update(cpu_count=os.cpu_count(), python=platform.python_version(), commit=commit,
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                command="python -m benchmarks.run " + " ".join(args))
+                command=" ".join(["python -m benchmarks.run"] + list(args)))
     return meta
 
 
