@@ -93,6 +93,7 @@ RULES = {
     "diffraw": "workflow",
     "python -m benchmarks.run": "tests/test_benchmarks.py::test_benchmark_run_quick_tiny",
     "python -m benchmarks.infer_bench": "workflow",
+    "python -m benchmarks.profile_step": "tests/test_benchmarks.py::test_profile_step_attributes_the_time_to_op_kinds",
 }
 
 
