@@ -603,7 +603,7 @@ def markdown(report: dict) -> str:
     L = [f"# diffraw-jax benchmarks: {m['tag']}", "",
          f"`{m['command']}` on {m['device_kind']} ({m['backend']}, {m['num_devices']} device(s)), "
          f"{m['cpu_count']} CPU core(s), jax {m['jax']}, flax {m['flax']}, {m['date']}, commit {m['commit']}.",
-         ""]
+         ""] + [f"Note: {n}" for n in m.get("notes", [])] + ([""] if m.get("notes") else [])
     tr = [r for r in res if r["kind"] in ("train", "forward")]
     if tr:
         L += ["## Train step and forward pass (JAX)", "",

@@ -90,7 +90,7 @@ counts from ``count_params`` (independent of the crop size):
            (4 heads) + middle, GroupNorm 8, stem 16 ch, dropout 0.1
                                                             ->  2,756,723 params
            (23.7 GFLOP per Adam train step at batch 8, 64x64 by XLA's cost
-           analysis; ~0.7 s per step on 2 CPU cores)
+           analysis; 0.47 s per train step on 2 CPU cores, results/benchmarks/cpu.md)
   "zrr":   64 ch, mults (1, 2, 4, 8), 2 res blocks, attention at levels 2 and
            3 + middle (32 channels per head), dropout 0.2, GroupNorm 32, stem
            32 ch, time MLP 64 -> 256                        -> 64,672,899 params
