@@ -1,7 +1,8 @@
 """diffraw-jax benchmarks: train step, sampling, a PyTorch reference, the input pipeline.
 
     python -m benchmarks.run [--quick] [--device] [--out results/benchmarks]
-        [--only train,forward,sample,torch,input] [--model tiny|demo|zrr] [--tag NAME]
+        [--only train,forward,sample,torch,conv,input] [--model tiny|demo|zrr]
+        [--crop N] [--batch B] [--tag NAME]
 
 Writes ``<out>/<tag>.json`` and ``<out>/<tag>.md`` (tag: "cpu", or the
 accelerator's kind with ``--device``) and prints the Markdown.
@@ -735,9 +736,11 @@ def main(argv=None) -> int:
                    help="run on JAX's default accelerator with paper-sized workloads")
     p.add_argument("--out", default="results/benchmarks", help="folder for <tag>.json and <tag>.md")
     p.add_argument("--tag", default=None, help="file name stem (default: cpu / the device kind)")
-    p.add_argument("--only", default="", help="comma-separated kinds: train,forward,sample,torch,input")
+    p.add_argument("--only", default="", help="comma-separated kinds: train,forward,sample,torch,conv,input")
     p.add_argument("--model", default=None,
                    help="use this U-Net config (tiny | demo | zrr) in every case instead of the defaults")
+    p.add_argument("--crop", type=int, default=None, help="crop size for every case (default: per case)")
+    p.add_argument("--batch", type=int, default=None, help="batch size for every case (default: per case)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per case")
     p.add_argument("--render", default=None, metavar="JSON",
                    help="only rewrite the Markdown next to an existing report JSON")
@@ -773,7 +776,15 @@ def main(argv=None) -> int:
         if a.model not in UNET_CONFIGS:
             p.error(f"--model must be one of {sorted(UNET_CONFIGS)}, got {a.model!r}")
         cases = [dict(c, model=a.model) if "model" in c else c for c in cases]
-        cases = [c for i, c in enumerate(cases) if c not in cases[:i]]  # drop duplicates
+    for flag in ("crop", "batch"):
+        value = getattr(a, flag)
+        if value is not None:
+            if value < 1 or (flag == "crop" and value % 16):
+                p.error(f"--{flag} must be >= 1 (crop: a multiple of 16), got {value}")
+            cases = [dict(c, **{flag: value}) if flag in c else c for c in cases]
+            if flag == "crop":
+                cases = [dict(c, crops=[value]) if c["kind"] == "input" else c for c in cases]
+    cases = [c for i, c in enumerate(cases) if c not in cases[:i]]  # drop duplicates
     print(f"{len(cases)} cases on {meta['device_kind']} ({meta['backend']})", flush=True)
     results = []
     for i, case in enumerate(cases, 1):

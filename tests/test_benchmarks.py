@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_benchmark_run_quick_tiny(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--model", "tiny",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--model", "tiny", "--crop", "32", "--batch", "4",
                         "--out", str(tmp_path), "--tag", "t"], cwd=REPO, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
