@@ -170,7 +170,22 @@ def _flops(compiled) -> float | None:
     return float(flops) if flops and flops > 0 else None
 
 
+class _AttrDict(dict):
+    """Attribute access over a dict: all that configs/default.py needs of ml_collections.ConfigDict."""
+
+    __getattr__ = dict.__getitem__
+    __setattr__ = dict.__setitem__
+
+
 def _config(model: str, crop: int, batch: int, dtype: str):
+    """configs/default.py's config for one case. On a bare accelerator machine without
+    ml_collections (only jax, flax, optax, numpy), a plain attribute dict stands in for
+    ConfigDict in this case's process."""
+    try:
+        import ml_collections  # noqa: F401
+    except ImportError:
+        import types
+        sys.modules["ml_collections"] = types.SimpleNamespace(ConfigDict=_AttrDict)
     from configs import default
 
     cfg = default.get_config()
