@@ -200,6 +200,9 @@ class TorchUNet(nn.Module):
     ``down_{i}_downsample``, ``mid_res_0``, ``mid_attn``, ``mid_res_1``,
     ``up_{i}_res_{j}``, ``up_{i}_attn_{j}``, ``up_{i}_upsample``, ``norm_out``,
     ``conv_out``.
+
+    The configuration is not validated again here: take it from
+    ``unet_config(name)``, whose Flax ``UNet.validate_config`` checks it.
     """
 
     def __init__(
@@ -242,7 +245,6 @@ class TorchUNet(nn.Module):
         self.use_c = use_c
         self.time_embed_dim = time_embed_dim or base_channels
         self.time_mlp_dim = time_mlp_dim or 4 * base_channels
-        self._validate_config()
 
         levels = len(self.channel_mults)
         emb = self.time_mlp_dim
@@ -300,7 +302,7 @@ class TorchUNet(nn.Module):
         self.norm_out = _group_norm(g, ch)
         self.conv_out = _conv(ch, out_channels, 3, zero=True)
 
-    # ---- configuration checks (mirror UNet.validate_config) ---------------
+    # ---- heads per attention block (as UNet._heads) ----------------------
     def _heads(self, channels: int) -> int:
         if self.head_channels is not None:
             if channels % self.head_channels:
@@ -311,29 +313,6 @@ class TorchUNet(nn.Module):
         if channels % self.num_heads:
             raise ValueError(f"attention: {channels} channels not divisible by num_heads={self.num_heads}")
         return self.num_heads
-
-    def _validate_config(self) -> None:
-        levels = len(self.channel_mults)
-        if levels < 1:
-            raise ValueError("channel_mults must have at least one level")
-        if self.num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
-        if self.downsample not in ("conv", "avgpool"):
-            raise ValueError(f"downsample must be 'conv' or 'avgpool', got {self.downsample!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        bad_levels = [lv for lv in self.attention_levels if not 0 <= lv < levels]
-        if bad_levels:
-            raise ValueError(f"attention_levels {bad_levels} out of range for {levels} levels")
-        if self.num_groups < 1:
-            raise ValueError(f"num_groups must be >= 1, got {self.num_groups}")
-        for i in self.attention_levels:
-            self._heads(self.base_channels * self.channel_mults[i])
-        if self.mid_attention:
-            self._heads(self.base_channels * self.channel_mults[-1])
-        if self.time_embed_dim % 2:
-            raise ValueError("time_embed_dim must be even")
-        # GroupNorm divisibility is checked as the layers are built.
 
     def _check_inputs(self, m_t, w, c, t) -> torch.Tensor:
         if m_t.ndim != 4:
