@@ -38,7 +38,8 @@ What is measured
   ``torch.set_num_threads(os.cpu_count())``. PyTorch is not a dependency of the
   package: ``pip install torch==2.13.0``; without it the rows say "skipped".
 * ``input``: the Grain host pipeline (examples/s at the train crops, needs the
-  ``[train]`` extra: tfds and grain; skipped without them) and D2 on the device
+  ``[train]`` extra: tfds and grain; skipped without them; synthetic pairs are
+  written to a temporary folder, or kept in ``$DIFFRAW_BENCH_DATA``) and D2 on the device
   (images/s), each against the images/s the train step consumes at that crop
   (goal >= 4x).
 
@@ -474,29 +475,12 @@ def run_conv(c: dict) -> dict:
 
 
 def run_input(c: dict) -> dict:
-    import jax
-    import numpy as np
-    from diffraw_jax import degradation as D
+    from benchmarks import degradation_bench
 
     out: dict = {"d2": [], "grain": []}
     for crop in c["crops"]:
-        rng = np.random.default_rng(0)
-        y = jax.numpy.asarray(rng.uniform(0, 1, (c["batch"], crop, crop, 3)), jax.numpy.float32)
-        fn = jax.jit(lambda y, k: D.degrade(y, k))
-        _sync(fn(y, jax.random.key(0)))
-        _sync(fn(y, jax.random.key(1)))
-        iters = 1
-        t0 = time.perf_counter()
-        while True:
-            for i in range(iters):
-                r = fn(y, jax.random.key(2 + i))
-            _sync(r)
-            dt = time.perf_counter() - t0
-            if dt > 2.0 or iters >= 64:
-                break
-            iters *= 2
-            t0 = time.perf_counter()
-        out["d2"].append(dict(crop=crop, images_per_s=c["batch"] * iters / dt))
+        _, images_per_s = degradation_bench.bench(crop, c["batch"], iters=10 if crop <= 128 else 2)
+        out["d2"].append(dict(crop=crop, images_per_s=images_per_s))
     try:
         import grain  # noqa: F401
         import tensorflow_datasets  # noqa: F401
@@ -507,11 +491,11 @@ def run_input(c: dict) -> dict:
 
     from benchmarks import input_pipeline_bench as ipb
 
-    data_dir = os.environ.get("DIFFRAW_BENCH_DATA") or tempfile.mkdtemp(prefix="zrr_bench_")
-    source = ipb.build_dataset(data_dir, 16 if c["quick"] else 32)
-    for crop in c["crops"]:
-        first, eps = ipb.time_loader(source, crop, 0, c["batch"], 10 if c["quick"] else 30)
-        out["grain"].append(dict(crop=crop, workers=0, images_per_s=eps, first_batch_s=first))
+    with tempfile.TemporaryDirectory(prefix="zrr_bench_") as tmp:
+        source = ipb.build_dataset(os.environ.get("DIFFRAW_BENCH_DATA") or tmp, 16 if c["quick"] else 32)
+        for crop in c["crops"]:
+            first, eps = ipb.time_loader(source, crop, 0, c["batch"], 10 if c["quick"] else 30)
+            out["grain"].append(dict(crop=crop, workers=0, images_per_s=eps, first_batch_s=first))
     return out
 
 
@@ -562,8 +546,8 @@ def _mb(x):
     return None if x is None else x / 2**20
 
 
-def summarize(results: list[dict]) -> dict:
-    """Derived comparisons and goal checks."""
+def summarize(results: list[dict], device: bool = False) -> dict:
+    """Derived comparisons and goal checks (``device``: the run was on an accelerator)."""
     by = {}
     for r in results:
         by.setdefault(r["kind"], []).append(r)
@@ -606,7 +590,7 @@ def summarize(results: list[dict]) -> dict:
             goals.append(dict(goal="bf16 train MFU >= 45% (zrr, 448)", case=f"batch {j['batch']}",
                               value=j["mfu"], met=j["mfu"] >= 0.45))
     for r in ratios:
-        if r["what"] == "train" and by.get("meta_device") and r["model"] == "zrr":
+        if r["what"] == "train" and device and r["model"] == "zrr":
             goals.append(dict(goal="JAX >= 1.3x faster than PyTorch per train step (GPU)",
                               case=f"{r['model']} {r['crop']}px", value=1 / r["jax_over_torch"],
                               met=1 / r["jax_over_torch"] >= 1.3))
@@ -764,8 +748,7 @@ def main(argv=None) -> int:
     if a.render is not None:
         with open(a.render) as f:
             report = json.load(f)
-        report["summary"] = summarize(report["results"] + ([{"kind": "meta_device"}]
-                                                           if report["meta"]["backend"] != "cpu" else []))
+        report["summary"] = summarize(report["results"], device=report["meta"]["backend"] != "cpu")
         with open(a.render, "w") as f:
             json.dump(report, f, indent=1)
         with open(os.path.splitext(a.render)[0] + ".md", "w") as f:
@@ -809,8 +792,7 @@ def main(argv=None) -> int:
         results.append(r)
         print("error: " + r["error"] if "error" in r else f"done in {r['wall_s']:.0f} s", flush=True)
     report = dict(meta=meta, results=results)
-    summary_in = results + ([{"kind": "meta_device"}] if a.device else [])
-    report["summary"] = summarize(summary_in)
+    report["summary"] = summarize(results, device=a.device)
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, tag + ".json"), "w") as f:
         json.dump(report, f, indent=1)

@@ -94,7 +94,7 @@ def test_device_cases_and_goal_logic():
     torch_row = dict(kind="torch", model="zrr", crop=448, batch=8, dtype="bfloat16", train_ms=600.0,
                      forward_ms=200.0)
     fwd = dict(kind="forward", model="zrr", crop=448, batch=8, dtype="bfloat16", ms_per_call=150.0)
-    summary = run.summarize([train, fwd, torch_row, {"kind": "meta_device"}])
+    summary = run.summarize([train, fwd, torch_row], device=True)
     goals = {g["goal"]: g for g in summary["goals"]}
     assert goals["bf16 train MFU >= 45% (zrr, 448)"]["met"]
     speedup = goals["JAX >= 1.3x faster than PyTorch per train step (GPU)"]

@@ -491,3 +491,16 @@ def test_colour_network_g_from_the_training_config(tmp_path, workdir, capsys):
                        "--tile", str(TILE), "--overlap", str(OVERLAP), "--steps", "2",
                        "--method", "dtdm_ddim"]) == 0
     assert "processed 1, failed 0" in capsys.readouterr().out
+
+
+def test_tiles_default_to_the_training_crop(workdir):
+    """from_checkpoint: tile "train" = config.data.crop_size (32 in configs/test.py), overlap
+    min(64, tile / 4) rounded down to even; explicit values and whole-frame mode still work."""
+    p = pl.DiffRAWPipeline.from_checkpoint(workdir, color="classic")
+    assert p.tile == (32, 32) and p.overlap == 8
+    p = pl.DiffRAWPipeline.from_checkpoint(workdir, color="classic", tile=48)
+    assert p.tile == (48, 48) and p.overlap == 12
+    p = pl.DiffRAWPipeline.from_checkpoint(workdir, color="classic", tile=None)
+    assert p.tile is None and p.overlap == 64
+    with pytest.raises(ValueError, match="tile must be 'train'"):
+        pl.DiffRAWPipeline.from_checkpoint(workdir, color="classic", tile="auto")

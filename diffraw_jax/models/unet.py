@@ -283,14 +283,15 @@ def _group_norm_bwd(num_groups, epsilon, res, dy):
     gamma = scale.astype(jnp.float32)
     s_dy = jnp.sum(dy3, axis=1)                      # [B, C]
     s_dyx = jnp.sum(dy3 * x3, axis=1)                # [B, C]
-    mu_c, r_c = _to_channels(mean, c)[:, 0], _to_channels(rstd, c)[:, 0]   # [B, C]
+    mu_c, r_c = _to_channels(mean, c), _to_channels(rstd, c)             # [B, 1, C]
+    s_dyxhat = s_dyx - mu_c[:, 0] * s_dy                                   # [B, C]: sum dy (x - mu)
     big_a = _per_group(gamma * s_dy, num_groups) / count                   # [B, G]
-    big_b = rstd * _per_group(gamma * (s_dyx - mu_c * s_dy), num_groups) / count
-    coef_dy = _to_channels(rstd, c) * gamma
+    big_b = rstd * _per_group(gamma * s_dyxhat, num_groups) / count
+    coef_dy = r_c * gamma
     coef_x = -_to_channels(jnp.square(rstd) * big_b, c)
     coef_0 = _to_channels(jnp.square(rstd) * big_b * mean - rstd * big_a, c)
     dx = (dy3 * coef_dy + x3 * coef_x + coef_0).reshape(shape).astype(x.dtype)
-    dscale = jnp.sum(r_c * (s_dyx - mu_c * s_dy), axis=0)
+    dscale = jnp.sum(r_c[:, 0] * s_dyxhat, axis=0)
     dbias = jnp.sum(s_dy, axis=0)
     return dx, dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 
@@ -329,18 +330,12 @@ class GroupNorm(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = x.shape[-1]
+        if c % self.num_groups:
+            raise ValueError(
+                f"GroupNorm '{self.name}': {c} channels are not divisible by num_groups={self.num_groups}")
         scale = self.param("scale", _vec_init(1.0), (c,), self.param_dtype)
         bias = self.param("bias", _vec_init(0.0), (c,), self.param_dtype)
         return group_norm(x, scale, bias, self.num_groups, self.epsilon)
-
-
-def _norm(x: Array, num_groups: int, param_dtype, name: str) -> Array:
-    """GroupNorm in float32 (returns float32)."""
-    if x.shape[-1] % num_groups:
-        raise ValueError(
-            f"GroupNorm '{name}': {x.shape[-1]} channels are not divisible by num_groups={num_groups}"
-        )
-    return GroupNorm(num_groups=num_groups, epsilon=1e-5, param_dtype=param_dtype, name=name)(x)
 
 
 # --------------------------------------------------------------------------
@@ -375,11 +370,11 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, emb: Array, train: bool = False) -> Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.silu(_norm(x, self.num_groups, self.param_dtype, "norm1")).astype(self.dtype)
+        h = nn.silu(GroupNorm(self.num_groups, param_dtype=self.param_dtype, name="norm1")(x)).astype(self.dtype)
         h = _Conv(self.out_channels, 3, name="conv1", **kw)(h)
         ss = _dense(2 * self.out_channels, _DENSE_AXES, self.dtype, self.param_dtype, "film")(nn.silu(emb))
         scale, shift = jnp.split(ss.astype(jnp.float32)[:, None, None, :], 2, axis=-1)
-        h = _norm(h, self.num_groups, self.param_dtype, "norm2") * (1.0 + scale) + shift
+        h = GroupNorm(self.num_groups, param_dtype=self.param_dtype, name="norm2")(h) * (1.0 + scale) + shift
         h = nn.silu(h).astype(self.dtype)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = _Conv(self.out_channels, 3, zero_init=True, name="conv2", **kw)(h)
@@ -403,7 +398,7 @@ class AttentionBlock(nn.Module):
         if c % heads:
             raise ValueError(f"attention: {c} channels not divisible by {heads} heads")
         d = c // heads
-        h = _norm(x, self.num_groups, self.param_dtype, "norm").astype(self.dtype)
+        h = GroupNorm(self.num_groups, param_dtype=self.param_dtype, name="norm")(x).astype(self.dtype)
         qkv = _dense(3 * c, _PROJ_AXES, self.dtype, self.param_dtype, "qkv")(h.reshape(b, hh * ww, c))
         q, k, v = jnp.split(qkv.reshape(b, hh * ww, 3, heads, d), 3, axis=2)
         q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [B, N, heads, d]
@@ -627,7 +622,7 @@ class UNet(nn.Module):
                 h = _Conv(out, 3, name=f"up_{i}_upsample", **kw)(h)
         assert not skips
 
-        h = nn.silu(_norm(h, self.num_groups, self.param_dtype, "norm_out")).astype(self.dtype)
+        h = nn.silu(GroupNorm(self.num_groups, param_dtype=self.param_dtype, name="norm_out")(h)).astype(self.dtype)
         h = _Conv(self.out_channels, 3, zero_init=True, axes=_OUT_CONV_AXES, name="conv_out", **kw)(h)
         return h.astype(jnp.float32)
 
