@@ -66,5 +66,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["diffraw_jax", "diffraw_jax.*", "tfds_zrr", "tfds_zrr.*", "configs"]),
     install_requires=CORE,
     extras_require={"train": TRAIN, "test": TEST, "bench": BENCH, "all": TRAIN + TEST + BENCH},
-    entry_points={"console_scripts": ["diffraw = diffraw_jax.infer:main"]},
+    entry_points={"console_scripts": ["diffraw = diffraw_jax.inference.cli:main"]},
 )

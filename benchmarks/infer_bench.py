@@ -79,7 +79,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args(argv)
 
-    from diffraw_jax import pipeline as pl
+    from diffraw_jax.inference import camera
+    from diffraw_jax.inference.pipeline import DiffRAWPipeline
 
     workdir = args.checkpoint
     tmp = None
@@ -88,13 +89,13 @@ def main(argv=None):
         t = time.perf_counter()
         workdir = train_throwaway(tmp.name)
         print(f"trained a throwaway demo model for 2 steps in {time.perf_counter() - t:.1f} s")
-    base = pl.DiffRAWPipeline.from_checkpoint(workdir, color="classic", tile=args.tile or None,
+    base = DiffRAWPipeline.from_checkpoint(workdir, color="classic", tile=args.tile or None,
                                               overlap=args.overlap, batch=args.batch)
     cfg = base.config
     planes = synthetic_planes(args.size)
-    cond = pl.classic_condition(planes)
+    cond = camera.classic_condition(planes)
     mp = args.size * args.size / 1e6
-    _, tiles, _, _ = base.frame_tiles(args.size, args.size)
+    tiles = base.plan(args.size, args.size).tiles
     print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); model "
           f"{cfg.model.name}, s = {base.s}; frame {args.size}x{args.size} ({mp:.4f} MP), "
           f"{len(tiles)} tile(s) of {args.tile or args.size}, batch {min(args.batch, len(tiles))}")
@@ -102,7 +103,7 @@ def main(argv=None):
     for run in args.runs:
         method, steps = run.split(":")
         steps = min(int(steps), base.s)
-        pipe = pl.DiffRAWPipeline(base.model, base.params, base.schedule, base.s, method=method,
+        pipe = DiffRAWPipeline(base.model, base.params, base.schedule, base.s, method=method,
                                   num_steps=steps, color="classic", tile=base.tile,
                                   overlap=base.overlap, batch=base.batch)
         first, per_call = bench(pipe, planes, cond, args.repeats)

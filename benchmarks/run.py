@@ -220,12 +220,13 @@ def _rates(out: dict, seconds_per_call: float, images_per_call: int, flops: floa
 def run_train(c: dict) -> dict:
     import jax
     from diffraw_jax import parallel, train
+    from diffraw_jax.models import factory
 
     cfg = _config(c["model"], c["crop"], c["batch"], c["dtype"])
     mesh = parallel.create_mesh(1)
-    model = train.create_model(cfg)
+    model = factory.create_model(cfg)
     tx = train.create_optimizer(cfg)
-    schedule = train.create_schedule(cfg)
+    schedule = factory.create_schedule(cfg)
     state = train.create_train_state(cfg, model, tx, mesh, jax.random.key(0))
     shardings = jax.tree.map(lambda x: x.sharding, state)
     step = train.make_train_step(cfg, model, tx, schedule, mesh, shardings)

@@ -1,9 +1,12 @@
 """Orbax checkpoints of the train state and the Grain iterator.
 
 Layout: ``<workdir>/checkpoints/<step>/{state,data}``. Saves are asynchronous;
-the last ``keep`` are kept. ``restore_latest`` walks back from the newest step
-when a checkpoint is unreadable (partial write, corruption), reporting each one
-it skips, so a damaged latest checkpoint never ends a run that has an older one.
+the last ``keep`` are kept. ``restore_latest`` (the trainer's resume) walks back
+from the newest step when a checkpoint is unreadable (partial write,
+corruption), reporting each one it skips and moving it to
+``checkpoints_unreadable/``, so a damaged latest checkpoint never ends a run
+that has an older one. Only the trainer calls it: evaluation and inference load
+through ``diffraw_jax.weights.load_inference``, which never changes a workdir.
 """
 from __future__ import annotations
 
@@ -14,11 +17,12 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from diffraw_jax import weights
+
 log = logging.getLogger(__name__)
 
 
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+checkpoint_dir = weights.checkpoint_dir  # <workdir>/checkpoints
 
 
 def create_manager(workdir: str, keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
@@ -66,6 +70,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     None the tree comes back as saved (nested dicts of arrays). The
     iterator, if given, is restored in place.
     """
+    if getattr(getattr(manager, "_options", None), "read_only", False):
+        raise ValueError("restore_latest is the trainer's resume (it may move damaged checkpoints "
+                         "aside); load read-only with diffraw_jax.weights.load_inference")
     steps = sorted(manager.all_steps(), reverse=True)
     unreadable = []
     for step in steps:

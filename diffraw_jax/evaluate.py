@@ -17,78 +17,14 @@ import logging
 import os
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import checkpointing, isp_classic, sampling, train
+from diffraw_jax import isp_classic, sampling, train, weights
+from diffraw_jax.models import factory
 
 log = logging.getLogger(__name__)
-
-
-def load_params(config, workdir: str, *, use_ema: bool = True):
-    """(model, params, step) from the latest readable checkpoint in ``workdir``.
-
-    Only the parameter subtree is used, so the checkpoint's optimiser settings need
-    not match ``config``; the model architecture must (a mismatch is reported).
-    """
-    model = train.create_model(config)
-    manager = checkpointing.create_manager(workdir, read_only=True)
-    step, restored = checkpointing.restore_latest(manager, None)
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpointing.checkpoint_dir(workdir)}")
-    params = restored["ema_params" if use_ema else "params"]
-    expected = jax.eval_shape(lambda k, *a: model.init(k, *a), jax.random.key(0),
-                              *train.model_inputs(config, 1))["params"]
-    got_shapes = jax.tree.map(lambda x: tuple(x.shape), params)
-    want_shapes = jax.tree.map(lambda x: tuple(x.shape), nn.unbox(expected))
-    if got_shapes != want_shapes:
-        raise ValueError(f"checkpoint in {workdir} does not match the configured model "
-                         f"({config.task}: {config.model.name if config.task == 'diffraw' else config.color_net.name})")
-    log.info("loaded step %d from %s", step, workdir)
-    return model, jax.tree.map(jnp.asarray, params), step
-
-
-def color_net_config(config):
-    """The colour-network config implied by a DiffRAW config (task "color_net")."""
-    cfg = config.copy_and_resolve_references()
-    cfg.task = "color_net"
-    return cfg
-
-
-def resolve_workdir(path: str, base: str) -> str:
-    """A config's relative workdir: as given (cwd), else next to / inside ``base``."""
-    if not path or os.path.isabs(path) or os.path.isdir(path):
-        return path
-    for root in (os.path.dirname(os.path.abspath(base)), os.path.abspath(base)):
-        for cand in (os.path.join(root, path), os.path.join(root, os.path.basename(path))):
-            if os.path.isdir(cand):
-                return cand
-    return path
-
-
-def load_color_net(config, workdir: str):
-    """(G model, G params) from a DiffRAW config's ``color_net.workdir``.
-
-    The path may be relative to the current directory or to ``workdir``. G's own
-    ``config.json`` fixes its architecture when present. ValueError if there is no
-    trained G there, or if that workdir is not a colour-network workdir.
-    """
-    gdir = resolve_workdir(config.color_net.workdir or "", workdir)
-    if not gdir or not os.path.isdir(checkpointing.checkpoint_dir(gdir)):
-        raise ValueError(
-            f"color 'g' needs a trained colour network G, but color_net.workdir in "
-            f"{os.path.join(workdir, train.CONFIG_FILE)} is {config.color_net.workdir!r}"
-            f"{'' if not gdir else ' (no checkpoints there)'}; use color 'classic' or an image")
-    if os.path.exists(os.path.join(gdir, train.CONFIG_FILE)):
-        gcfg = train.load_workdir_config(gdir)
-        if gcfg.task != "color_net":
-            raise ValueError(f"{gdir} is a {gcfg.task!r} workdir, not a colour network")
-    else:
-        gcfg = color_net_config(config)
-    g_model, g_params, _ = load_params(gcfg, gdir)
-    return g_model, g_params
 
 
 def psnr_ssim(pred01, target01):
@@ -181,25 +117,31 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     e = config.eval
     out_dir = os.path.join(workdir, "eval", split)
     os.makedirs(out_dir, exist_ok=True)
-    model, params, step = load_params(config, workdir, use_ema=config.sample.use_ema)
-    schedule = train.create_schedule(config)
-    s = config.diffusion.s
+    loaded = weights.load_inference(workdir, use_ema=config.sample.use_ema, color_net=False)
+    model, params, step, schedule = loaded.model, loaded.params, loaded.step, loaded.schedule
+    # The trained model's objective and s; the sampler as this run's config asks.
+    run_cfg = loaded.config.copy_and_resolve_references()
+    run_cfg.sample = config.sample
+    main = factory.sampler_settings(run_cfg)
+    s = main.s
 
     color_fn = sampling.make_color_condition()  # classical ISP
     g_fn, g_note = None, "G: needs a trained colour network (color_net.workdir)"
-    gdir = resolve_workdir(config.color_net.workdir or "", workdir)
-    if gdir and os.path.isdir(checkpointing.checkpoint_dir(gdir)):
-        g_fn, g_note = sampling.make_color_condition(*load_color_net(config, workdir)), None
+    g = weights.find_color_net(config if config.color_net.workdir else loaded.config, workdir)
+    if g is not None:
+        g_fn, g_note = sampling.make_color_condition(g.model, g.params), None
     else:
         log.warning("no trained colour network at %r: DiffRAW rows use the classical ISP as c",
                     config.color_net.workdir)
     cond_fn = g_fn or color_fn
 
-    methods = {f"DiffRAW DTDM-{s}": sampling.make_sampler(model, schedule, s, method="dtdm")}
+    methods = {f"DiffRAW {main.label}": sampling.make_sampler(
+        model, schedule, s, method=main.method, num_steps=main.num_steps)}
     k = e.ddim_steps
-    if k > 0:
-        methods[f"DiffRAW DTDM-DDIM-{k}"] = sampling.make_sampler(model, schedule, s, method="dtdm_ddim",
-                                                                  num_steps=k)
+    if k > 0 and main.method != "ddpm":
+        ddim = factory.sampler_settings(run_cfg, "dtdm_ddim", k)
+        methods.setdefault(f"DiffRAW {ddim.label}", sampling.make_sampler(
+            model, schedule, s, method="dtdm_ddim", num_steps=k))
     if data_source is None:
         data_source = train.load_data_sources(config)[1 if split == "test" else 0]
     n = len(data_source) if e.num_images <= 0 else min(e.num_images, len(data_source))

@@ -1,34 +1,57 @@
-"""Jit-compiled samplers over a trained U-Net, and the test-time colour condition.
+"""The one sampler builder over a trained U-Net, the test-time colour condition, and
+the [0, 1] <-> [-1, 1] image conversions.
 
 Imports only jax, flax, numpy and the project's core modules.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
-from diffraw_jax import dtdm, isp_classic
+from diffraw_jax import dtdm, isp_classic, tiling
 
 
 def make_sampler(model, schedule: dtdm.Schedule, s: int, *, method: str = "dtdm",
-                 num_steps: int | None = None, eta: float = 0.0) -> Callable:
-    """``fn(params, w, c, x, key) -> y_hat``, jitted; compiles once per input shape.
+                 num_steps: Optional[int] = None, eta: float = 0.0,
+                 plan: Optional[tiling.TilePlan] = None, on_step: Optional[Callable[[], Any]] = None,
+                 jit: bool = True) -> Callable:
+    """``fn(params, w, c, x, key) -> y_hat`` (``dtdm.sample`` with the U-Net as denoiser).
 
     w: packed RAW [B, H/2, W/2, 4] in [0, 1]; c, x: [B, H, W, 3] in [-1, 1]
-    (x = c = G(w) at test time, Algorithm 2 lines 1-2); y_hat: [B, H, W, 3] float32.
+    (x = c = G(w) at test time, Algorithm 2 lines 1-2); y_hat: [B, H, W, 3]
+    float32 in [-1, 1] (not clipped). ``plan``: sample one frame (B = 1) of the
+    plan's size as one sample, evaluating the network in the plan's tiles at
+    every step (``tiling.tiled_denoiser``). ``on_step()`` is called on the host
+    after every network evaluation of the frame (a progress bar). Jitted unless
+    ``jit=False`` (for ``jax.export`` or an outer jit); compiles once per input shape.
     """
+    if method not in dtdm.METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {dtdm.METHODS}")
+
     def sample_fn(params, w, c, x, key):
-        def denoise(m, t):
-            return model.apply({"params": params}, m, w, c, t, train=False)
+        def apply(m, w_, c_, t):
+            return model.apply({"params": params}, m, w_, c_, t, train=False)
+
+        if plan is None:
+            denoise = lambda m, t: apply(m, w, c, t)  # noqa: E731
+        else:
+            denoise = tiling.tiled_denoiser(apply, plan, w, c)
+        if on_step is not None:
+            inner = denoise
+
+            def denoise(m, t):
+                f = inner(m, t)
+                jax.debug.callback(lambda _: on_step(), t)
+                return f
         return dtdm.sample(denoise, schedule, x, s, key, method=method, num_steps=num_steps, eta=eta)
 
-    return jax.jit(sample_fn)
+    return jax.jit(sample_fn) if jit else sample_fn
 
 
 def to_model_range(img01: jax.Array) -> jax.Array:
-    """[0, 1] sRGB -> [-1, 1] (the diffusion convention)."""
+    """[0, 1] sRGB -> [-1, 1] (the diffusion convention), clipped."""
     return jnp.clip(img01, 0.0, 1.0) * 2.0 - 1.0
 
 
@@ -38,8 +61,9 @@ def to_unit_range(img: jax.Array) -> jax.Array:
 
 
 def make_color_condition(color_model=None, color_params: Any = None) -> Callable:
-    """``fn(w) -> x`` in [-1, 1]: G(w) when a trained colour network is given,
-    else the classical ISP (gray-world white balance, Malvar demosaic, sRGB)."""
+    """``fn(w [B, h, w, 4]) -> x [B, 2h, 2w, 3]`` in [-1, 1]: G(w) when a trained colour
+    network is given, else the classical ISP (gray-world white balance, Malvar
+    demosaic, sRGB). Jitted."""
     if color_model is None:
         return jax.jit(lambda w: to_model_range(isp_classic.process(w)))
     return jax.jit(lambda w: to_model_range(color_model.apply({"params": color_params}, w)))

@@ -30,27 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffraw_jax import dtdm, parallel
-from diffraw_jax.models import isp as isp_lib
+from diffraw_jax import dtdm, parallel, weights
+from diffraw_jax.models import factory
 from diffraw_jax.models import unet as unet_lib
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CONFIG_FILE = "config.json"  # the training config, written to the workdir
-
-
-def load_workdir_config(workdir: str):
-    """The ml_collections ConfigDict a workdir was trained with (its config.json)."""
-    import json
-
-    import ml_collections
-
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a diffraw-jax training workdir")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+CONFIG_FILE = weights.CONFIG_FILE  # the training config, written to the workdir
 
 
 @flax.struct.dataclass
@@ -66,30 +52,6 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ----------------------------------------------------------------- construction
-
-def create_model(config) -> nn.Module:
-    dtype = DTYPES.get(config.model.dtype)
-    if dtype is None:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
-    if config.task == "color_net":
-        return isp_lib.ColorNet(**isp_lib.color_net_config(config.color_net.name), dtype=dtype)
-    if config.task != "diffraw":
-        raise ValueError(f"task must be 'diffraw' or 'color_net', got {config.task!r}")
-    overrides = dict(dtype=dtype, remat=bool(config.model.remat),
-                     use_w=bool(config.model.use_w), use_c=bool(config.model.use_c))
-    if config.model.dropout >= 0:
-        overrides["dropout"] = float(config.model.dropout)
-    return unet_lib.make_unet(config.model.name, **overrides)
-
-
-def create_schedule(config) -> dtdm.Schedule:
-    d = config.diffusion
-    if not 1 <= d.s <= d.num_timesteps:
-        raise ValueError(f"diffusion.s={d.s} must be in [1, num_timesteps={d.num_timesteps}]")
-    if d.objective not in ("dtdm", "ddpm"):
-        raise ValueError(f"diffusion.objective must be 'dtdm' or 'ddpm', got {d.objective!r}")
-    return dtdm.make_schedule(d.num_timesteps, d.beta_start, d.beta_end, d.schedule)
-
 
 def create_optimizer(config) -> optax.GradientTransformation:
     o = config.optim
@@ -108,18 +70,6 @@ def create_optimizer(config) -> optax.GradientTransformation:
     return optax.chain(*chain)
 
 
-def model_inputs(config, batch_size: int):
-    """Abstract inputs for init: (m_t, w, c, t) for the U-Net, (w,) for G."""
-    h = config.data.crop_size
-    f32 = jnp.float32
-    w = jax.ShapeDtypeStruct((batch_size, h // 2, h // 2, 4), f32)
-    if config.task == "color_net":
-        return (w,)
-    return (jax.ShapeDtypeStruct((batch_size, h, h, 3), f32), w,
-            jax.ShapeDtypeStruct((batch_size, h, h, 3), f32),
-            jax.ShapeDtypeStruct((batch_size,), jnp.int32))
-
-
 def create_train_state(config, model, tx, mesh, key) -> TrainState:
     """Initialises parameters, EMA (a copy) and optimiser state, laid out by the mesh.
 
@@ -127,15 +77,12 @@ def create_train_state(config, model, tx, mesh, key) -> TrainState:
     threefry initialisers very slowly on CPU (~40 s for the tiny U-Net). The draw is
     replicated, then resharded, so the values do not depend on the mesh.
     """
-    inputs = model_inputs(config, 1)
-    abstract = jax.eval_shape(lambda k, *a: model.init(k, *a), key, *inputs)
+    abstract = factory.abstract_variables(config, model)
     rules = unet_lib.default_logical_axis_rules(*parallel.DATA_AXES)
     param_sh = parallel.logical_shardings(abstract, mesh, rules)["params"]
 
     def init(k):
-        k = jax.random.wrap_key_data(jax.random.bits(k, (4,), jnp.uint32), impl="rbg")
-        zeros = [jnp.zeros(a.shape, a.dtype) for a in inputs]
-        params = nn.unbox(model.init(k, *zeros)["params"])
+        params = nn.unbox(factory.init_variables(config, model, k)["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
@@ -342,8 +289,8 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
             f.write(config.to_json_best_effort(indent=1))
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     mesh = parallel.create_mesh(config.mesh.fsdp)
-    model = create_model(config)
-    schedule = create_schedule(config)
+    model = factory.create_model(config)
+    schedule = factory.create_schedule(config)
     tx = create_optimizer(config)
     key = jax.random.key(config.seed)
     state = create_train_state(config, model, tx, mesh, jax.random.fold_in(key, 0))

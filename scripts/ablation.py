@@ -69,7 +69,8 @@ def main(argv=None):
     import jax
     import jax.numpy as jnp
 
-    from diffraw_jax import evaluate, input_pipeline, sampling, train
+    from diffraw_jax import evaluate, input_pipeline, sampling, train, weights
+    from diffraw_jax.models import factory
 
     os.makedirs(a.out, exist_ok=True)
     t_start = time.time()
@@ -96,7 +97,8 @@ def main(argv=None):
     batch = evaluate.center_crop(batch, a.crop)
     w = jnp.asarray(batch["raw"])
     y01 = (np.asarray(batch["dslr"]) + 1.0) / 2.0
-    x = sampling.make_color_condition(*evaluate.load_color_net(base, workdirs["dtdm_w_c"]))(w)
+    g = weights.find_color_net(base, workdirs["dtdm_w_c"])
+    x = sampling.make_color_condition(*((g.model, g.params) if g else ()))(w)
     ref_hf = laplacian_energy(y01)
     from diffraw_jax.metrics.lpips_alex import lpips
 
@@ -108,11 +110,12 @@ def main(argv=None):
                 "HF ratio": float(np.mean(laplacian_energy(out01) / ref_hf))}
 
     key = jax.random.key(a.seed)
-    sched = train.create_schedule(base)
+    sched = factory.create_schedule(base)
     results = {"setting": vars(a), "x = G(w)": score(sampling.to_unit_range(x)), "steps": {}, "conditions": {}}
 
     def run(name, method, s, num_steps=None):
-        model, params, _ = evaluate.load_params(configs[name], workdirs[name])
+        loaded = weights.load_inference(workdirs[name], color_net=False)
+        model, params = loaded.model, loaded.params
         fn = sampling.make_sampler(model, sched, s, method=method, num_steps=num_steps)
         t0 = time.time()
         out = sampling.to_unit_range(fn(params, w, x, x, key))

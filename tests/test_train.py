@@ -15,6 +15,7 @@ import pytest
 
 from configs import test as test_config
 from diffraw_jax import checkpointing, parallel, train
+from diffraw_jax.models import factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +42,7 @@ def fixed_batch(cfg, seed=0):
 
 
 def setup(cfg, mesh):
-    model, tx, sched = train.create_model(cfg), train.create_optimizer(cfg), train.create_schedule(cfg)
+    model, tx, sched = factory.create_model(cfg), train.create_optimizer(cfg), factory.create_schedule(cfg)
     state = train.create_train_state(cfg, model, tx, mesh, jax.random.key(cfg.seed))
     sh = jax.tree.map(lambda x: x.sharding, state)
     return state, train.make_train_step(cfg, model, tx, sched, mesh, sh), parallel.batch_sharding(mesh)

@@ -344,6 +344,8 @@ COLOR_NET_CONFIGS = {
     "default": dict(width=64, n_blocks=4, reduction=16),
     # For tests: 71,587 parameters.
     "tiny": dict(width=8, n_blocks=1, reduction=16),
+    # The shipped CPU-trained model (pretrained/): width 16, two blocks per group.
+    "small": dict(width=16, n_blocks=2, reduction=8),
 }
 
 

@@ -1,12 +1,18 @@
-"""Command line: DiffRAW RAW -> sRGB on full-resolution frames.
+"""The ``diffraw`` command: RAW -> sRGB on full frames, and portable weights.
 
-    python -m diffraw_jax.infer --checkpoint W --input PATH [PATH ...] --output DIR
-        [--steps N] [--method dtdm|dtdm_ddim] [--color g|classic|IMAGE] [--seed S]
-        [--tile T] [--overlap O] [--batch B] [--overwrite]
+    diffraw --checkpoint W --input PATH [PATH ...] --output DIR
+        [--steps N] [--method dtdm|dtdm_ddim|ddpm] [--color g|classic|IMAGE] [--seed S]
+        [--tile T] [--overlap O] [--batch B] [--step N] [--overwrite]
         [--black 63] [--white 1020] [--cfa RGGB] [--bits16] [--quiet]
+    diffraw export-weights --checkpoint W --out DIR [--step N] [--method M] [--steps N]
 
-``W`` is a training workdir (``config.json`` + ``checkpoints/``). Inputs are
-files or folders (a folder expands to its image / RAW files, not recursively):
+(also ``python -m diffraw_jax.inference.cli ...``). ``W`` is a weights folder
+(``export-weights``) or a training workdir (``config.json`` + ``checkpoints/``),
+loaded read-only. The sampler is the one the model asks for (its objective,
+``sample.method`` and ``sample.num_steps``) unless ``--method``/``--steps``
+say otherwise; ``--method dtdm --steps 93`` is the paper's test setting
+(s = 100). Inputs are files or folders (a folder expands to its image / RAW
+files, not recursively):
 
 * ``.png`` / ``.tif`` / ``.tiff``: a single-channel Bayer mosaic (ZRR style),
   read with ``--black`` / ``--white`` (a value, or 4 comma-separated values in
@@ -16,9 +22,8 @@ files or folders (a folder expands to its image / RAW files, not recursively):
   (``pipeline.frame_from_rawpy``).
 
 Each input becomes ``DIR/<stem>.png``: 8-bit sRGB, or 16-bit with ``--bits16``,
-covering the canonical RGGB crop of the mosaic (``raw.crop_box``: one row and
-column less on each side for BGGR, the first/last column for GRBG, the
-first/last row for GBRG). It is written to a temporary file in DIR and then
+covering the whole mosaic in every CFA layout, in the camera's orientation
+(LibRaw ``sizes.flip``). It is written to a temporary file in DIR and then
 renamed, so a crash never leaves a half-written output; an existing output is
 kept (an error for that input) unless ``--overwrite``.
 
@@ -27,7 +32,7 @@ config's ``color_net.workdir`` (an error if there is none), ``classic`` the
 classical ISP (as-shot white balance and camera matrix for camera RAWs, gray
 world for PNGs), anything else is an sRGB image used as c: one file for every
 input, or a folder holding ``<stem>.<png|jpg|tif...>`` per input; it must have
-the output size (or the full mosaic size, then it is cropped like the mosaic).
+the output size and orientation.
 
 Errors: one line per bad input on stderr, ``error: <file>: <reason>``; the
 other inputs are still processed; a summary ``processed N, failed M`` ends the
@@ -48,16 +53,13 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from diffraw_jax import dtdm, raw
+from diffraw_jax.inference.camera import (COLOR_IMAGE_EXTENSIONS, InputError, read_bayer_image,
+                                          read_camera_raw)
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
 RAW_EXTENSIONS = (".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2",
                   ".raf", ".orf", ".rw2", ".rwl", ".pef", ".srw", ".x3f", ".3fr", ".fff",
                   ".iiq", ".erf", ".kdc", ".dcr", ".mrw", ".mos", ".mef", ".raw")
-COLOR_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-
-
-class InputError(Exception):
-    """A problem with one input file (reported, the run goes on)."""
 
 
 # ---------------------------------------------------------------------------
@@ -89,14 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="diffraw", description="DiffRAW: smartphone / camera RAW -> sRGB with a trained "
         "DTDM diffusion model, in overlapping tiles.")
     p.add_argument("--checkpoint", required=True, metavar="W",
-                   help="training workdir (config.json + checkpoints/)")
+                   help="weights folder (diffraw export-weights) or training workdir")
     p.add_argument("--input", required=True, nargs="+", metavar="PATH",
                    help="Bayer PNG/TIFF, camera RAW, or a folder of them")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--steps", type=int, default=None, metavar="N",
-                   help="sampling steps (default: the training s)")
-    p.add_argument("--method", default="dtdm", choices=dtdm.METHODS,
-                   help="dtdm: ancestral (Algorithm 2); dtdm_ddim: deterministic strided")
+                   help="sampling steps (default: the model's; dtdm with N < s starts at step N, "
+                   "the paper tests with 93 of s = 100)")
+    p.add_argument("--method", default=None, choices=dtdm.METHODS,
+                   help="dtdm: ancestral (Algorithm 2); dtdm_ddim: deterministic strided; ddpm: "
+                   "for epsilon-objective models (default: what the model asks for)")
+    p.add_argument("--step", type=int, default=None, metavar="N",
+                   help="a workdir's checkpoint step (default: the latest)")
     p.add_argument("--color", default="g", metavar="g|classic|IMAGE",
                    help="colour condition c: trained G, classical ISP, or an sRGB image / folder")
     p.add_argument("--seed", type=int, default=0)
@@ -152,72 +158,11 @@ def expand_inputs(paths: Sequence[str], output_dir: str) -> Tuple[List[str], Lis
     return files, errors
 
 
-def read_bayer_image(path: str, black, white, cfa: str):
-    """A single-channel Bayer PNG/TIFF -> pipeline.BayerFrame (codes as stored)."""
-    from PIL import Image
-
-    from diffraw_jax.pipeline import BayerFrame
-
-    with Image.open(path) as im:
-        im.load()
-        mode = im.mode
-        arr = np.asarray(im)
-    if arr.ndim != 2 or mode in ("P", "PA", "1"):
-        raise InputError(f"not a single-channel Bayer mosaic (PIL mode {mode}, shape {arr.shape})")
-    return BayerFrame(mosaic=arr, cfa=cfa, black_level=black, white_level=white)
-
-
-def read_camera_raw(path: str):
-    """A camera RAW (via rawpy / LibRaw) -> pipeline.BayerFrame."""
-    import rawpy
-
-    from diffraw_jax.pipeline import frame_from_rawpy
-
-    try:
-        with rawpy.imread(path) as r:
-            return frame_from_rawpy(r)
-    except rawpy.LibRawError as e:
-        msg = e.args[0] if e.args else type(e).__name__
-        if isinstance(msg, bytes):
-            msg = msg.decode("utf-8", "replace")
-        raise InputError(f"cannot read as RAW ({msg})") from e
-
-
 def read_input(path: str, args):
     """BayerFrame for ``path``: PNG/TIFF mosaics by extension, everything else via rawpy."""
     if path.lower().endswith(IMAGE_EXTENSIONS):
         return read_bayer_image(path, args.black, args.white, args.cfa)
     return read_camera_raw(path)
-
-
-def color_image_for(spec: str, src: str, frame_shape: Tuple[int, int], out_shape: Tuple[int, int],
-                    cfa: str) -> np.ndarray:
-    """The --color IMAGE for input ``src``: sRGB float32 [H', W', 3] in [0, 1].
-
-    ``spec`` is a file (used for every input) or a folder with ``<stem>.<ext>``.
-    An image of the full mosaic size is cropped with the mosaic's CFA box.
-    """
-    from PIL import Image
-
-    from diffraw_jax.pipeline import _to_unit
-
-    path = spec
-    if os.path.isdir(spec):
-        stem = os.path.splitext(os.path.basename(src))[0]
-        cands = [os.path.join(spec, stem + e) for e in COLOR_IMAGE_EXTENSIONS]
-        cands += [c[:-len(e)] + e.upper() for c, e in zip(cands, COLOR_IMAGE_EXTENSIONS)]
-        path = next((c for c in cands if os.path.isfile(c)), None)
-        if path is None:
-            raise InputError(f"no colour image {stem}.* in {spec}")
-    with Image.open(path) as im:
-        img = _to_unit(np.asarray(im.convert("RGB") if im.mode not in ("RGB", "RGBA") else im))
-    if img.shape[:2] == tuple(frame_shape) and tuple(frame_shape) != tuple(out_shape):
-        top, left, bottom, right = raw.crop_box(cfa, *frame_shape)
-        img = img[top:bottom, left:right]
-    if img.shape[:2] != tuple(out_shape):
-        raise InputError(f"colour image {path} is {img.shape[1]}x{img.shape[0]}, "
-                         f"expected the output size {out_shape[1]}x{out_shape[0]}")
-    return img
 
 
 # ---------------------------------------------------------------------------
@@ -308,42 +253,73 @@ def _quiet_logs() -> None:
 
 
 def _load_pipeline(args):
-    from diffraw_jax.pipeline import DiffRAWPipeline
+    from diffraw_jax.inference.pipeline import DiffRAWPipeline
 
     color = args.color if args.color in ("g", "classic") else "image"
     return DiffRAWPipeline.from_checkpoint(
         args.checkpoint, method=args.method, num_steps=args.steps, color=color,
         tile="train" if args.tile is None else args.tile, overlap=args.overlap, batch=args.batch,
-        eta=args.eta)
+        eta=args.eta, step=args.step)
 
 
 def process_file(pipe, path: str, out: str, args) -> None:
     """One input -> ``out`` (raises on any problem)."""
-    from diffraw_jax import pipeline as pl
+    from diffraw_jax.inference import camera
 
     frame = read_input(path, args)
-    planes = pl.prepare_planes(frame)
-    out_shape = (2 * planes.shape[0], 2 * planes.shape[1])
-    pipe.frame_tiles(*out_shape)  # "smaller than one tile" before any work
+    prepared = camera.prepare_frame(frame)
+    pipe.plan(2 * prepared.planes.shape[0], 2 * prepared.planes.shape[1])  # "smaller than a tile" first
     color_image = None
     if pipe.color == "image":
-        m = np.asarray(frame.mosaic)
-        full = (m.shape[0] - m.shape[0] % 2, m.shape[1] - m.shape[1] % 2)
-        color_image = color_image_for(args.color, path, full, out_shape, frame.cfa)
-    cond = pipe.condition(planes, wb_gains=frame.wb_gains, ccm=frame.ccm, color_image=color_image)
-    img = pipe.sample_planes(planes, cond, seed=args.seed, progress=not args.quiet)
-    write_atomic(out, encode_png(img, args.bits16), args.overwrite)
+        color_image = camera.read_color_image(args.color, path, prepared)
+    cond = pipe.condition(prepared, wb_gains=frame.wb_gains, ccm=frame.ccm, color_image=color_image)
+    img = pipe.sample_planes(prepared.planes, cond, seed=args.seed, progress=not args.quiet)
+    write_atomic(out, encode_png(camera.finish(img, prepared), args.bits16), args.overwrite)
+
+
+def export_weights_main(argv: Sequence[str]) -> int:
+    """``diffraw export-weights``: a training workdir -> a portable weights folder."""
+    from diffraw_jax import weights
+
+    p = argparse.ArgumentParser(
+        prog="diffraw export-weights", description="Write a self-contained weights folder (config, "
+        "EMA parameters of f and G, manifest with sha256) from a training workdir.")
+    p.add_argument("--checkpoint", required=True, metavar="W", help="training workdir")
+    p.add_argument("--out", required=True, metavar="DIR", help="new folder (must not exist)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--method", default=None, choices=dtdm.METHODS,
+                   help="the sampler the weights ask for (default: the training config's)")
+    p.add_argument("--steps", type=int, default=None, help="its step count (default: the config's)")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    _quiet_logs()
+    try:
+        manifest = weights.export_weights(args.checkpoint, args.out, step=args.step,
+                                          sample_method=args.method, sample_num_steps=args.steps)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        _err(args.checkpoint, e)
+        return 2
+    g = manifest.get("color_net")
+    print(f"wrote {args.out}: f step {manifest['step']} ({manifest['num_params']:,} parameters"
+          + (f"), G step {g['step']} ({g['num_params']:,} parameters" if g else "; no G")
+          + f"), {weights.folder_bytes(args.out) / 2**20:.1f} MiB, sampler {manifest['sampler']['label']}")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the CLI; returns the exit status (0 ok, 1 some inputs failed, 2 usage/checkpoint)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export-weights"]:
+        return export_weights_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed the usage error
         return int(e.code or 0)
     for flag, value, lo in (("--batch", args.batch, 1), ("--tile", args.tile, 0),
-                            ("--overlap", args.overlap, 0)):
+                            ("--overlap", args.overlap, 0), ("--steps", args.steps, 1)):
         if value is not None and value < lo:
             parser.print_usage(sys.stderr)
             print(f"diffraw: error: {flag} must be >= {lo}", file=sys.stderr)

@@ -1,0 +1,259 @@
+"""DiffRAW inference on full frames: the Python API.
+
+    from diffraw_jax.inference import DiffRAWPipeline
+
+    pipe = DiffRAWPipeline.from_checkpoint("pretrained/demo")      # a weights folder or workdir
+    srgb = pipe(mosaic, black_level=63, white_level=1020, cfa="RGGB", seed=0)
+    with rawpy.imread("IMG_0001.DNG") as r:
+        srgb = pipe.from_rawpy(r, seed=0)   # [H, W, 3] float32 sRGB in [0, 1], oriented
+
+The output covers the whole mosaic (``camera.prepare_frame``) in the camera's
+orientation. The sampler is the one the model asks for (its config's
+``diffusion.objective``, ``sample.method`` and ``sample.num_steps``) unless
+``method``/``num_steps`` are given. Frames larger than a tile are sampled as
+ONE sample of the whole frame with a tiled denoiser (``diffraw_jax.tiling``):
+frame-level noise, network outputs blended across overlaps at every step.
+Noise comes from ``key(seed)`` for the frame, so outputs are reproducible and do
+not depend on the tile batch.
+
+Loads through ``diffraw_jax.weights`` (read-only); imports jax, numpy and the
+core modules only (rawpy is never imported here: ``from_rawpy`` takes an open
+``rawpy.RawPy``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffraw_jax import dtdm, raw, sampling, tiling, weights
+from diffraw_jax.inference import camera
+from diffraw_jax.models import factory
+
+
+def as_tile_shape(tile) -> Optional[Tuple[int, int]]:
+    """None / 0 -> None (whole frame); n -> (n, n); (h, w) -> (h, w)."""
+    if tile is None or (np.isscalar(tile) and int(tile) == 0):
+        return None
+    if np.isscalar(tile):
+        return int(tile), int(tile)
+    th, tw = (int(v) for v in tile)
+    return th, tw
+
+
+class DiffRAWPipeline:
+    """RAW mosaic -> sRGB with a trained DiffRAW U-Net.
+
+    Build with ``from_checkpoint`` (or directly from a model and parameters).
+    ``tile``: tile side or (H, W) in output pixels, a multiple of the U-Net's
+    2**(levels-1); None / 0: the whole frame in one piece. ``overlap``: minimum
+    overlap of neighbouring tiles (even). ``batch``: tiles per network call.
+    ``color``: "g" (the trained G), "classic" (the classical ISP) or "image"
+    (an sRGB colour condition given per call).
+    """
+
+    def __init__(self, model, params, schedule: dtdm.Schedule, s: int, *, method: str = "dtdm",
+                 num_steps: Optional[int] = None, eta: float = 0.0, color: str = "classic",
+                 color_model=None, color_params=None, tile=448, overlap: int = 64,
+                 batch: int = 4, config=None, step: Optional[int] = None, label: Optional[str] = None):
+        if color not in ("g", "classic", "image"):
+            raise ValueError(f"color must be 'g', 'classic' or 'image', got {color!r}")
+        if color == "g" and color_model is None:
+            raise ValueError("color 'g' needs color_model and color_params")
+        if method not in dtdm.METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {dtdm.METHODS}")
+        if num_steps is not None and not 1 <= int(num_steps) <= int(s):
+            raise ValueError(f"num_steps must be in [1, s={s}], got {num_steps}")
+        if method == "ddpm" and num_steps not in (None, s):
+            raise ValueError("method 'ddpm' runs s steps; num_steps must be None or s")
+        if int(batch) < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.model, self.params, self.schedule, self.s = model, params, schedule, int(s)
+        self.method, self.eta = method, float(eta)
+        self.num_steps = None if num_steps is None else int(num_steps)
+        self.label = label or method
+        self.color, self.color_model, self.color_params = color, color_model, color_params
+        self.tile = as_tile_shape(tile)
+        self.overlap, self.batch = int(overlap), int(batch)
+        self.config, self.step = config, step
+        self.multiple = tiling.unet_multiple(model)
+        if self.tile is not None:
+            self._check_tile(self.tile)
+        if self.overlap < 0 or self.overlap % 2 or (self.tile and self.overlap >= min(self.tile)):
+            raise ValueError(f"overlap must be even and in [0, tile), got {self.overlap}")
+        self._samplers = {}
+        self._bar = None
+        self._g_apply = None
+        if color_model is not None:
+            self._g_apply = jax.jit(lambda p, w: color_model.apply({"params": p}, w))
+
+    # ---- construction ----------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str, *, method: Optional[str] = None, num_steps: Optional[int] = None,
+                        color: str = "g", tile="train", overlap: Optional[int] = None, batch: int = 4,
+                        eta: float = 0.0, use_ema: Optional[bool] = None,
+                        step: Optional[int] = None) -> "DiffRAWPipeline":
+        """Loads a weights folder or a training workdir (read-only, ``weights.load_inference``).
+
+        ``method``/``num_steps``: default what the model's config asks for
+        (``factory.sampler_settings``: "ddpm" for an epsilon-objective model,
+        else ``sample.method``, ``sample.num_steps``). ``color``: "g" (the
+        model's trained G; ValueError if there is none), "classic", or "image".
+        ``tile``: "train" (the training crop size, the default), a side or
+        (H, W), or None / 0 for the whole frame. ``overlap``: default
+        min(64, tile / 4) rounded down to even. ``use_ema``: default the
+        config's ``sample.use_ema``; ``step``: a workdir's checkpoint step.
+        Raises FileNotFoundError, ValueError or RuntimeError (see ``load_inference``).
+        """
+        loaded = weights.load_inference(path, use_ema=use_ema, step=step, color_net=(color == "g"))
+        if loaded.config.task != "diffraw":
+            raise ValueError(f"{path} is a {loaded.config.task!r} model, not a DiffRAW model")
+        settings = loaded.sampler_settings(method, num_steps)
+        if isinstance(tile, str):
+            if tile != "train":
+                raise ValueError(f"tile must be 'train', a size, (H, W) or None, got {tile!r}")
+            tile = int(loaded.config.data.crop_size)
+        if overlap is None:
+            shape = as_tile_shape(tile)
+            overlap = 64 if shape is None else min(64, (min(shape) // 4) // 2 * 2)
+        g = loaded.color_net
+        if color == "g" and g is None:
+            raise ValueError(f"color 'g' needs a trained colour network G, but {path} names none "
+                             f"(color_net.workdir {loaded.config.color_net.get('workdir', '')!r}); "
+                             "use color 'classic' or an image")
+        return cls(loaded.model, loaded.params, loaded.schedule, settings.s, method=settings.method,
+                   num_steps=settings.num_steps, eta=eta, color=color,
+                   color_model=g.model if g else None, color_params=g.params if g else None,
+                   tile=tile, overlap=overlap, batch=batch, config=loaded.config, step=loaded.step,
+                   label=settings.label)
+
+    def _check_tile(self, tile: Tuple[int, int]) -> None:
+        th, tw = tile
+        if th <= 0 or tw <= 0 or th % self.multiple or tw % self.multiple:
+            raise ValueError(f"tile {th}x{tw} must be positive multiples of {self.multiple} "
+                             f"(the U-Net's 2**(levels-1), and even)")
+
+    @property
+    def num_evaluations(self) -> int:
+        """Network evaluations per tile: the sampler's step count."""
+        return self.num_steps or self.s
+
+    # ---- colour condition ----------------------------------------------------
+    def condition(self, prepared: camera.PreparedFrame, *, wb_gains=None, ccm=None,
+                  color_image: Optional[np.ndarray] = None) -> np.ndarray:
+        """Colour condition of the padded canonical frame, sRGB float32 [2h, 2w, 3] in [0, 1].
+
+        ``color_image``: sRGB [H, W, 3] of the input frame in sensor layout
+        (floats in [0, 1] or uint8/uint16); overrides the pipeline's ``color``.
+        """
+        planes = prepared.planes
+        h, w = planes.shape[:2]
+        if color_image is not None:
+            img = camera.image_to_unit(color_image)
+            if img.shape[:2] != (prepared.height, prepared.width):
+                raise ValueError(f"colour image has shape {img.shape}, expected "
+                                 f"{(prepared.height, prepared.width, 3)} (the frame's size)")
+            p = prepared
+            pad = ((p.top, 2 * h - p.top - p.height), (p.left, 2 * w - p.left - p.width), (0, 0))
+            return np.pad(img, pad, mode="edge")
+        if self.color == "image":
+            raise ValueError("this pipeline was built with color='image': pass color_image")
+        if self.color == "classic":
+            return camera.classic_condition(planes, wb_gains, ccm)
+        padded = camera.pad_planes(planes, 8)
+        out = np.asarray(self._g_apply(self.color_params, jnp.asarray(padded)[None]))[0]
+        return np.clip(out[: 2 * h, : 2 * w], 0.0, 1.0).astype(np.float32)
+
+    # ---- sampling --------------------------------------------------------------
+    def plan(self, height: int, width: int) -> tiling.TilePlan:
+        """The tile plan for a padded canonical frame of [height, width] pixels."""
+        if self.tile is None:
+            self._check_tile((height, width))
+        return tiling.TilePlan.make(height, width, self.tile, self.overlap, self.batch)
+
+    def sampler(self, plan: tiling.TilePlan):
+        """The jitted frame sampler ``fn(params, w, c, x, key)`` for ``plan`` (cached per plan)."""
+        fn = self._samplers.get(plan)
+        if fn is None:
+            fn = self._samplers[plan] = sampling.make_sampler(
+                self.model, self.schedule, self.s, method=self.method, num_steps=self.num_steps,
+                eta=self.eta, plan=plan, on_step=self._tick)
+        return fn
+
+    def _tick(self):
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def sample_planes(self, planes: np.ndarray, cond01: np.ndarray, *, seed: int = 0,
+                      progress: bool = False) -> np.ndarray:
+        """planes [h, w, 4] in [0, 1], cond01 [2h, 2w, 3] in [0, 1] -> sRGB float32 [2h, 2w, 3] in [0, 1].
+
+        One sample of the whole frame (tiled denoiser when it is larger than a
+        tile), noise from ``jax.random.key(seed)``.
+        """
+        if not 0 <= int(seed) < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+        planes = np.asarray(planes, np.float32)
+        height, width = 2 * planes.shape[0], 2 * planes.shape[1]
+        if cond01.shape != (height, width, 3):
+            raise ValueError(f"condition shape {cond01.shape} != {(height, width, 3)}")
+        plan = self.plan(height, width)
+        c = sampling.to_model_range(jnp.asarray(cond01, jnp.float32))[None]
+        fn = self.sampler(plan)
+        self._bar = _progress(len(plan.tiles), self.num_evaluations, progress)
+        try:
+            y = fn(self.params, jnp.asarray(planes)[None], c, c, jax.random.key(int(seed)))
+            out = np.asarray(sampling.to_unit_range(y))[0]
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = None
+        return out.astype(np.float32)
+
+    # ---- entry points --------------------------------------------------------
+    def process(self, frame: camera.BayerFrame, *, seed: int = 0, color_image=None,
+                progress: bool = False) -> np.ndarray:
+        """BayerFrame -> sRGB float32 [H, W, 3] in [0, 1]: the whole mosaic, oriented by ``frame.flip``.
+
+        ``color_image``: an sRGB colour condition of the frame in sensor layout
+        ([H, W, 3]; ``camera.read_color_image`` un-orients a displayed image).
+        """
+        prepared = camera.prepare_frame(frame)
+        cond = self.condition(prepared, wb_gains=frame.wb_gains, ccm=frame.ccm, color_image=color_image)
+        out = self.sample_planes(prepared.planes, cond, seed=seed, progress=progress)
+        return camera.finish(out, prepared)
+
+    def __call__(self, mosaic, *, black_level: camera.Level = raw.ZRR_BLACK_LEVEL,
+                 white_level: camera.Level = raw.ZRR_WHITE_LEVEL, cfa: str = raw.ZRR_PATTERN,
+                 seed: int = 0, wb_gains=None, ccm=None, color_image=None, flip: int = 0,
+                 progress: bool = False) -> np.ndarray:
+        """Bayer mosaic [H, W] (``cfa`` layout, codes) -> sRGB float32 [H, W, 3] in [0, 1].
+
+        ``black_level``/``white_level``: scalars or 4 values in canonical order
+        (R, Gr, Gb, B); ZRR's by default. ``wb_gains``/``ccm`` feed the classical
+        ISP (gray world / identity when None). ``flip``: LibRaw orientation code.
+        """
+        frame = camera.BayerFrame(mosaic=np.asarray(mosaic), cfa=raw.check_pattern(cfa),
+                                  black_level=black_level, white_level=white_level,
+                                  wb_gains=wb_gains, ccm=ccm, flip=flip)
+        return self.process(frame, seed=seed, color_image=color_image, progress=progress)
+
+    def from_rawpy(self, raw_obj, *, seed: int = 0, color_image=None,
+                   progress: bool = False) -> np.ndarray:
+        """An open ``rawpy.RawPy`` -> sRGB float32 [H, W, 3] in [0, 1] (``camera.frame_from_rawpy``)."""
+        return self.process(camera.frame_from_rawpy(raw_obj), seed=seed, color_image=color_image,
+                            progress=progress)
+
+
+def _progress(tiles: int, steps: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional for the API
+        return None
+    # disable=None: no bar when stderr is not a terminal (logs, pipes).
+    return tqdm(total=steps, desc=f"sampling ({tiles} tile{'s' * (tiles > 1)})", unit="step",
+                leave=False, disable=None)

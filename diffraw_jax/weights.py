@@ -1,0 +1,403 @@
+"""Trained models in and out: the one read-only loader, and portable weights.
+
+A *model path* is either
+
+* a **training workdir** (``config.json`` + ``checkpoints/<step>/``, written by
+  ``main.py``), or
+* a **weights folder** (``manifest.json`` + ``config.json`` + ``params.npz``,
+  written by ``export_weights`` / ``diffraw export-weights``): the EMA
+  parameters of f and, in ``color_net/`` (a weights folder of its own), of G.
+  No optimiser or data-iterator state; plain NumPy arrays, so it loads on any
+  device count, with or without orbax.
+
+``load_inference(path)`` returns a ``LoadedModel``: the config, the network, its
+schedule (for f), the parameters on the first local device and, when the model
+has a trained G, the loaded G. It reads only the parameter subtree of a
+checkpoint (never the Adam moments), onto local devices, whatever mesh wrote
+it. Loading never writes, renames or moves anything: an unreadable checkpoint
+is an error naming its step (``step=`` picks an older one); only the trainer
+sets damaged checkpoints aside.
+
+Imports jax, flax, numpy and the core modules; orbax only when a workdir is read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from diffraw_jax.models import factory
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"      # the training config (workdirs and weights folders)
+MANIFEST_FILE = "manifest.json"  # weights folders only
+PARAMS_FILE = "params.npz"
+COLOR_NET_DIR = "color_net"
+CHECKPOINTS_DIR = "checkpoints"
+FORMAT = "diffraw-jax-weights"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A trained network ready to run.
+
+    Attributes:
+      config: the ml_collections ConfigDict it was trained with.
+      model: the flax module (``factory.create_model(config)``).
+      params: the ``params`` tree (EMA unless ``use_ema=False``) on one local device.
+      step: training step of the parameters.
+      path: where it was loaded from; ``kind``: "workdir" or "weights".
+      schedule: the diffusion schedule (f only; None for G).
+      color_net: the trained G that gives c_test = G(w) (f only; None if there is none).
+    """
+
+    config: Any
+    model: Any
+    params: Any
+    step: int
+    path: str
+    kind: str
+    schedule: Any = None
+    color_net: Optional["LoadedModel"] = None
+
+    @property
+    def num_params(self) -> int:
+        return factory.count_params(self.params)
+
+    def sampler_settings(self, method=None, num_steps=None) -> factory.SamplerSettings:
+        return factory.sampler_settings(self.config, method, num_steps)
+
+
+# ---------------------------------------------------------------------------
+# Paths and configs.
+
+
+def is_weights_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MANIFEST_FILE))
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
+
+
+def load_config(path: str):
+    """The ConfigDict of a workdir or weights folder (its ``config.json``)."""
+    import ml_collections
+
+    file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file} not found: {path} is neither a diffraw-jax training "
+                                "workdir nor a weights folder")
+    with open(file) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def resolve_color_net_path(config, base: str) -> str:
+    """``config.color_net.workdir`` as a path: as given (relative to the current
+    directory), else relative to ``base`` (the model path) or its parent."""
+    path = config.color_net.get("workdir", "") or ""
+    if not path or os.path.isabs(path) or os.path.isdir(path):
+        return path
+    for root in (os.path.dirname(os.path.abspath(base)), os.path.abspath(base)):
+        for cand in (os.path.join(root, path), os.path.join(root, os.path.basename(path))):
+            if os.path.isdir(cand):
+                return cand
+    return path
+
+
+def _is_model_path(path: str) -> bool:
+    return bool(path) and (is_weights_folder(path) or os.path.isdir(checkpoint_dir(path)))
+
+
+def color_net_config(config):
+    """The G config implied by a DiffRAW config (task "color_net"), for a G workdir without config.json."""
+    cfg = config.copy_and_resolve_references()
+    cfg.task = "color_net"
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def _device():
+    return jax.local_devices()[0]
+
+
+def _restore_from_workdir(config, model, workdir: str, use_ema: bool, step: Optional[int]):
+    """(params, step) from an orbax checkpoint, read-only, parameters only."""
+    import orbax.checkpoint as ocp
+
+    directory = checkpoint_dir(workdir)
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False, enable_async_checkpointing=False,
+        cleanup_tmp_directories=False))
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise FileNotFoundError(f"no checkpoint of step {step} in {directory} (steps: {steps})")
+        field = "ema_params" if use_ema else "params"
+        sharding = jax.sharding.SingleDeviceSharding(_device())
+        target = {field: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                                      factory.abstract_params(config, model))}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True)))
+        except Exception as e:  # noqa: BLE001 -- orbax raises many types for damaged files
+            mismatch = _shape_mismatch(directory, step, target)
+            if mismatch:
+                raise ValueError(f"the checkpoint of step {step} in {directory} does not match the "
+                                 f"configured model ({mismatch})") from e
+            older = [s for s in steps if s < step]
+            hint = f"; load an earlier step with step={older[-1]} (--step {older[-1]})" if older else ""
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RuntimeError(f"the checkpoint of step {step} in {directory} is unreadable "
+                               f"({type(e).__name__}: {first[:300]}); nothing was changed{hint}") from e
+        return restored["state"][field], int(step)
+    finally:
+        manager.close()
+
+
+def _shape_mismatch(directory: str, step: int, target) -> str:
+    """A description of the first leaf whose saved shape differs from ``target``, or ''."""
+    try:
+        import orbax.checkpoint as ocp
+
+        meta = ocp.PyTreeCheckpointer().metadata(os.path.join(directory, str(step), "state"))
+        tree = getattr(meta, "item_metadata", None)
+        tree = getattr(tree, "tree", tree) if tree is not None else getattr(meta, "tree", meta)
+        saved = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in
+                 jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+                 if hasattr(m, "shape")}
+    except Exception:  # noqa: BLE001 -- unreadable metadata: not a shape problem we can name
+        return ""
+    for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+        k = jax.tree_util.keystr(p)
+        if k not in saved:
+            return f"{k} is missing" if saved else ""
+        if saved[k] != tuple(leaf.shape):
+            return f"{k}: saved {saved[k]}, model {tuple(leaf.shape)}"
+    return ""
+
+
+def _flat_keys(tree) -> dict:
+    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_manifest(path: str) -> dict:
+    with open(os.path.join(path, MANIFEST_FILE)) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT or int(manifest.get("version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{path}: not a {FORMAT} folder of version <= {FORMAT_VERSION} "
+                         f"(format {manifest.get('format')!r}, version {manifest.get('version')!r})")
+    return manifest
+
+
+def _restore_from_weights(config, model, path: str):
+    """(params, step) from a weights folder, checking the sha256 and every shape."""
+    manifest = _read_manifest(path)
+    file = os.path.join(path, PARAMS_FILE)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file} not found")
+    digest = _sha256(file)
+    if digest != manifest["sha256"][PARAMS_FILE]:
+        raise ValueError(f"{file} is damaged: sha256 {digest[:12]}... does not match the manifest's "
+                         f"{manifest['sha256'][PARAMS_FILE][:12]}...")
+    abstract = factory.abstract_params(config, model)
+    with np.load(file, allow_pickle=False) as arrays:
+        stored = {k: arrays[k] for k in arrays.files}
+    want = _flat_keys(abstract)
+    missing, extra = sorted(set(want) - set(stored)), sorted(set(stored) - set(want))
+    if missing or extra:
+        raise ValueError(f"{file} does not match the configured model: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}")
+    for k, a in want.items():
+        if tuple(stored[k].shape) != tuple(a.shape):
+            raise ValueError(f"{file}: {k} has shape {stored[k].shape}, the model needs {tuple(a.shape)}")
+    leaves, treedef = jax.tree_util.tree_flatten(abstract)
+    keys = list(_flat_keys(abstract))
+    device = _device()
+    params = jax.tree_util.tree_unflatten(
+        treedef, [jax.device_put(stored[k].astype(a.dtype), device) for k, a in zip(keys, leaves)])
+    return params, int(manifest["step"])
+
+
+def _load_one(path: str, config, *, use_ema: bool, step: Optional[int]) -> LoadedModel:
+    model = factory.create_model(config)
+    if is_weights_folder(path):
+        if step is not None:
+            raise ValueError(f"{path} is a weights folder (one step); step= applies to workdirs")
+        params, got = _restore_from_weights(config, model, path)
+        kind = "weights"
+    else:
+        params, got = _restore_from_workdir(config, model, path, use_ema, step)
+        kind = "workdir"
+    schedule = factory.create_schedule(config) if config.task == "diffraw" else None
+    log.info("loaded %s (%s, step %d, %d parameters)", path, config.task, got, factory.count_params(params))
+    return LoadedModel(config=config, model=model, params=params, step=got, path=path, kind=kind,
+                       schedule=schedule)
+
+
+def load_color_net(path: str) -> LoadedModel:
+    """G from a G workdir or weights folder (``config.json`` fixes its architecture)."""
+    config = load_config(path)
+    if config.get("task") != "color_net":
+        raise ValueError(f"{path} holds a {config.get('task')!r} model, not a colour network")
+    return _load_one(path, config, use_ema=bool(config.optim.ema_decay > 0), step=None)
+
+
+def load_inference(path: str, *, use_ema: Optional[bool] = None, step: Optional[int] = None,
+                   color_net: bool = True) -> LoadedModel:
+    """Loads a trained model (f with its G, or G alone) for sampling or evaluation.
+
+    Args:
+      path: a training workdir or a weights folder.
+      use_ema: EMA parameters (default: the config's ``sample.use_ema``; G
+        trained without EMA uses its parameters). Weights folders hold one set.
+      step: a workdir's checkpoint step (default: the latest).
+      color_net: also load the trained G named by the config (a weights
+        folder's ``color_net/``, a workdir's ``color_net.workdir``); a missing
+        G is not an error (``LoadedModel.color_net`` is then None).
+
+    Raises FileNotFoundError (nothing there), ValueError (a model that does not
+    match its config, a damaged weights file), RuntimeError (an unreadable
+    checkpoint; the workdir is left exactly as it was).
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such model folder")
+    config = load_config(path)
+    task = config.get("task", "diffraw")
+    if task == "color_net":
+        return load_color_net(path)
+    if use_ema is None:
+        use_ema = bool(config.get("sample", {}).get("use_ema", True))
+    loaded = _load_one(path, config, use_ema=use_ema, step=step)
+    if color_net:
+        loaded.color_net = find_color_net(config, path)
+    return loaded
+
+
+def find_color_net(config, path: str) -> Optional[LoadedModel]:
+    """The trained G a DiffRAW model at ``path`` names, or None (with a warning) if there is none.
+
+    A weights folder keeps G in ``color_net/``; a workdir names G's workdir or
+    weights folder in ``config.color_net.workdir`` (relative to the current
+    directory, to ``path`` or to its parent).
+    """
+    if is_weights_folder(path) and not config.color_net.get("workdir"):
+        return None
+    gpath = (os.path.join(path, COLOR_NET_DIR) if is_weights_folder(path)
+             else resolve_color_net_path(config, path))
+    if not _is_model_path(gpath):
+        if gpath:
+            log.warning("no trained colour network at %r (color_net.workdir of %s)", gpath, path)
+        return None
+    if os.path.isfile(os.path.join(gpath, CONFIG_FILE)):
+        return load_color_net(gpath)
+    # A G workdir without config.json: its architecture from f's config.
+    return _load_one(gpath, color_net_config(config), use_ema=False, step=None)
+
+
+# ---------------------------------------------------------------------------
+# Export.
+
+
+def _write_weights(loaded: LoadedModel, out: str, source: str) -> dict:
+    arrays = {k: np.asarray(v) for k, v in _flat_keys(loaded.params).items()}
+    np.savez(os.path.join(out, PARAMS_FILE), **arrays)
+    with open(os.path.join(out, CONFIG_FILE), "w") as f:
+        f.write(loaded.config.to_json_best_effort(indent=1))
+    manifest = {
+        "format": FORMAT, "version": FORMAT_VERSION, "task": loaded.config.task,
+        "step": loaded.step, "source": source,
+        "num_params": loaded.num_params,
+        "params_bytes": int(sum(a.nbytes for a in arrays.values())),
+        "sha256": {PARAMS_FILE: _sha256(os.path.join(out, PARAMS_FILE))},
+    }
+    if loaded.config.task == "diffraw":
+        st = loaded.sampler_settings()
+        manifest["sampler"] = {"method": st.method, "num_steps": st.num_steps, "s": st.s, "label": st.label}
+    with open(os.path.join(out, MANIFEST_FILE), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: Optional[bool] = None,
+                   sample_method: Optional[str] = None, sample_num_steps: Optional[int] = None) -> dict:
+    """Writes the portable weights folder ``out`` for the model at ``path``; returns its manifest.
+
+    ``out`` must not exist (nothing is ever overwritten); it is written to a
+    temporary sibling and renamed into place, so a crash leaves no half folder.
+    ``sample_method``/``sample_num_steps`` set the sampler the folder asks for
+    (stored in its config's ``sample`` fields and the manifest).
+    """
+    out = os.path.abspath(os.fspath(out))
+    if os.path.exists(out):
+        raise FileExistsError(f"{out} exists; choose a new folder (weights are never overwritten)")
+    loaded = load_inference(path, use_ema=use_ema, step=step)
+    if loaded.config.task != "diffraw":
+        raise ValueError(f"{path} is a colour network; export the DiffRAW model that uses it")
+    config = loaded.config.copy_and_resolve_references()
+    if sample_method is not None or sample_num_steps is not None:
+        with config.unlocked() if hasattr(config, "unlocked") else _null():
+            if sample_method is not None:
+                config.sample.method = sample_method
+            if sample_num_steps is not None:
+                config.sample.num_steps = int(sample_num_steps)
+        factory.sampler_settings(config)  # validate
+    config.color_net.workdir = COLOR_NET_DIR if loaded.color_net is not None else ""
+    loaded = dataclasses.replace(loaded, config=config)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(out) + ".")
+    try:
+        manifest = _write_weights(loaded, tmp, os.path.abspath(path))
+        if loaded.color_net is not None:
+            os.mkdir(os.path.join(tmp, COLOR_NET_DIR))
+            manifest["color_net"] = _write_weights(loaded.color_net, os.path.join(tmp, COLOR_NET_DIR),
+                                                   os.path.abspath(loaded.color_net.path))
+            with open(os.path.join(tmp, MANIFEST_FILE), "w") as f:
+                json.dump(manifest, f, indent=1)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def folder_bytes(path: str) -> int:
+    """Total size of the files under ``path``."""
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
