@@ -172,7 +172,7 @@ def tiled_denoiser(apply_fn: ApplyFn, plan: TilePlan, w: jax.Array, c: jax.Array
     th, tw = plan.tile
     tiles = plan.tiles
     if len(tiles) == 1:
-        return apply_fn
+        return lambda m, t: apply_fn(m, w, c, t)
     bsz = min(plan.batch, len(tiles))
     pad = (-len(tiles)) % bsz
     origins = np.array([(t.y0, t.x0) for t in tiles] + [(tiles[-1].y0, tiles[-1].x0)] * pad, np.int32)

@@ -1,0 +1,276 @@
+"""The one read-only loader and portable weights (diffraw_jax/weights.py).
+
+A tiny DiffRAW model is trained for 6 steps (checkpoints at 3 and 6) with a
+G workdir beside it; tests copy the workdir before they change anything.
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from diffraw_jax import checkpointing, train, weights
+from diffraw_jax.models import factory, isp
+from tests.test_train import REPO, run_py, tiny_source
+
+
+def snapshot(root):
+    """{relative path: sha256 or 'dir'} of everything under ``root``, plus mtimes of files."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = (hashlib.sha256(fh.read()).hexdigest(), os.stat(p).st_mtime_ns)
+    return out
+
+
+def flat(tree):
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assert_trees_equal(a, b):
+    fa, fb = flat(a), flat(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    gdir = root / "g"
+    gcfg = test_config.get_config()
+    gcfg.task = "color_net"
+    gcfg.optim.ema_decay = 0.0
+    g_model = factory.create_model(gcfg)
+    g_params = isp.init_params(g_model, (1, 16, 16, 4), seed=1)
+    manager = checkpointing.create_manager(str(gdir))
+    checkpointing.save(manager, 5, {"step": np.int32(5), "params": g_params, "ema_params": g_params}, force=True)
+    manager.wait_until_finished()
+    manager.close()
+    (gdir / "config.json").write_text(gcfg.to_json_best_effort())
+
+    cfg = test_config.get_config()
+    cfg.degradation.enabled = False
+    cfg.color_net.workdir = str(gdir)
+    wd = root / "f"
+    state = train.train_and_evaluate(cfg, str(wd), data_sources=(tiny_source(), tiny_source(4, seed=1)))
+    assert sorted(os.listdir(checkpointing.checkpoint_dir(str(wd)))) == ["3", "6"]
+    return {"wd": str(wd), "g": str(gdir), "state": jax.tree.map(np.asarray, state), "g_params": g_params}
+
+
+def damage_step(wd, step):
+    """Overwrites every array data file of a checkpoint step with garbage of the same size."""
+    root = os.path.join(checkpointing.checkpoint_dir(wd), str(step), "state")
+    n = 0
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if "d" == os.path.basename(dirpath) or f.startswith(("ocdbt", "manifest")):
+                size = os.path.getsize(p)
+                with open(p, "wb") as fh:
+                    fh.write(b"\x5a" * max(size, 16))
+                n += 1
+    assert n > 0
+
+
+def test_load_returns_ema_params_of_f_and_g(trained):
+    m = weights.load_inference(trained["wd"])
+    assert m.kind == "workdir" and m.step == 6 and m.config.task == "diffraw"
+    assert_trees_equal(m.params, trained["state"].ema_params)
+    raw = weights.load_inference(trained["wd"], use_ema=False, color_net=False)
+    assert_trees_equal(raw.params, trained["state"].params)
+    assert raw.color_net is None
+    assert m.color_net is not None and m.color_net.config.task == "color_net"
+    assert_trees_equal(m.color_net.params, trained["g_params"])
+    assert m.schedule.num_timesteps == 200 and m.num_params == 49_787
+    assert weights.load_inference(trained["wd"], step=3).step == 3
+    leaf = jax.tree.leaves(m.params)[0]
+    assert leaf.devices() == {jax.local_devices()[0]}
+
+
+def test_read_only_load_of_a_damaged_checkpoint_changes_nothing(trained, tmp_path):
+    wd = str(tmp_path / "f")
+    shutil.copytree(trained["wd"], wd)
+    damage_step(wd, 6)
+    before = snapshot(wd)
+    with pytest.raises(RuntimeError, match=r"step 6 .* unreadable.*nothing was changed.*step=3"):
+        weights.load_inference(wd)
+    assert snapshot(wd) == before
+    # The older step still loads when asked for, and the damaged one is still there.
+    assert weights.load_inference(wd, step=3, color_net=False).step == 3
+    assert snapshot(wd) == before
+    # The CLI: one error line naming the step, exit 2, the workdir untouched.
+    from diffraw_jax.inference import cli
+
+    png = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32), 400, np.uint16)).save(png)
+    r = subprocess.run([sys.executable, "-m", "diffraw_jax.inference.cli", "--checkpoint", wd, "--input",
+                        str(png), "--output", str(tmp_path / "o"), "--color", "classic"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300,
+                       env={**os.environ, "PYTHONPATH": REPO})
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "step 6" in errors[0], r.stderr
+    assert snapshot(wd) == before
+    assert cli.main(["--checkpoint", wd, "--step", "3", "--input", str(png), "--output",
+                     str(tmp_path / "o"), "--color", "classic", "--method", "dtdm_ddim", "--steps", "2"]) == 0
+    assert snapshot(wd) == before
+
+
+def test_trainer_resume_is_the_only_one_that_sets_aside(trained, tmp_path):
+    """restore_latest refuses a read-only manager (it may move folders)."""
+    manager = checkpointing.create_manager(trained["wd"], read_only=True)
+    with pytest.raises(ValueError, match="load_inference"):
+        checkpointing.restore_latest(manager, None)
+
+
+def test_export_and_load_weights_round_trip(trained, tmp_path):
+    out = tmp_path / "release"
+    manifest = weights.export_weights(trained["wd"], str(out))
+    assert sorted(os.listdir(out)) == ["color_net", "config.json", "manifest.json", "params.npz"]
+    assert manifest["step"] == 6 and manifest["num_params"] == 49_787
+    assert manifest["sampler"] == {"method": "dtdm", "num_steps": None, "s": 20, "label": "DTDM-20"}
+    assert manifest["color_net"]["step"] == 5
+    with open(out / "params.npz", "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == manifest["sha256"]["params.npz"]
+    m = weights.load_inference(str(out))
+    assert m.kind == "weights" and m.step == 6
+    assert_trees_equal(m.params, trained["state"].ema_params)
+    assert_trees_equal(m.color_net.params, trained["g_params"])
+    assert m.config.color_net.workdir == "color_net"
+    # Nothing is overwritten, and a damaged array file is named.
+    with pytest.raises(FileExistsError):
+        weights.export_weights(trained["wd"], str(out))
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    data = bytearray((bad / "params.npz").read_bytes())
+    data[-100] ^= 0xFF
+    (bad / "params.npz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="params.npz is damaged"):
+        weights.load_inference(str(bad))
+    # The sampler a release asks for is stored and used.
+    fast = tmp_path / "fast"
+    weights.export_weights(trained["wd"], str(fast), sample_method="dtdm_ddim", sample_num_steps=4)
+    st = weights.load_inference(str(fast)).sampler_settings()
+    assert (st.method, st.num_steps, st.label) == ("dtdm_ddim", 4, "DTDM-DDIM-4")
+
+
+def test_export_weights_cli_and_outputs_match_the_workdir(trained, tmp_path):
+    from PIL import Image
+
+    from diffraw_jax.inference import cli
+
+    out = tmp_path / "release"
+    assert cli.main(["export-weights", "--checkpoint", trained["wd"], "--out", str(out)]) == 0
+    assert cli.main(["export-weights", "--checkpoint", trained["wd"], "--out", str(out)]) == 2
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(63, 1020, (48, 64)).astype(np.uint16)).save(tmp_path / "a.png")
+    common = ["--input", str(tmp_path / "a.png"), "--method", "dtdm_ddim", "--steps", "3", "--color", "g"]
+    assert cli.main(["--checkpoint", trained["wd"], "--output", str(tmp_path / "o1")] + common) == 0
+    assert cli.main(["--checkpoint", str(out), "--output", str(tmp_path / "o2")] + common) == 0
+    a = np.asarray(Image.open(tmp_path / "o1" / "a.png"))
+    b = np.asarray(Image.open(tmp_path / "o2" / "a.png"))
+    assert a.shape == (48, 64, 3)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_config_mismatch_is_named(trained, tmp_path):
+    wd = tmp_path / "f"
+    shutil.copytree(trained["wd"], wd)
+    cfg = json.loads((wd / "config.json").read_text())
+    cfg["model"]["name"] = "demo"
+    (wd / "config.json").write_text(json.dumps(cfg))
+    before = snapshot(str(wd))
+    with pytest.raises(ValueError, match="does not match"):
+        weights.load_inference(str(wd))
+    assert snapshot(str(wd)) == before
+
+
+def test_sampler_settings_honour_the_config(trained, tmp_path):
+    cfg = test_config.get_config()
+    assert factory.sampler_settings(cfg).label == "DTDM-20"
+    cfg.sample.num_steps = 15
+    assert factory.sampler_settings(cfg) == ("dtdm", 15, 20, "DTDM-15 (s=20)")
+    cfg.sample.method = "dtdm_ddim"
+    assert factory.sampler_settings(cfg).label == "DTDM-DDIM-15"
+    assert factory.sampler_settings(cfg, "dtdm", 20).num_steps is None
+    with pytest.raises(ValueError, match="num_steps must be in"):
+        factory.sampler_settings(cfg, "dtdm", 21)
+    cfg = test_config.get_config()
+    cfg.diffusion.objective = "ddpm"
+    assert factory.sampler_settings(cfg).method == "ddpm"
+    with pytest.raises(ValueError, match="objective='ddpm'"):
+        factory.sampler_settings(cfg, "dtdm")
+    # A workdir trained on the epsilon target samples with DDPM without being told.
+    from diffraw_jax.inference import DiffRAWPipeline
+
+    wd = tmp_path / "ddpm"
+    shutil.copytree(trained["wd"], wd)
+    c = json.loads((wd / "config.json").read_text())
+    c["diffusion"]["objective"] = "ddpm"
+    (wd / "config.json").write_text(json.dumps(c))
+    pipe = DiffRAWPipeline.from_checkpoint(str(wd), color="classic")
+    assert (pipe.method, pipe.num_steps, pipe.label) == ("ddpm", None, "DDPM-20")
+
+
+def test_inference_imports_no_training_code(trained, tmp_path):
+    out = tmp_path / "release"
+    weights.export_weights(trained["wd"], str(out))
+    code = f"""
+import sys
+import diffraw_jax.inference.cli, diffraw_jax.inference, diffraw_jax.inference.export, diffraw_jax.weights
+from diffraw_jax.inference import DiffRAWPipeline
+p = DiffRAWPipeline.from_checkpoint({str(out)!r}, method="dtdm_ddim", num_steps=2, tile=None)
+forbidden = ("diffraw_jax.train", "diffraw_jax.evaluate", "diffraw_jax.input_pipeline",
+             "diffraw_jax.checkpointing", "grain", "tensorflow_datasets", "tensorflow", "clu", "optax")
+bad = [m for m in forbidden if m in sys.modules]
+assert not bad, bad
+assert "orbax" not in sys.modules  # a weights folder needs no orbax
+p = DiffRAWPipeline.from_checkpoint({trained["wd"]!r}, method="dtdm_ddim", num_steps=2, tile=None)
+bad = [m for m in forbidden if m in sys.modules]
+assert not bad, bad
+print("OK")
+"""
+    assert "OK" in run_py(code)
+
+
+TOPOLOGY = """
+import jax, numpy as np
+from configs import test as tc
+from diffraw_jax import train
+from tests.test_train import tiny_source
+assert jax.device_count() == 8
+cfg = tc.get_config(); cfg.degradation.enabled = False; cfg.mesh.fsdp = 4
+cfg.train.num_train_steps = 3
+state = train.train_and_evaluate(cfg, "{wd}", data_sources=(tiny_source(), tiny_source(4, seed=1)))
+leaf = max(jax.tree.leaves(state.ema_params), key=lambda a: a.size)
+assert len(leaf.sharding.device_set) > 1, leaf.sharding  # FSDP-sharded when saved
+np.savez("{wd}/ema.npz", **{{jax.tree_util.keystr(p): np.asarray(v)
+                            for p, v in jax.tree_util.tree_flatten_with_path(state.ema_params)[0]}})
+print("OK")
+"""
+
+
+def test_checkpoint_written_by_fsdp_on_8_devices_loads_on_one(tmp_path):
+    wd = str(tmp_path / "fsdp")
+    out = run_py(TOPOLOGY.format(wd=wd), {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert "OK" in out
+    assert jax.device_count() == 1
+    m = weights.load_inference(wd)
+    want = dict(np.load(os.path.join(wd, "ema.npz")))
+    got = flat(m.params)
+    assert got.keys() == want.keys()
+    for k in got:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
