@@ -79,7 +79,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args(argv)
 
-    from diffraw_jax.inference import camera
+    from diffraw_jax import sampling
     from diffraw_jax.inference.pipeline import DiffRAWPipeline
 
     workdir = args.checkpoint
@@ -93,7 +93,7 @@ def main(argv=None):
                                               overlap=args.overlap, batch=args.batch)
     cfg = base.config
     planes = synthetic_planes(args.size)
-    cond = camera.classic_condition(planes)
+    cond = np.asarray(sampling.to_unit_range(sampling.make_color_condition()(planes[None])))[0]
     mp = args.size * args.size / 1e6
     tiles = base.plan(args.size, args.size).tiles
     print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); model "

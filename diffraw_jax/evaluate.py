@@ -116,7 +116,6 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
 
     e = config.eval
     out_dir = os.path.join(workdir, "eval", split)
-    os.makedirs(out_dir, exist_ok=True)
     loaded = weights.load_inference(workdir, use_ema=config.sample.use_ema, color_net=False)
     model, params, step, schedule = loaded.model, loaded.params, loaded.step, loaded.schedule
     # The trained model's objective and s; the sampler as this run's config asks.
@@ -142,6 +141,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         ddim = factory.sampler_settings(run_cfg, "dtdm_ddim", k)
         methods.setdefault(f"DiffRAW {ddim.label}", sampling.make_sampler(
             model, schedule, s, method="dtdm_ddim", num_steps=k))
+    os.makedirs(out_dir, exist_ok=True)
     if data_source is None:
         data_source = train.load_data_sources(config)[1 if split == "test" else 0]
     n = len(data_source) if e.num_images <= 0 else min(e.num_images, len(data_source))

@@ -87,9 +87,10 @@ Global arrays
 -------------
 ``to_global_batch(batch, sharding)`` turns a per-process numpy batch into
 ``jax.Array``s laid out over all processes with
-``jax.make_array_from_process_local_data`` (``data_sharding()`` builds a
-``NamedSharding`` over a 1-D "data" mesh). String leaves (eval "id") stay
-process-local numpy arrays.
+``jax.make_array_from_process_local_data`` (the sharding is
+``parallel.batch_sharding(mesh)``: the batch dimension split over every device
+of the training mesh). String leaves (eval "id") stay process-local numpy
+arrays.
 
 Checkpointing the iterator
 --------------------------
@@ -125,7 +126,6 @@ __all__ = [
     "ToModelInputs",
     "create_train_loader",
     "create_eval_loader",
-    "data_sharding",
     "to_global_batch",
 ]
 
@@ -392,21 +392,14 @@ def create_eval_loader(data_source, *, batch_size: int, worker_count: int = 0,
 
 # ----------------------------------------------------------------- global arrays
 
-def data_sharding(devices=None, axis_name: str = "data") -> jax.sharding.NamedSharding:
-    """NamedSharding splitting dim 0 over a 1-D mesh of ``devices`` (default: all)."""
-    devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
-    mesh = jax.sharding.Mesh(devices, (axis_name,))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
-
-
 def to_global_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
     """Per-process numpy batch (pytree) -> global ``jax.Array``s.
 
     Each numeric leaf ``x`` [b_local, ...] becomes
     ``jax.make_array_from_process_local_data(sharding, x)`` of shape
     [b_local * process_count, ...] (for a sharding splitting the batch dim over
-    "data", e.g. ``data_sharding()``; its spec must fit every leaf's rank --
-    ``PartitionSpec("data")`` does). String/object leaves (eval "id") are
+    the devices, e.g. ``parallel.batch_sharding(mesh)``; its spec must fit every
+    leaf's rank -- a spec naming only dim 0 does). String/object leaves (eval "id") are
     returned unchanged as process-local numpy arrays: jax arrays cannot hold them.
     """
     def convert(x):

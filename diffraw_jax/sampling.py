@@ -61,9 +61,15 @@ def to_unit_range(img: jax.Array) -> jax.Array:
 
 
 def make_color_condition(color_model=None, color_params: Any = None) -> Callable:
-    """``fn(w [B, h, w, 4]) -> x [B, 2h, 2w, 3]`` in [-1, 1]: G(w) when a trained colour
-    network is given, else the classical ISP (gray-world white balance, Malvar
-    demosaic, sRGB). Jitted."""
+    """The colour condition c = x of Algorithm 2: ``fn(w, wb_gains=None, ccm=None) -> x``.
+
+    w: planes [B, h, w, 4] in [0, 1]; x: [B, 2h, 2w, 3] in [-1, 1]. G(w) when a
+    trained colour network is given (``wb_gains``/``ccm`` are ignored), else the
+    classical ISP (white balance ``wb_gains`` [3] or gray world, Malvar demosaic,
+    colour matrix ``ccm`` [3, 3] or identity, sRGB curve). Jitted. G's three Haar
+    levels need h and w to be multiples of 8 (``inference.camera.pad_planes``).
+    """
     if color_model is None:
-        return jax.jit(lambda w: to_model_range(isp_classic.process(w)))
-    return jax.jit(lambda w: to_model_range(color_model.apply({"params": color_params}, w)))
+        return jax.jit(lambda w, wb_gains=None, ccm=None: to_model_range(isp_classic.process(w, wb_gains, ccm)))
+    return jax.jit(lambda w, wb_gains=None, ccm=None: to_model_range(
+        color_model.apply({"params": color_params}, w)))

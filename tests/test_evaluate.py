@@ -57,5 +57,6 @@ def test_train_then_evaluate_writes_tables_and_grid(tmp_path):
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="neither a diffraw-jax training workdir nor a weights"):
         evaluate.evaluate(test_config.get_config(), str(tmp_path), data_source=tiny_source(2))
+    assert os.listdir(tmp_path) == []  # nothing written before the model loaded

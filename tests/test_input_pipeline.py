@@ -15,6 +15,7 @@ grain = pytest.importorskip("grain")
 import jax  # noqa: E402
 
 from diffraw_jax import input_pipeline as ip  # noqa: E402
+from diffraw_jax import parallel  # noqa: E402
 from diffraw_jax import raw as raw_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -406,8 +407,8 @@ def test_worker_processes_resume_deterministically(zrr_source):
 # ----------------------------------------------------------------- global batches
 
 def test_to_global_batch_single_device():
-    sharding = ip.data_sharding()
-    assert sharding.mesh.axis_names == ("data",)
+    sharding = parallel.batch_sharding(parallel.create_mesh(1))
+    assert sharding.mesh.axis_names == ("data", "fsdp")
     batch = next(iter(ip.create_train_loader(coded_source(4), global_batch_size=4, crop_size=16,
                                              seed=0, **CODED)))
     g = ip.to_global_batch(batch, sharding)
@@ -425,6 +426,7 @@ def test_to_global_batch_eight_devices_subprocess():
     script = textwrap.dedent("""
         import numpy as np, jax
         from diffraw_jax import input_pipeline as ip
+        from diffraw_jax import parallel
         from diffraw_jax import raw as raw_lib
         assert jax.device_count() == 8, jax.devices()
         src = [{"raw": np.full((16, 16), 100 + k, np.uint16),
@@ -432,10 +434,10 @@ def test_to_global_batch_eight_devices_subprocess():
         loader = ip.create_train_loader(src, global_batch_size=16, crop_size=8, seed=0,
                                         augment=False, num_epochs=1)
         batch = next(iter(loader))
-        sharding = ip.data_sharding()
+        sharding = parallel.batch_sharding(parallel.create_mesh(1))
         g = ip.to_global_batch(batch, sharding)
         assert g["raw"].shape == (16, 4, 4, 4) and g["dslr"].shape == (16, 8, 8, 3), g["raw"].shape
-        assert g["raw"].sharding == sharding and g["raw"].sharding.spec == jax.sharding.PartitionSpec("data")
+        assert g["raw"].sharding == sharding and g["raw"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
         shards = sorted(g["raw"].addressable_shards, key=lambda s: s.index[0].start)
         assert len(shards) == 8 and len({s.device for s in shards}) == 8
         for n, s in enumerate(shards):

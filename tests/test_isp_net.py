@@ -1,8 +1,9 @@
 """Tests for the colour network G (diffraw_jax/models/isp.py).
 
-Parameters are drawn with ``init_params`` (NumPy) rather than ``model.init``:
-on a CPU-only machine compiling the threefry PRNG for every shape costs tens of
-seconds. The default (~9M) network is only ever shape-evaluated.
+Parameters are drawn with ``diffraw_jax.models.init.init_variables`` (jitted
+``model.init`` seeded through the "rbg" PRNG: compiling threefry for every
+shape costs tens of seconds on a CPU-only machine). The default (~9M) network
+is only ever shape-evaluated.
 """
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from diffraw_jax.models import init as init_lib
 from diffraw_jax.models.isp import (
     ChannelAttention,
     ColorNet,
@@ -18,7 +20,6 @@ from diffraw_jax.models.isp import (
     count_params,
     haar_dwt,
     haar_idwt,
-    init_params,
     pixel_shuffle,
 )
 
@@ -32,6 +33,12 @@ def _compile(fn, *args):
     """jit + compile with XLA's backend optimisation off: halves CPU compile time,
     which dominates these tests (the programs run in milliseconds)."""
     return jax.jit(fn).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _init_params(net, input_shape, seed=0):
+    """Initial ``params`` of ``net`` from the project's init path (packed input [B, h, w, 4])."""
+    w = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    return init_lib.init_variables(net, (w,), jax.random.key(seed))["params"]
 
 
 def _rand(shape, seed=0, lo=0.0, hi=1.0):
@@ -161,7 +168,7 @@ def test_channel_attention_gates():
 @pytest.fixture(scope="module")
 def tiny():
     net = ColorNet(**color_net_config("tiny"))
-    params = init_params(net, (1, 16, 16, 4), seed=0)
+    params = _init_params(net, (1, 16, 16, 4), seed=0)
     cache = {}
 
     def fwd(p, w):  # compiled once per input shape
@@ -186,6 +193,26 @@ def test_default_shapes_via_eval_shape():
     w = jax.ShapeDtypeStruct((2, 32, 48, 4), jnp.float32)
     out = jax.eval_shape(lambda k, x: net.init_with_output(k, x)[0], jax.random.PRNGKey(0), w)
     assert out.shape == (2, 64, 96, 3) and out.dtype == jnp.float32
+
+
+def test_tiny_init_distribution(tiny):
+    """Flax init: kernels U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default), biases 0."""
+    _, params, _ = tiny
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    assert leaves
+    for path, leaf in leaves:
+        name = jax.tree_util.keystr(path)
+        x = np.asarray(leaf)
+        assert x.dtype == np.float32, name
+        if name.endswith("['bias']"):
+            assert not np.any(x), name
+            continue
+        assert name.endswith("['kernel']"), name
+        bound = 1.0 / np.sqrt(np.prod(x.shape[:-1]))
+        assert np.abs(x).max() <= bound, name
+        if x.size >= 500:  # uniform: std = bound / sqrt(3)
+            assert abs(x.std() * np.sqrt(3) / bound - 1.0) < 0.15, name
+            assert abs(x.mean()) < 0.15 * bound, name
 
 
 def test_tiny_forward_shapes_and_values(tiny):
@@ -224,7 +251,7 @@ def test_tiny_rejects_bad_inputs(tiny):
 
 def test_coords_flag():
     net = ColorNet(**color_net_config("tiny", use_coords=True))
-    params = init_params(net, (1, 8, 8, 4))
+    params = _init_params(net, (1, 8, 8, 4))
     assert params["head"]["kernel"].shape == (3, 3, 6, 8)
     w = jnp.asarray(_rand((1, 8, 8, 4), seed=11))
     # default coordinate map (pixel centres in [-1, 1]) when coords is omitted

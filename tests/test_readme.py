@@ -64,7 +64,7 @@ def classify(cmd: str) -> str:
     if toks[0] == "gcloud":
         return "gcloud"
     if toks[0] == "diffraw":
-        return "diffraw"
+        return "diffraw " + toks[1] if toks[1:2] == ["export-weights"] else "diffraw"
     if toks[:2] == ["tfds", "build"]:
         return "tfds build"
     if toks[:2] == ["python", "-m"]:
@@ -91,6 +91,7 @@ RULES = {
     "main.py configs/synthetic.py eval": "demo",
     "gcloud": "workflow",
     "diffraw": "workflow",
+    "diffraw export-weights": "workflow",
     "python -m benchmarks.run": "tests/test_benchmarks.py::test_benchmark_run_quick_tiny",
     "python -m benchmarks.infer_bench": "workflow",
     "python -m benchmarks.profile_step": "tests/test_benchmarks.py::test_profile_step_attributes_the_time_to_op_kinds",
@@ -153,7 +154,7 @@ TINY = ["--config.model.name=tiny", "--config.color_net.name=tiny", "--config.mo
 # Values for the README's optional "[--flag VALUE|OTHER]" groups (every group must have one).
 OPTIONAL_VALUES = {"--size": "448", "--seed": "1", "--method": "dtdm_ddim", "--steps": "2",
                    "--color": "classic", "--tile": "32", "--overlap": "8", "--batch": "2",
-                   "--bits16": None, "--overwrite": None}
+                   "--step": "2", "--bits16": None, "--overwrite": None}
 
 
 def expand_optional(cmd: str) -> str:
@@ -257,6 +258,18 @@ def test_readme_workflow(tmp_path):
         head = f.read(26)
     assert head[12:16] == b"IHDR" and head[24] == 16, "--bits16 wrote no 16-bit PNG"
 
+    # export-weights, then the same diffraw command on the weights folder gives the same image.
+    (export,) = _find("diffraw export-weights")
+    release = tmp_path / "release" / "demo"
+    _run(substitute(shlex.split(export), {"workdir/demo": str(w), "release/demo": str(release)}))
+    assert sorted(os.listdir(release)) == ["config.json", "manifest.json", "params.npz"]  # no G here
+    out2 = raws / "out2"
+    argv2 = substitute(argv, {str(w): str(release), str(out): str(out2)})
+    i = argv2.index("--step")  # a weights folder holds one step
+    del argv2[i:i + 2]
+    _run(argv2 + ["--quiet"])
+    assert (out2 / "photo.png").read_bytes() == (out / "photo.png").read_bytes()
+
     # The inference benchmark on this run's checkpoint (a 64-px frame, 2 DDIM steps).
     (bench,) = _find("python -m benchmarks.infer_bench")
     r = _run(substitute(shlex.split(bench), {"256": "64"}) + [
@@ -267,6 +280,7 @@ def test_readme_workflow(tmp_path):
     (api,) = [b for b in python_blocks(_readme()) if "DiffRAWPipeline" in b]
     code = (api.replace('"workdir/demo"', repr(str(w))).replace('"photo.dng"', repr(str(dng)))
             .replace('"sampler.jaxexp"', repr(str(tmp_path / "sampler.jaxexp"))).replace("(448, 448)", "(32, 32)"))
+    assert "import DiffRAWPipeline" in code and "export_sampler(" in code
     env_code = ("import os; os.environ.setdefault('JAX_PLATFORMS', 'cpu')\nimport numpy as np, rawpy\n"
                 "mosaic = np.random.default_rng(0).integers(63, 1020, (64, 64)).astype(np.uint16)\n"
                 + code + "\nassert srgb.shape == (64, 96, 3) and 0 <= srgb.min() and srgb.max() <= 1\n"

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffraw_jax import parallel
 from diffraw_jax.models import unet as U
 from diffraw_jax.models.unet import (
     LOGICAL_AXES,
@@ -24,7 +25,6 @@ from diffraw_jax.models.unet import (
     default_logical_axis_rules,
     depth_to_space,
     make_unet,
-    param_shardings,
     space_to_depth,
     timestep_embedding,
     unet_config,
@@ -525,7 +525,7 @@ def test_default_rules_and_fsdp_divisibility():
                     assert ax == "fsdp" and dim % 8 == 0, (name, spec, shape.shape)
     # NamedShardings on a real (1 x 1) mesh
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
-    shardings = param_shardings(abstract_variables(make_unet("tiny"), 16), mesh)
+    shardings = parallel.logical_shardings(abstract_variables(make_unet("tiny"), 16), mesh, rule_list)
     leaves = jax.tree_util.tree_leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
     assert leaves and all(isinstance(s, jax.sharding.NamedSharding) for s in leaves)
     k = shardings["params"]["down_0_res_0"]["conv1"]["conv"]["kernel"]

@@ -12,7 +12,7 @@ mosaic's H x W and applies the camera's orientation (LibRaw ``sizes.flip``).
 
 Colour
 ------
-``classic_condition``: the classical ISP (``isp_classic.process``: white
+The classical ISP itself is ``sampling.make_color_condition()`` (white
 balance, Malvar demosaic, colour matrix, sRGB curve). Camera colour
 (``camera_color``): white balance from rawpy's as-shot ``camera_whitebalance``
 (fallback ``daylight_whitebalance``, then gray world), gains (R/G, 1, B/G);
@@ -31,10 +31,9 @@ import dataclasses
 import os
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
-import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import isp_classic, raw
+from diffraw_jax import raw
 
 #: Linear sRGB (D65) -> CIE XYZ, IEC 61966-2-1 (dcraw's ``xyz_rgb``).
 XYZ_FROM_SRGB = np.array([[0.412453, 0.357580, 0.180423],
@@ -256,13 +255,6 @@ def frame_from_rawpy(raw_obj) -> BayerFrame:
 
 # ---------------------------------------------------------------------------
 # Colour.
-
-
-def classic_condition(planes, wb_gains=None, ccm=None) -> np.ndarray:
-    """Classical ISP of planes [h, w, 4] -> sRGB float32 [2h, 2w, 3] in [0, 1]."""
-    wb = None if wb_gains is None else jnp.asarray(wb_gains, jnp.float32)
-    m = None if ccm is None else jnp.asarray(ccm, jnp.float32)
-    return np.asarray(isp_classic.process_jit(jnp.asarray(planes, jnp.float32), wb, m))
 
 
 def pad_planes(planes: np.ndarray, multiple: int) -> np.ndarray:

@@ -85,9 +85,7 @@ class DiffRAWPipeline:
             raise ValueError(f"overlap must be even and in [0, tile), got {self.overlap}")
         self._samplers = {}
         self._bar = None
-        self._g_apply = None
-        if color_model is not None:
-            self._g_apply = jax.jit(lambda p, w: color_model.apply({"params": p}, w))
+        self._color_fn = sampling.make_color_condition(color_model if color == "g" else None, color_params)
 
     # ---- construction ----------------------------------------------------
     @classmethod
@@ -160,11 +158,11 @@ class DiffRAWPipeline:
             return np.pad(img, pad, mode="edge")
         if self.color == "image":
             raise ValueError("this pipeline was built with color='image': pass color_image")
-        if self.color == "classic":
-            return camera.classic_condition(planes, wb_gains, ccm)
-        padded = camera.pad_planes(planes, 8)
-        out = np.asarray(self._g_apply(self.color_params, jnp.asarray(padded)[None]))[0]
-        return np.clip(out[: 2 * h, : 2 * w], 0.0, 1.0).astype(np.float32)
+        wb = None if wb_gains is None else jnp.asarray(wb_gains, jnp.float32)
+        m = None if ccm is None else jnp.asarray(ccm, jnp.float32)
+        padded = planes if self.color == "classic" else camera.pad_planes(planes, 8)
+        x = self._color_fn(jnp.asarray(padded)[None], wb, m)
+        return np.asarray(sampling.to_unit_range(x))[0, : 2 * h, : 2 * w].astype(np.float32)
 
     # ---- sampling --------------------------------------------------------------
     def plan(self, height: int, width: int) -> tiling.TilePlan:

@@ -63,10 +63,12 @@ Parameter counts (exact, from ``count_params``; coordinate map off)
 * ``"tiny"`` (width 8, 1 RCAB per group): **71,587** parameters.
 
 Initialisation: kernels use PyTorch's default Conv2d scale
-(uniform on +-1/sqrt(fan_in), variance 1/(3 fan_in)), biases are zero.
-``init_params`` draws the same distribution with NumPy on the host: on a
-CPU-only machine compiling JAX's threefry PRNG for every parameter shape makes
-``ColorNet.init`` take many seconds even for the tiny net.
+(uniform on +-1/sqrt(fan_in), variance 1/(3 fan_in)), biases are zero. Draw
+initial parameters with the project's one init path,
+``diffraw_jax.models.init.init_variables(model, (w_spec,), key)["params"]``
+(``w_spec`` a ``jax.ShapeDtypeStruct`` [B, h, w, 4]; its "rbg" PRNG keeps the
+CPU compile short, where threefry for every parameter shape takes many seconds
+even for the tiny net).
 """
 from __future__ import annotations
 
@@ -92,7 +94,6 @@ __all__ = [
     "COLOR_NET_CONFIGS",
     "color_net_config",
     "count_params",
-    "init_params",
 ]
 
 # PyTorch's default Conv2d kernel init (kaiming_uniform with a=sqrt(5)):
@@ -382,29 +383,3 @@ def count_params(name: Union[str, dict] = "default",
     shapes = jax.eval_shape(lambda k, x: model.init(k, x), jax.random.PRNGKey(0), w)
     return int(sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(shapes["params"])))
 
-
-def init_params(model: ColorNet, input_shape: Sequence[int] = (1, 64, 64, 4), seed: int = 0) -> Any:
-    """Host-side (NumPy) initial parameters for ``model``, same distribution as ``model.init``.
-
-    Shapes come from ``jax.eval_shape`` on an input of ``input_shape``
-    (packed [B, h, w, 4]); every ``kernel`` is drawn from U(-1/sqrt(fan_in),
-    1/sqrt(fan_in)) with fan_in = prod(shape[:-1]) and every ``bias`` is zero,
-    exactly the initialisers used by the modules. Returns the ``params``
-    collection (a dict of ``param_dtype`` arrays). Much faster than
-    ``model.init`` on CPU, where compiling the PRNG dominates.
-    """
-    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    shapes = jax.eval_shape(lambda k, v: model.init(k, v), jax.random.PRNGKey(0), x)["params"]
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = getattr(path[-1], "key", str(path[-1]))
-        shape, dtype = tuple(leaf.shape), leaf.dtype
-        if name == "kernel":
-            bound = 1.0 / np.sqrt(float(np.prod(shape[:-1])))
-            return jnp.asarray(rng.uniform(-bound, bound, size=shape), dtype)
-        if name == "bias":
-            return jnp.zeros(shape, dtype)
-        raise ValueError(f"init_params: unexpected parameter {jax.tree_util.keystr(path)}")
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)

@@ -28,9 +28,10 @@ Architecture (the "guided diffusion" family used by SR3 and Palette)
 * Initialisation: kernels U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's
   default, which guided diffusion uses), biases 0, GroupNorm scale 1; the last
   conv of every res block, every attention output projection and the final
-  conv are zero-initialised. ``init_variables`` runs a jitted init (optionally
-  straight into FSDP shardings); ``abstract_variables`` / ``count_params`` use
-  ``jax.eval_shape`` and allocate nothing.
+  conv are zero-initialised. ``init_variables`` runs a jitted init through
+  ``diffraw_jax.models.init.init_variables`` (optionally straight into FSDP
+  shardings); ``abstract_variables`` / ``count_params`` use ``jax.eval_shape``
+  and allocate nothing.
 * Levels are indexed from 0 (full resolution) to ``len(channel_mults) - 1``
   (resolution H / 2**(levels-1)); ``attention_levels`` uses these indices, so a
   config does not depend on the crop size.
@@ -76,7 +77,8 @@ Conv kernels are (None, None, "conv_in", "conv_out") (spatial axes unnamed).
 ``default_logical_axis_rules()`` maps them onto a ("data", "fsdp") mesh:
 "conv_out" and "mlp" are sharded over "fsdp", everything else is replicated;
 it also maps the activation name "batch" to ("data", "fsdp") for the training
-loop's input sharding. With the rules, ``param_shardings(...)`` gives the
+loop's input sharding. With the rules,
+``diffraw_jax.parallel.logical_shardings(variables, mesh, rules)`` gives the
 NamedShardings of an (abstract) variable tree. Sharded channel counts (base *
 mult, 3 * C for qkv, 2 * C for scale-shift, 4 * stem_channels, time_mlp_dim)
 must be divisible by the fsdp axis size.
@@ -107,6 +109,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffraw_jax import parallel
+from diffraw_jax.models import init as init_lib
 from diffraw_jax.raw import depth_to_space, space_to_depth  # noqa: F401  (re-exported)
 
 Array = jax.Array
@@ -121,7 +125,6 @@ __all__ = [
     "timestep_embedding",
     "LOGICAL_AXES",
     "default_logical_axis_rules",
-    "param_shardings",
     "UNET_CONFIGS",
     "unet_config",
     "make_unet",
@@ -160,14 +163,6 @@ def default_logical_axis_rules(data_axis: str = "data", fsdp_axis: str = "fsdp")
         ("image", None),
         ("norm", None),
     )
-
-
-def param_shardings(variables, mesh: jax.sharding.Mesh, rules=None):
-    """NamedShardings for a (possibly abstract, from eval_shape) boxed variable
-    tree; ``rules`` default to ``default_logical_axis_rules()`` (a mesh with
-    axes "data" and "fsdp")."""
-    rules = default_logical_axis_rules() if rules is None else rules
-    return nn.logical_to_mesh_sharding(nn.get_partition_spec(variables), mesh, rules)
 
 
 # PyTorch's default conv/linear init (as in guided diffusion / Palette):
@@ -709,7 +704,8 @@ def abstract_variables(model: UNet, image_size=64, batch: int = 1):
 
 
 def init_variables(model: UNet, key, image_size=64, batch: int = 1, *, fast_rng: bool = True, mesh=None, rules=None):
-    """``jax.jit(model.init)`` on dummy inputs of the given crop size.
+    """Jitted ``model.init`` on dummy inputs of the given crop size
+    (``diffraw_jax.models.init.init_variables``, which documents ``fast_rng``).
 
     Args:
       model: the UNet.
@@ -717,29 +713,22 @@ def init_variables(model: UNet, key, image_size=64, batch: int = 1, *, fast_rng:
       image_size: int or (H, W); parameter shapes do not depend on it.
       batch: dummy batch size.
       fast_rng: draw the parameters with the "rbg" PRNG seeded from ``key``
-        (one threefry call). On CPU, XLA compiles a threefry-based init very
-        slowly (~40 s for "tiny" on 2 cores, minutes for larger nets); rbg
-        compiles in a few seconds. Values are deterministic for a given key,
-        backend and JAX version, but (unlike threefry) not guaranteed across
-        platforms. fast_rng=False uses ``key`` directly.
+        (fast to compile on CPU); False uses ``key`` directly.
       mesh, rules: if a mesh is given, parameters are created already sharded
-        (out_shardings from ``param_shardings(..., mesh, rules)``).
+        (out_shardings from ``parallel.logical_shardings(..., mesh, rules)``;
+        ``rules`` default to ``default_logical_axis_rules()``).
 
     Returns:
       The boxed variables (``nn.LogicallyPartitioned`` leaves; ``nn.unbox`` them
       or pass them straight to ``model.apply``).
     """
     h, w = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
-    args = tuple(
-        None if a is None else jnp.zeros(a.shape, a.dtype) for a in _dummy_inputs(model, batch, h, w)
-    )
-    if fast_rng:
-        data = jax.random.bits(key, (4,), jnp.uint32)
-        key = jax.random.wrap_key_data(data, impl="rbg")
     out_shardings = None
     if mesh is not None:
-        out_shardings = param_shardings(abstract_variables(model, (h, w), batch), mesh, rules)
-    return jax.jit(model.init, out_shardings=out_shardings)(key, *args)
+        rules = default_logical_axis_rules() if rules is None else rules
+        out_shardings = parallel.logical_shardings(abstract_variables(model, (h, w), batch), mesh, rules)
+    return init_lib.init_variables(model, _dummy_inputs(model, batch, h, w), key, fast_rng=fast_rng,
+                                   out_shardings=out_shardings)
 
 
 def count_params(config_name: str, image_size=64, **overrides) -> int:
