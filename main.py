@@ -8,6 +8,7 @@ jax.distributed.initialize() (auto-detected on Cloud TPU and SLURM), or give
 """
 import logging
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -20,19 +21,23 @@ flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.DEFINE_bool("verbose", False, "Also show library INFO logs (orbax, clu, absl) and full tracebacks.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from diffraw_jax import logs
+
+    logs.setup(FLAGS.verbose)
     import jax
 
     if FLAGS.coordinator_address or FLAGS.jax_distributed:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    logging.info("JAX process %d / %d, local devices %s", jax.process_index(), jax.process_count(),
-                 jax.local_devices())
+    logging.getLogger("diffraw_jax").info("JAX process %d / %d, local devices %s", jax.process_index(),
+                                          jax.process_count(), jax.local_devices())
     config = FLAGS.config
     try:
         if FLAGS.mode == "train":
@@ -45,6 +50,8 @@ def main(argv):
             evaluate.evaluate(config, FLAGS.workdir)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         # Configuration and data problems: one clear line, non-zero exit.
+        if FLAGS.verbose:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

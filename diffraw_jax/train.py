@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 import flax
@@ -30,13 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffraw_jax import dtdm, parallel, weights
+from diffraw_jax import dtdm, logs, parallel, weights
 from diffraw_jax.models import factory
 from diffraw_jax.models import unet as unet_lib
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = weights.CONFIG_FILE  # the training config, written to the workdir
+PARAMETERS_FILE = "parameters.txt"  # the parameter table, written to the workdir
 
 
 @flax.struct.dataclass
@@ -287,7 +289,9 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
     if jax.process_index() == 0:  # inference and evaluation rebuild the model from it
         with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    # TensorBoard events only: the progress lines below are what a person reads.
+    writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir)) if jax.process_index() == 0
+              else metric_writers.MultiWriter([]))
     mesh = parallel.create_mesh(config.mesh.fsdp)
     model = factory.create_model(config)
     schedule = factory.create_schedule(config)
@@ -296,7 +300,11 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
     state = create_train_state(config, model, tx, mesh, jax.random.fold_in(key, 0))
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     if jax.process_index() == 0:
-        parameter_overview.log_parameter_overview(state.params)
+        with open(os.path.join(workdir, PARAMETERS_FILE), "w") as f:
+            f.write(parameter_overview.get_parameter_overview(state.params) + "\n")
+        log.info("%s: %s, %s parameters (table: %s)", config.task,
+                 config.model.name if config.task == "diffraw" else "G " + config.color_net.name,
+                 f"{factory.count_params(state.params):,}", os.path.join(workdir, PARAMETERS_FILE))
 
     train_src, _ = data_sources if data_sources is not None else load_data_sources(config)
     loader = input_pipeline.create_train_loader(
@@ -325,6 +333,8 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
     writer.write_hparams(_flatten(config.to_dict()))
 
     pending = []
+    last = (start, time.perf_counter())
+    log.info("training %s from step %d to %d in %s", config.task, start, total, workdir)
     with _Preemption() as preempt:
         for step in range(start, total):
             batch = next(data_iter)
@@ -344,9 +354,16 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
                 summary = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0] if k != "finite"}
                 writer.write_scalars(done, summary)
                 pending = []
+                now = time.perf_counter()
+                rate = (done - last[0]) / max(now - last[1], 1e-9)
+                last = (done, now)
+                log.info("step %d/%d (%d%%)  %.2f steps/s  ETA %s  %s", done, total, 100 * done // max(total, 1),
+                         rate, logs.format_duration((total - done) / max(rate, 1e-9)),
+                         "  ".join(f"{k} {v:.4g}" for k, v in summary.items()))
             preempted = preempt.requested or manager.reached_preemption(done)
             if done % config.train.checkpoint_every_steps == 0 or done == total or preempted:
                 checkpointing.save(manager, done, state, data_iter, force=True)
+                log.info("checkpoint step %d -> %s", done, checkpointing.checkpoint_dir(workdir))
             if preempted:
                 log.warning("stopping at step %d for preemption (checkpoint saved)", done)
                 break

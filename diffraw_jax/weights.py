@@ -134,8 +134,29 @@ def _device():
     return jax.local_devices()[0]
 
 
+class _QuietLibraries:
+    """Library loggers (absl: orbax) at ERROR while a checkpoint is read (its read-only
+    notices are not the user's concern); unchanged when the ``absl`` logger is at DEBUG."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger("absl")
+        self._level = self._logger.level
+        if self._level != logging.DEBUG:
+            self._logger.setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+        return False
+
+
 def _restore_from_workdir(config, model, workdir: str, use_ema: bool, step: Optional[int]):
     """(params, step) from an orbax checkpoint, read-only, parameters only."""
+    with _QuietLibraries():
+        return _restore_orbax(config, model, workdir, use_ema, step)
+
+
+def _restore_orbax(config, model, workdir: str, use_ema: bool, step: Optional[int]):
     import orbax.checkpoint as ocp
 
     directory = checkpoint_dir(workdir)

@@ -362,13 +362,11 @@ def test_one_tile_equals_untiled_and_batch_does_not_matter(pipe):
     fn = sampling.make_sampler(pipe.model, pipe.schedule, pipe.s, method="dtdm_ddim", num_steps=STEPS)
     ref = fn(pipe.params, planes, c, c, jax.random.key(5))
     np.testing.assert_allclose(one, np.asarray(sampling.to_unit_range(ref))[0], atol=1e-5)
-    # Tiled (3 x 3 tiles): the batch size only groups the network calls (4: the last
-    # batch is padded with weight-0 tiles).
+    # Tiled (3 x 3 tiles): the batch size only groups the network calls.
     assert len(pipe.plan(H, H).tiles) == 9
     a = variant(pipe, batch=1)(m, seed=5)
     b = variant(pipe, batch=3)(m, seed=5)
     np.testing.assert_allclose(a, b, atol=1e-5)
-    np.testing.assert_allclose(pipe(m, seed=5), a, atol=1e-5)
 
 
 def test_frame_smaller_than_a_tile_is_an_error(pipe):
@@ -572,7 +570,9 @@ def test_cli_colour_image(tmp_path, workdir, capsys):
     a = np.asarray(Image.open(out / "a.png")).astype(np.float64)
     r = np.asarray(Image.open(out / "r.png")).astype(np.float64)
     assert a.shape == (H, W, 3) and r.shape == (W, H, 3)
-    print("col", np.abs(a - c).mean(), np.abs(r - np.rot90(c, -1)).mean(), np.abs(r - np.rot90(c, 1)).mean())
+    # The output follows its colour condition, oriented as displayed.
+    assert np.abs(a - c).mean() < 20
+    assert np.abs(r - np.rot90(c, -1)).mean() < 0.6 * np.abs(r - np.rot90(c, 1)).mean()
     capsys.readouterr()
     # One image for every input: the right size for a.png, not for the rotated r.dng.
     args[-1] = str(tmp_path / "c.png")

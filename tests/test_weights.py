@@ -10,13 +10,14 @@ import shutil
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
 from configs import test as test_config
 from diffraw_jax import checkpointing, train, weights
-from diffraw_jax.models import factory, isp
+from diffraw_jax.models import factory
 from tests.test_train import REPO, run_py, tiny_source
 
 
@@ -52,7 +53,7 @@ def trained(tmp_path_factory):
     gcfg.task = "color_net"
     gcfg.optim.ema_decay = 0.0
     g_model = factory.create_model(gcfg)
-    g_params = isp.init_params(g_model, (1, 16, 16, 4), seed=1)
+    g_params = nn.unbox(factory.init_variables(gcfg, g_model, jax.random.key(1)))["params"]
     manager = checkpointing.create_manager(str(gdir))
     checkpointing.save(manager, 5, {"step": np.int32(5), "params": g_params, "ema_params": g_params}, force=True)
     manager.wait_until_finished()

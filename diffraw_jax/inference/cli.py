@@ -52,7 +52,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from diffraw_jax import dtdm, raw
+from diffraw_jax import dtdm, logs, raw
 from diffraw_jax.inference.camera import (COLOR_IMAGE_EXTENSIONS, InputError, read_bayer_image,
                                           read_camera_raw)
 
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CFA layout of PNG/TIFF mosaics: RGGB, BGGR, GRBG, GBRG")
     p.add_argument("--bits16", action="store_true", help="write 16-bit PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="library logs (orbax, absl) too")
     return p
 
 
@@ -239,19 +240,6 @@ def _err(path: str, reason) -> None:
     print(f"error: {path}: {' '.join(text.split())}", file=sys.stderr, flush=True)
 
 
-def _quiet_logs() -> None:
-    try:
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.WARNING)
-    except ImportError:
-        pass
-    import logging
-
-    for name in ("absl", "orbax", "jax"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def _load_pipeline(args):
     from diffraw_jax.inference.pipeline import DiffRAWPipeline
 
@@ -294,7 +282,7 @@ def export_weights_main(argv: Sequence[str]) -> int:
         args = p.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    _quiet_logs()
+    logs.setup(False)
     try:
         manifest = weights.export_weights(args.checkpoint, args.out, step=args.step,
                                           sample_method=args.method, sample_num_steps=args.steps)
@@ -332,7 +320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {args.color}: --color must be g, classic, or an existing image/folder",
               file=sys.stderr)
         return 2
-    _quiet_logs()
+    logs.setup(args.verbose)
     try:
         pipe = _load_pipeline(args)
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffraw_jax import dtdm
+from diffraw_jax.models import init as init_lib
 from diffraw_jax.models import isp as isp_lib
 from diffraw_jax.models import unet as unet_lib
 
@@ -78,19 +79,11 @@ def abstract_params(config, model: Optional[nn.Module] = None) -> Any:
 
 
 def init_variables(config, model: nn.Module, key, *, out_shardings=None) -> Any:
-    """``model.init`` (boxed variables) for ``config``'s inputs, jitted.
-
-    The parameters are drawn with the "rbg" PRNG seeded from ``key``: XLA
-    compiles threefry initialisers very slowly on CPU (~40 s for the tiny
-    U-Net). The values do not depend on ``out_shardings`` (the mesh).
-    """
-    inputs = model_inputs(config, 1, crop_size=64)
-
-    def init(k):
-        k = jax.random.wrap_key_data(jax.random.bits(k, (4,), jnp.uint32), impl="rbg")
-        return model.init(k, *[jnp.zeros(a.shape, a.dtype) for a in inputs])
-
-    return jax.jit(init, out_shardings=out_shardings)(key)
+    """``model.init`` (boxed variables) for ``config``'s inputs, jitted, drawn with the fast
+    "rbg" PRNG seeded from ``key`` (``models.init.init_variables``); the values do not
+    depend on ``out_shardings`` (the mesh)."""
+    return init_lib.init_variables(model, model_inputs(config, 1, crop_size=64), key,
+                                   out_shardings=out_shardings)
 
 
 def count_params(tree: Any) -> int:
