@@ -1,7 +1,11 @@
 # diffraw-jax: `make install`, `make test`, `make demo`.
 # Everything installs into .venv from this repository's setup.py.
+# EXTRAS=all is core + train + test, without torch (the `bench` extra, ~5 GB with
+# CUDA): the PyTorch reference's tests skip without it. For them, after
+# `make install`: .venv/bin/python -m pip install torch==2.13.0   (as .ci/run does)
 PYTHON ?= python3
 VENV   ?= .venv
+EXTRAS ?= all
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
@@ -12,7 +16,7 @@ install: $(STAMP)
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[all]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 test: install

@@ -8,8 +8,13 @@ Dependency groups:
   test   (the test suite): pytest, scipy, pillow, imageio, pidng.
   bench  (benchmarks/torch_unet.py, the PyTorch reference timed by
          `python -m benchmarks.run`; its tests port weights into it): torch.
-         Not needed by the package itself.
-`make install` installs all of them.
+         Not needed by the package, training or the rest of the tests: without
+         it the reference's tests are skipped and the benchmark's torch rows
+         say "skipped".
+`make install` installs `[all]` = core + train + test (no torch). For the
+reference, install the CPU build explicitly: `pip install torch==2.13.0` (what
+.ci/run does); a bare `pip install -e '.[bench]'` may resolve torch to a
+CUDA build with several GB of CUDA libraries.
 """
 import setuptools
 
@@ -65,6 +70,6 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["diffraw_jax", "diffraw_jax.*", "tfds_zrr", "tfds_zrr.*", "configs"]),
     install_requires=CORE,
-    extras_require={"train": TRAIN, "test": TEST, "bench": BENCH, "all": TRAIN + TEST + BENCH},
+    extras_require={"train": TRAIN, "test": TEST, "bench": BENCH, "all": TRAIN + TEST},
     entry_points={"console_scripts": ["diffraw = diffraw_jax.inference.cli:main"]},
 )

@@ -77,6 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
     e.ddim_steps = 10           # the DTDM-DDIM row; 0: off
     e.grid_images = 8
     e.fid_inception_weights = ""  # .npz of Inception-v3 FID weights (not available offline)
+    e.model = ""                # model to evaluate: a weights folder or workdir (default: --workdir itself);
+                                # results go to <workdir>/eval/<split> either way
 
     c.sample = sm = ml_collections.ConfigDict()
     sm.method = "dtdm"          # dtdm | dtdm_ddim | ddpm

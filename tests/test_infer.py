@@ -32,8 +32,9 @@ WHITE = 1020
 BLACK = np.array([60, 61, 62, 64])
 NEUTRAL = (0.5, 1.0, 1.0 / 3.0)  # as-shot neutral: camera R = G/2, B = G/3 for gray
 CFA_CODES = {"RGGB": [0, 1, 1, 2], "BGGR": [2, 1, 1, 0], "GRBG": [1, 0, 2, 1], "GBRG": [1, 2, 0, 1]}
-# TIFF Orientation -> (LibRaw sizes.flip, k of np.rot90 that turns the sensor image into the output).
-ORIENTATIONS = {6: (6, -1), 8: (5, 1), 3: (3, 2)}
+# TIFF Orientation -> (LibRaw sizes.flip, k of np.rot90 that turns the sensor image into the
+# output, where the sensor's top-left corner ends up: 1 top-right, 2 bottom-left, 3 bottom-right).
+ORIENTATIONS = {6: (6, -1, 1), 8: (5, 1, 2), 3: (3, 2, 3)}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -274,37 +275,11 @@ def test_odd_sized_mosaic_gives_an_output_of_its_size(pipe):
     assert out.shape == (H - 1, W - 1, 3)
     d = np.abs(out - ref[:H - 1, 1:])
     assert d[:-8, 8:].max() < 5e-3 and d.mean() < 2e-3, (d[:-8, 8:].max(), d.mean())
+    # Cropped back before it is oriented (LibRaw flip 6: 90 degrees clockwise).
+    rot = pipe(m[:H - 1, 1:], black_level=63, white_level=WHITE, cfa="GRBG", seed=2, flip=6)
+    np.testing.assert_array_equal(rot, np.rot90(out, -1))
     # RGGB, 63 x 95: padded on the bottom and the right.
     assert pipe(m[:H - 1, :W - 1], black_level=63, white_level=WHITE, seed=2).shape == (H - 1, W - 1, 3)
-
-
-# ----------------------------------------------------------------------------- orientation
-
-
-def test_orientation_follows_libraw(tmp_path, pipe):
-    import rawpy
-
-    img = 0.4 * scene(H, W, seed=6)
-    img[:10, :10] = 0.9  # a bright marker in the sensor's top-left corner
-    data = mosaic(img, "RGGB", neutral=NEUTRAL)
-    frame = read_rawpy(write_dng(tmp_path / "o1.dng", data))
-    assert frame.flip == 0
-    base = pipe.process(frame, seed=3)
-    assert brightest_corner(base) == 0
-    for orientation, (flip, k) in ORIENTATIONS.items():
-        path = write_dng(tmp_path / f"o{orientation}.dng", data, orientation=orientation)
-        frame = read_rawpy(path)
-        assert frame.flip == flip, orientation
-        out = pipe.process(frame, seed=3)
-        want = np.rot90(base, k)
-        assert out.shape == want.shape, orientation
-        np.testing.assert_array_equal(out, want)
-        with rawpy.imread(str(path)) as r:
-            assert r.sizes.flip == flip
-            rgb = r.postprocess(use_camera_wb=True, no_auto_bright=True, output_bps=8)
-        # LibRaw's own rendering is oriented the same way: same size, marker in the same corner.
-        assert rgb.shape == out.shape, orientation
-        assert brightest_corner(rgb) == brightest_corner(out) == brightest_corner(want), orientation
 
 
 def test_classic_colour_uses_as_shot_white_balance(tmp_path, pipe):
@@ -323,6 +298,35 @@ def test_classic_colour_uses_as_shot_white_balance(tmp_path, pipe):
     assert np.abs(gray[..., 2] - gray[..., 1]).max() < 0.02
     gw = pipe.condition(prepared)  # gray world: the gray is tinted
     assert np.abs(gw[H // 2 + 4:-4, 4:-4, 2] - gw[H // 2 + 4:-4, 4:-4, 1]).mean() > 0.05
+
+
+# ----------------------------------------------------------------------------- orientation
+
+
+def test_orientation_follows_libraw(tmp_path, pipe):
+    import rawpy
+
+    img = 0.4 * scene(H, W, seed=6)
+    img[:10, :10] = 0.9  # a bright marker in the sensor's top-left corner
+    data = mosaic(img, "RGGB", neutral=NEUTRAL)
+    frame = read_rawpy(write_dng(tmp_path / "o1.dng", data))
+    assert frame.flip == 0
+    base = pipe.process(frame, seed=3)
+    assert brightest_corner(base) == 0
+    for orientation, (flip, k, corner) in ORIENTATIONS.items():
+        path = write_dng(tmp_path / f"o{orientation}.dng", data, orientation=orientation)
+        frame = read_rawpy(path)
+        assert frame.flip == flip, orientation
+        out = pipe.process(frame, seed=3)
+        want = np.rot90(base, k)
+        assert out.shape == want.shape, orientation
+        np.testing.assert_array_equal(out, want)
+        with rawpy.imread(str(path)) as r:
+            assert r.sizes.flip == flip
+            rgb = r.postprocess(use_camera_wb=True, no_auto_bright=True, output_bps=8)
+        # LibRaw's own rendering is oriented the same way: same size, marker in the same corner.
+        assert rgb.shape == out.shape, orientation
+        assert brightest_corner(rgb) == brightest_corner(out) == corner, orientation
 
 
 # ----------------------------------------------------------------------------- tiling
