@@ -56,16 +56,20 @@ def synthetic_planes(size: int) -> np.ndarray:
 
 
 def bench(pipe, planes, cond, repeats: int):
-    """(compile + first call seconds, mean seconds per call)."""
+    """(compile + first call seconds, mean wall seconds per call, mean CPU seconds per call).
+
+    CPU seconds (``time.process_time``, all threads of this process) change less than
+    wall time when other work shares the machine."""
     t = time.perf_counter()
     pipe.sample_planes(planes, cond, seed=0)
     first = time.perf_counter() - t
-    times = []
+    times, cpu = [], []
     for r in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         pipe.sample_planes(planes, cond, seed=r + 1)
         times.append(time.perf_counter() - t)
-    return first, float(np.mean(times))
+        cpu.append(time.process_time() - c)
+    return first, float(np.mean(times)), float(np.mean(cpu))
 
 
 def main(argv=None):
@@ -99,15 +103,15 @@ def main(argv=None):
     print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); model "
           f"{cfg.model.name}, s = {base.s}; frame {args.size}x{args.size} ({mp:.4f} MP), "
           f"{len(tiles)} tile(s) of {args.tile or args.size}, batch {min(args.batch, len(tiles))}")
-    print(f"{'run':<16}{'compile+1st (s)':>16}{'s/frame':>10}{'s/MP':>10}{'ms/step/MP':>12}")
+    print(f"{'run':<16}{'compile+1st (s)':>16}{'s/frame':>10}{'CPU s/frame':>12}{'s/MP':>10}{'ms/step/MP':>12}")
     for run in args.runs:
         method, steps = run.split(":")
         steps = min(int(steps), base.s)
         pipe = DiffRAWPipeline(base.model, base.params, base.schedule, base.s, method=method,
                                   num_steps=steps, color="classic", tile=base.tile,
                                   overlap=base.overlap, batch=base.batch)
-        first, per_call = bench(pipe, planes, cond, args.repeats)
-        print(f"{method + '-' + str(steps):<16}{first:>16.1f}{per_call:>10.2f}{per_call / mp:>10.1f}"
+        first, per_call, cpu = bench(pipe, planes, cond, args.repeats)
+        print(f"{method + '-' + str(steps):<16}{first:>16.1f}{per_call:>10.2f}{cpu:>12.2f}{per_call / mp:>10.1f}"
               f"{1000 * per_call / mp / steps:>12.0f}", flush=True)
     if tmp is not None:
         tmp.cleanup()

@@ -2,10 +2,14 @@
 
     python -m benchmarks.run [--quick] [--device] [--out results/benchmarks]
         [--only train,forward,sample,torch,conv,input] [--model tiny|demo|zrr]
-        [--crop N] [--batch B] [--tag NAME]
+        [--crop N] [--batch B] [--tag NAME] [--overwrite]
 
 Writes ``<out>/<tag>.json`` and ``<out>/<tag>.md`` (tag: "cpu", or the
-accelerator's kind with ``--device``) and prints the Markdown.
+accelerator's kind with ``--device``; ``--quick`` adds "-quick", e.g.
+"cpu-quick", so a smoke run never lands on the full results) and prints the
+Markdown. It refuses (exit 2, before running anything) to replace a file that
+git tracks, such as the committed ``results/benchmarks/cpu.json``, unless
+``--overwrite`` is given.
 
 Without ``--device`` everything runs on the CPU (JAX_PLATFORMS=cpu) with
 CPU-sized workloads; ``--device`` runs on JAX's default accelerator with the
@@ -36,7 +40,8 @@ What is measured
   layers, shapes and parameter count, checked here), forward and train step
   (same loss, global-norm clip, Adam, EMA) at the same shapes, with
   ``torch.set_num_threads(os.cpu_count())``. PyTorch is not a dependency of the
-  package: ``pip install torch==2.13.0``; without it the rows say "skipped".
+  package (the ``bench`` extra: ``pip install torch==2.13.0``); without it the
+  rows say "skipped" and the conv3x3 case times JAX alone.
 * ``input``: the Grain host pipeline (examples/s at the train crops, needs the
   ``[train]`` extra: tfds and grain; skipped without them; synthetic pairs are
   written to a temporary folder, or kept in ``$DIFFRAW_BENCH_DATA``) and D2 on the device
@@ -59,6 +64,7 @@ import sys
 import time
 
 RESULT_PREFIX = "BENCH_RESULT "
+TORCH_MISSING = "torch is not installed (the bench extra: pip install torch==2.13.0)"
 
 # Dense peak FLOP/s per chip, (bfloat16, float32). float32 convolutions and
 # matmuls on NVIDIA Ampere+ run as TF32 under JAX's default precision, so the
@@ -358,7 +364,7 @@ def run_torch(c: dict) -> dict:
     try:
         import torch
     except ImportError:
-        return dict(skipped="torch is not installed (pip install torch==2.13.0)")
+        return dict(skipped=TORCH_MISSING)
     import numpy as np
     from benchmarks import torch_unet
     from diffraw_jax.models import unet as unet_lib
@@ -660,7 +666,8 @@ def markdown(report: dict) -> str:
                      f"{lay['channels_last']['forward_ms']:.1f} | {lay['contiguous']['train_ms']:.1f} / "
                      f"{lay['channels_last']['train_ms']:.1f} | {r['train_images_per_s']:.2f} | "
                      f"{_mb(r['peak_memory_bytes']):.0f} |")
-        L += ["", f"torch {to[0].get('torch_version', '?')}, {to[0].get('threads', '?')} threads.", ""]
+        ran = [r for r in to if "torch_version" in r]
+        L += [""] + ([f"torch {ran[0]['torch_version']}, {ran[0].get('threads', '?')} threads.", ""] if ran else [])
     ratios = report["summary"]["jax_vs_torch"]
     if ratios:
         L += ["## JAX / PyTorch (> 1 means JAX is slower)", "",
@@ -682,7 +689,7 @@ def markdown(report: dict) -> str:
             L.append(f"| {q['batch']}x{q['size']}x{q['size']} | {q['cin']} -> {q['cout']} | {q['gflop']:.2f} | "
                      f"{q['jax_forward_ms']:.2f} | {_fmt(tf)} | {_fmt(tf and q['jax_forward_ms'] / tf)} | "
                      f"{q['jax_fwd_bwd_ms']:.2f} | {_fmt(tg)} | {_fmt(tg and q['jax_fwd_bwd_ms'] / tg)} |")
-        L.append("")
+        L += ["", f"PyTorch columns: - ({TORCH_MISSING}).", ""] if not r.get("torch") else [""]
     inp = [r for r in res if r["kind"] == "input"]
     for r in inp:
         L += ["## Input pipeline", ""]
@@ -728,6 +735,46 @@ def _meta(args, device: bool) -> dict:
     return meta
 
 
+# ------------------------------------------------------------ output files
+
+class OutputError(ValueError):
+    """The run would write where it must not (a file git tracks, a bad tag)."""
+
+
+def default_tag(quick: bool, device: bool, device_kind: str = "cpu") -> str:
+    """The file stem without ``--tag``: "cpu" or the accelerator's kind, plus "-quick"
+    for ``--quick``, so a smoke run never replaces the full run's results."""
+    tag = device_kind.lower().replace(" ", "-") if device else "cpu"
+    return tag + "-quick" if quick else tag
+
+
+def git_tracked(path: str) -> bool:
+    """Whether git tracks ``path`` (False outside a work tree or without git)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return False
+    try:
+        r = subprocess.run(["git", "-c", "safe.directory=*", "ls-files", "--error-unmatch", "--",
+                            os.path.basename(path)], cwd=folder, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
+
+
+def output_paths(out: str, tag: str, overwrite: bool = False) -> tuple[str, str]:
+    """(``<out>/<tag>.json``, ``<out>/<tag>.md``); raises OutputError if the tag is not a
+    plain file stem, or if either file is tracked by git (committed results) and not
+    ``overwrite``."""
+    if not tag or tag in (".", "..") or "/" in tag or os.sep in tag:
+        raise OutputError(f"--tag must be a plain file name stem, got {tag!r}")
+    paths = (os.path.join(out, tag + ".json"), os.path.join(out, tag + ".md"))
+    tracked = [q for q in paths if os.path.exists(q) and git_tracked(q)]
+    if tracked and not overwrite:
+        raise OutputError(f"{' and '.join(tracked)} {'is' if len(tracked) == 1 else 'are'} tracked by git "
+                          f"(committed results); pass --overwrite to replace, or choose another --tag/--out")
+    return paths
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -735,7 +782,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", action="store_true",
                    help="run on JAX's default accelerator with paper-sized workloads")
     p.add_argument("--out", default="results/benchmarks", help="folder for <tag>.json and <tag>.md")
-    p.add_argument("--tag", default=None, help="file name stem (default: cpu / the device kind)")
+    p.add_argument("--tag", default=None,
+                   help="file name stem (default: cpu / the device kind, plus -quick with --quick)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow replacing <out>/<tag>.json/.md even if git tracks them (committed results)")
     p.add_argument("--only", default="", help="comma-separated kinds: train,forward,sample,torch,conv,input")
     p.add_argument("--model", default=None,
                    help="use this U-Net config (tiny | demo | zrr) in every case instead of the defaults")
@@ -766,7 +816,12 @@ def main(argv=None) -> int:
     if a.device and meta["backend"] == "cpu":
         print("error: --device given but JAX sees no accelerator (backend cpu)", file=sys.stderr)
         return 2
-    tag = a.tag or ("cpu" if not a.device else meta["device_kind"].lower().replace(" ", "-"))
+    tag = a.tag or default_tag(a.quick, a.device, meta["device_kind"])
+    try:
+        json_path, md_path = output_paths(a.out, tag, a.overwrite)
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     meta["tag"] = tag
     cases = [c for c in case_list(a.quick, a.device) if not kinds or c["kind"] in kinds]
     if a.model:
@@ -795,14 +850,14 @@ def main(argv=None) -> int:
     report = dict(meta=meta, results=results)
     report["summary"] = summarize(results, device=a.device)
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, tag + ".json"), "w") as f:
+    with open(json_path, "w") as f:
         json.dump(report, f, indent=1)
     md = markdown(report)
-    with open(os.path.join(a.out, tag + ".md"), "w") as f:
+    with open(md_path, "w") as f:
         f.write(md + "\n")
     print()
     print(md)
-    print(f"wrote {os.path.join(a.out, tag + '.json')} and {tag}.md")
+    print(f"wrote {json_path} and {os.path.basename(md_path)}")
     return 1 if any("error" in r for r in results) else 0
 
 

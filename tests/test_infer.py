@@ -614,7 +614,7 @@ def test_colour_network_g_from_the_training_config(tmp_path, workdir, capsys):
     cfg["color_net"]["workdir"] = str(gdir)
     json.dump(cfg, open(wd / "config.json", "w"))
 
-    pipe = DiffRAWPipeline.from_checkpoint(str(wd), method="dtdm_ddim", num_steps=2, color="g",
+    pipe = DiffRAWPipeline.from_checkpoint(str(wd), method="dtdm_ddim", num_steps=STEPS, color="g",
                                            tile=TILE, overlap=OVERLAP)
     prepared = camera.prepare_frame(camera.BayerFrame(mosaic(scene(H, W), "RGGB", black=[63] * 4)))
     planes = prepared.planes
@@ -630,7 +630,7 @@ def test_colour_network_g_from_the_training_config(tmp_path, workdir, capsys):
     src = tmp_path / "a.png"
     _png(src, mosaic(scene(H, W), "RGGB", black=[63] * 4))
     assert cli.main(["--checkpoint", str(wd), "--input", str(src), "--output", str(tmp_path / "o"),
-                     "--tile", str(TILE), "--overlap", str(OVERLAP), "--steps", "2",
+                     "--tile", str(TILE), "--overlap", str(OVERLAP), "--steps", str(STEPS),
                      "--method", "dtdm_ddim"]) == 0
     assert "processed 1, failed 0" in capsys.readouterr().out
 

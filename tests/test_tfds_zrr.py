@@ -193,12 +193,63 @@ def test_synthetic_pairs_carry_colour_instability_and_misalignment():
 
 
 def test_synthetic_cli_errors(tmp_path):
-    cmd = [sys.executable, "-m", "tfds_zrr.synthetic", "--num_train", "1", "--num_test", "0"]
-    r = subprocess.run(cmd + ["--out", str(tmp_path / "x"), "--size", "33"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--size must be even" in r.stderr
+    cmd = [sys.executable, "-m", "tfds_zrr.synthetic", "--num_train", "1", "--num_test", "1"]
+    # A size the builder (zrr/patches, 448x448) would skip, every pair of it.
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "x"), "--size", "64"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--size must be 448, got 64" in r.stderr, r.stderr
+    assert "would skip every 64x64" in r.stderr
+    r = subprocess.run(cmd[:-1] + ["0", "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--num_train and --num_test must be >= 1" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "f").write_text("x")
-    r = subprocess.run(cmd + ["--out", str(tmp_path / "full"), "--size", "32"], capture_output=True, text=True)
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "full")], capture_output=True, text=True)
     assert r.returncode == 2 and "not empty" in r.stderr
-    r = subprocess.run(cmd + ["--out", str(tmp_path / "ok"), "--size", "32"], capture_output=True, text=True)
-    assert r.returncode == 0 and "wrote 1 train + 0 test pairs" in r.stdout
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "ok"), "--size", "448", "--workers", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "wrote 1 train + 1 test pairs (448x448)" in r.stdout, r.stderr
+
+
+def test_build_with_every_pair_skipped_ends_in_one_error_line(tmp_path):
+    """Pairs of the wrong size (here 64x64 from synthetic.generate) are all skipped: one clear
+    error line naming the reasons and exit 2, not TFDS's 'No examples were yielded' traceback."""
+    from tfds_zrr.zrr import DataLayoutError, NoUsablePairsError
+
+    assert issubclass(NoUsablePairsError, DataLayoutError)  # python -m tfds_zrr.build: one line, exit 2
+    root = tmp_path / "small"
+    synthetic.generate(str(root), 3, 1, size=64, seed=0, workers=1, progress=False)
+    cmd = [sys.executable, "-m", "tfds_zrr.build", "--data_dir", str(tmp_path / "d")]
+    r = subprocess.run(cmd + ["--manual_dir", str(root)], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "AssertionError" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (  # tqdm's \r-redrawn bars precede it on a terminal
+        f"error: no usable pairs in {root / 'train'}: 3 skipped (wrong size 64x64: 3); "
+        "zrr/patches stores 448x448 pairs")
+    from tfds_zrr.build import build  # the Python API raises the same error, a DataLayoutError
+    with pytest.raises(NoUsablePairsError, match=r"3 skipped \(wrong size 64x64: 3\)"):
+        build(str(root), str(tmp_path / "d2"))
+
+    # full_resolution: every frame odd-sized or all black.
+    frames = tmp_path / "frames"
+    (frames / "full_resolution").mkdir(parents=True)
+    write_raw(frames / "full_resolution" / "a.png", np.full((6, 5), 500), 16)
+    write_raw(frames / "full_resolution" / "c.png", np.zeros((8, 8)), 16)
+    r = subprocess.run(cmd + ["--manual_dir", str(frames), "--config", "full_resolution"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: no usable pairs in {frames / 'full_resolution'}: 2 skipped (odd size 6x5: 1; all black: 1)"), r.stderr
+
+
+def test_no_usable_pairs_message():
+    from tfds_zrr.zrr import no_usable_pairs_message, summarize_skipped
+
+    skipped = [dict(reason="...", kind="wrong size 64x64")] * 3 + [dict(reason="...", kind="all black"),
+                                                                   dict(reason="missing RAW partner")]
+    assert summarize_skipped(skipped) == "wrong size 64x64: 3; all black: 1; missing RAW partner: 1"
+    assert no_usable_pairs_message("R/train", skipped, "zrr/patches stores 448x448 pairs") == (
+        "no usable pairs in R/train: 5 skipped (wrong size 64x64: 3; all black: 1; missing RAW partner: 1); "
+        "zrr/patches stores 448x448 pairs")
+    assert no_usable_pairs_message("R/test", skipped[3:], "hint") == (
+        "no usable pairs in R/test: 2 skipped (all black: 1; missing RAW partner: 1)")  # no size problem
+    assert no_usable_pairs_message("R/test", []) == "no usable pairs in R/test: it holds no RAW/DSLR pair"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip(
+    "torch", reason="torch is not installed: the PyTorch reference is the `bench` extra "
+    "(.venv/bin/python -m pip install torch==2.13.0; .ci/run installs it)")
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

@@ -4,7 +4,10 @@
 
 Equivalent to
     tfds build zrr/patches --imports tfds_zrr --manual_dir ZRR_ROOT --data_dir DATA_DIR --file_format array_record
-with a one-line error for a wrong folder and a summary of skipped pairs.
+with a summary of skipped pairs, and a one-line error (exit 2) instead of a traceback
+for a wrong folder or a split whose every pair is skipped, e.g.
+
+    error: no usable pairs in ZRR_ROOT/train: 12 skipped (wrong size 64x64: 12); zrr/patches stores 448x448 pairs
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def main(argv=None) -> int:
 
     try:
         builder = build(a.manual_dir, a.data_dir, a.config)
-    except DataLayoutError as e:
+    except DataLayoutError as e:  # also NoUsablePairsError: every pair of a split skipped
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     splits = ", ".join(f"{k}: {v.num_examples}" for k, v in builder.info.splits.items())

@@ -6,6 +6,10 @@ writes ``DIR/{train,test}/huawei_raw/<i>.png`` (single-channel RGGB Bayer mosaic
 10-bit codes, black level 63, white level 1020, 16-bit PNG, or 8-bit PNG when every
 code fits in 8 bits, as in real ZRR) and ``DIR/{train,test}/canon/<i>.jpg``
 (size x size x 3 sRGB JPEG), which ``tfds_zrr`` builds exactly like the real data.
+The command writes 448x448 pairs, the size the builder's ``zrr/patches`` config
+stores (``tfds_zrr.zrr.PATCH_SIZE``); ``--size`` other than that is refused, since
+the builder would skip every pair. ``generate()`` and ``make_pair()`` take any
+even size from Python (tests, experiments that bypass TFDS).
 
 A pair is made as follows (all numpy, deterministic per (seed, split, index)):
 
@@ -213,7 +217,8 @@ def _work(args):
 
 def generate(out: str, num_train: int, num_test: int, size: int = 448, seed: int = 0,
              workers: int | None = None, progress: bool = True) -> None:
-    """Writes the synthetic dataset under ``out`` (see the module docstring)."""
+    """Writes the synthetic dataset under ``out`` (see the module docstring). Any even
+    ``size``; only ``tfds_zrr.zrr.PATCH_SIZE`` (448) builds with ``zrr/patches``."""
     jobs = []
     for split, n in (("train", num_train), ("test", num_test)):
         if n < 0:
@@ -248,15 +253,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output folder (ZRR layout)")
     p.add_argument("--num_train", type=int, required=True)
     p.add_argument("--num_test", type=int, required=True)
-    p.add_argument("--size", type=int, default=448, help="patch size (even, >= 16); ZRR uses 448")
+    p.add_argument("--size", type=int, default=448,
+                   help="patch size; must be 448, the size the TFDS builder (zrr/patches) stores")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     a = p.parse_args(argv)
-    if a.size < 16 or a.size % 2:
-        p.error(f"--size must be even and >= 16, got {a.size}")
-    if a.num_train < 0 or a.num_test < 0 or a.num_train + a.num_test == 0:
-        p.error("--num_train and --num_test must be >= 0 and not both 0")
+    from tfds_zrr.zrr import PATCH_SIZE  # already loaded: importing tfds_zrr registers the builder
+
+    if a.size != PATCH_SIZE:
+        p.error(f"--size must be {PATCH_SIZE}, got {a.size}: the TFDS builder (zrr/patches) stores "
+                f"{PATCH_SIZE}x{PATCH_SIZE} pairs and would skip every {a.size}x{a.size} one "
+                f"(tfds_zrr.synthetic.generate() writes other even sizes from Python)")
+    if a.num_train < 1 or a.num_test < 1:
+        p.error(f"--num_train and --num_test must be >= 1, got {a.num_train} and {a.num_test}: "
+                f"the TFDS builder needs pairs in both splits")
     if os.path.isdir(a.out) and os.listdir(a.out) and not a.overwrite:
         p.error(f"--out {a.out} is not empty; pass --overwrite to write into it")
     t0 = time.time()

@@ -11,6 +11,7 @@ or ``python -m tfds_zrr.build --manual_dir ZRR_ROOT --data_dir D`` (see README).
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -44,6 +45,35 @@ writes synthetic data in this layout.
 
 class DataLayoutError(ValueError):
     """The manual_dir does not hold the expected ZRR layout."""
+
+
+class NoUsablePairsError(DataLayoutError):
+    """Every pair (or frame) of a split was skipped: TFDS cannot build an empty split."""
+
+
+class BadPairError(ValueError):
+    """A pair the builder skips. ``kind`` is a short label for summaries ("wrong size 64x64")."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def summarize_skipped(skipped: list[dict]) -> str:
+    """'wrong size 64x64: 12; all black: 1', most frequent first."""
+    counts = collections.Counter(s.get("kind") or s["reason"] for s in skipped)
+    return "; ".join(f"{kind}: {n}" for kind, n in counts.most_common())
+
+
+def no_usable_pairs_message(folder: str, skipped: list[dict], size_hint: str = "") -> str:
+    """One line: where, how many were skipped and why; ``size_hint`` is added when a
+    reason is a wrong size."""
+    if not skipped:
+        return f"no usable pairs in {folder}: it holds no RAW/DSLR pair"
+    msg = f"no usable pairs in {folder}: {len(skipped)} skipped ({summarize_skipped(skipped)})"
+    if size_hint and any(str(s.get("kind", "")).startswith("wrong") for s in skipped):
+        msg += f"; {size_hint}"
+    return msg
 
 
 def read_raw_png(path: str) -> np.ndarray:
@@ -105,26 +135,30 @@ def scan_split(root: str, split: str, skipped: list) -> list[tuple[str, str, str
         have = raws.get(stem) or dslrs.get(stem)
         reason = "missing DSLR partner" if stem in raws else "missing RAW partner"
         log.warning("zrr: skipping %s: %s", have, reason)
-        skipped.append({"split": split, "id": stem, "file": have, "reason": reason})
+        skipped.append({"split": split, "id": stem, "file": have, "reason": reason, "kind": reason})
     return [(s, raws[s], dslrs[s]) for s in sorted(set(raws) & set(dslrs), key=_sort_key)]
 
 
 def load_pair(raw_path: str, dslr_path: str, size: int = PATCH_SIZE):
-    """Reads and validates one pair; returns (raw, dslr) or raises ValueError naming the problem."""
+    """Reads and validates one pair; returns (raw, dslr) or raises BadPairError (a
+    ValueError) naming the problem."""
     try:
         raw = read_raw_png(raw_path)
     except Exception as e:  # PIL raises many types for corrupt files
-        raise ValueError(f"unreadable RAW {raw_path}: {e}") from e
+        raise BadPairError(f"unreadable RAW {raw_path}: {e}", "unreadable RAW") from e
     try:
         dslr = read_rgb_jpeg(dslr_path)
     except Exception as e:
-        raise ValueError(f"unreadable DSLR {dslr_path}: {e}") from e
+        raise BadPairError(f"unreadable DSLR {dslr_path}: {e}", "unreadable DSLR") from e
     if raw.shape != (size, size):
-        raise ValueError(f"RAW {raw_path} is {raw.shape}, expected ({size}, {size})")
+        raise BadPairError(f"RAW {raw_path} is {raw.shape}, expected ({size}, {size})",
+                           f"wrong size {raw.shape[0]}x{raw.shape[1]}")
     if dslr.shape != (size, size, 3):
-        raise ValueError(f"DSLR {dslr_path} is {dslr.shape}, expected ({size}, {size}, 3)")
+        raise BadPairError(f"DSLR {dslr_path} is {dslr.shape}, expected ({size}, {size}, 3)",
+                           f"wrong DSLR size {dslr.shape[0]}x{dslr.shape[1]}")
     if int(raw.max()) <= BLACK_LEVEL:
-        raise ValueError(f"RAW {raw_path} is all black (max code {int(raw.max())} <= black level {BLACK_LEVEL})")
+        raise BadPairError(f"RAW {raw_path} is all black (max code {int(raw.max())} <= black level {BLACK_LEVEL})",
+                           "all black")
     return raw, dslr
 
 
@@ -199,28 +233,47 @@ class Zrr(tfds.core.GeneratorBasedBuilder):
             yield from self._generate_pairs(root, split)
 
     def _generate_pairs(self, root, split):
+        first, yielded = len(self._skipped), 0
         for stem, raw_path, dslr_path in scan_split(root, split, self._skipped):
             try:
                 raw, dslr = load_pair(raw_path, dslr_path)
             except ValueError as e:
                 log.warning("zrr: skipping pair %s/%s: %s", split, stem, e)
-                self._skipped.append({"split": split, "id": stem, "file": raw_path, "reason": str(e)})
+                self._skipped.append({"split": split, "id": stem, "file": raw_path, "reason": str(e),
+                                      "kind": getattr(e, "kind", "invalid")})
                 continue
+            yielded += 1
             yield f"{split}/{stem}", {"raw": raw, "dslr": dslr, "id": stem}
         self._record_skipped()
+        if not yielded:  # TFDS would fail with "AssertionError: No examples were yielded."
+            raise NoUsablePairsError(no_usable_pairs_message(
+                os.path.join(root, split), self._skipped[first:],
+                f"zrr/{self.builder_config.name} stores {PATCH_SIZE}x{PATCH_SIZE} pairs"))
 
     def _generate_full(self, folder):
+        yielded = 0
         for stem, path in sorted(_stems(folder, ".png").items(), key=lambda kv: _sort_key(kv[0])):
             try:
                 raw = read_raw_png(path)
-                if raw.shape[0] % 2 or raw.shape[1] % 2 or int(raw.max()) <= BLACK_LEVEL:
-                    raise ValueError(f"odd size {raw.shape} or all black")
             except Exception as e:
-                log.warning("zrr: skipping frame %s: %s", path, e)
-                self._skipped.append({"split": "test", "id": stem, "file": path, "reason": str(e)})
+                kind, reason = "unreadable RAW", f"unreadable RAW {path}: {e}"
+            else:
+                kind = reason = None
+                if raw.shape[0] % 2 or raw.shape[1] % 2:
+                    kind = f"odd size {raw.shape[0]}x{raw.shape[1]}"
+                    reason = f"RAW {path} has an odd size {raw.shape} (2x2 Bayer cells)"
+                elif int(raw.max()) <= BLACK_LEVEL:
+                    kind = "all black"
+                    reason = f"RAW {path} is all black (max code {int(raw.max())} <= black level {BLACK_LEVEL})"
+            if kind:
+                log.warning("zrr: skipping frame %s: %s", path, reason)
+                self._skipped.append({"split": "test", "id": stem, "file": path, "reason": reason, "kind": kind})
                 continue
+            yielded += 1
             yield stem, {"raw": raw, "id": stem}
         self._record_skipped()
+        if not yielded:
+            raise NoUsablePairsError(no_usable_pairs_message(folder, self._skipped))
 
     def _record_skipped(self):
         # Called at the end of each split's generator; the last call has every split.

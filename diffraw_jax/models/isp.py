@@ -1,12 +1,13 @@
 """Colour extraction network G(w; Theta_G) of DiffRAW eq. 8 (LiteISPNet-style).
 
 G maps packed, normalised RAW planes to an sRGB image at full resolution. It is a
-reconstruction of LiteISPNet (Zhang et al. 2021, "Learning RAW-to-sRGB mappings
-with inaccurately aligned supervision") from its published description: a
+reconstruction of LiteISPNet (Zhang et al., "Learning RAW-to-sRGB Mappings with
+Inaccurately Aligned Supervision", ICCV 2021) from its published description: a
 U-Net-like encoder/decoder whose down/up-sampling is a fixed Haar wavelet
 transform and whose blocks are residual channel-attention groups. The code is
-ours; the layer list below is a plausible design matching the published facts
-(see /work/shared/notes/reference-facts.md), not a port of the reference code.
+ours; the layer list below is a plausible design matching the facts published in
+that paper and in DiffRAW (AAAI 2024, G's role in eq. 8), not a port of the
+reference code.
 
 Call
 ----
