@@ -689,7 +689,7 @@ def markdown(report: dict) -> str:
             L.append(f"| {q['batch']}x{q['size']}x{q['size']} | {q['cin']} -> {q['cout']} | {q['gflop']:.2f} | "
                      f"{q['jax_forward_ms']:.2f} | {_fmt(tf)} | {_fmt(tf and q['jax_forward_ms'] / tf)} | "
                      f"{q['jax_fwd_bwd_ms']:.2f} | {_fmt(tg)} | {_fmt(tg and q['jax_fwd_bwd_ms'] / tg)} |")
-        L += ["", f"PyTorch columns: - ({TORCH_MISSING}).", ""] if not r.get("torch") else [""]
+        L += ["", f"No PyTorch columns: {TORCH_MISSING}.", ""] if not r.get("torch") else [""]
     inp = [r for r in res if r["kind"] == "input"]
     for r in inp:
         L += ["## Input pipeline", ""]

@@ -174,7 +174,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         batch = center_crop(batch, e.crop_size)
         mask = np.asarray(batch["mask"]).astype(bool)
         w = jnp.asarray(batch["raw"])
-        y01 = (jnp.asarray(batch["dslr"]) + 1.0) / 2.0
+        y01 = sampling.to_unit_range(jnp.asarray(batch["dslr"]))
         outs = {"Classical ISP": isp_classic.process(w)}
         if g_fn is not None:
             outs["G (LiteISPNet-style)"] = sampling.to_unit_range(g_fn(w))

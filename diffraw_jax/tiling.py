@@ -52,6 +52,16 @@ class Tile(NamedTuple):
     x0: int
 
 
+def as_tile_shape(tile) -> Optional[Tuple[int, int]]:
+    """None / 0 -> None (whole frame); n -> (n, n); (h, w) -> (h, w)."""
+    if tile is None or (np.isscalar(tile) and int(tile) == 0):
+        return None
+    if np.isscalar(tile):
+        return int(tile), int(tile)
+    th, tw = (int(v) for v in tile)
+    return th, tw
+
+
 def unet_multiple(model) -> int:
     """Tile sides must be multiples of this: 2**(levels-1), and at least 2 (packed w)."""
     return max(2, 2 ** (len(model.channel_mults) - 1))

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffraw_jax import dtdm, logs, parallel, weights
+from diffraw_jax import dtdm, logs, parallel, sampling, weights
 from diffraw_jax.models import factory
 from diffraw_jax.models import unet as unet_lib
 
@@ -119,7 +119,7 @@ def diffraw_example(config, schedule, y, w, key):
 
     k_deg, k_t, k_eps = (jax.random.fold_in(key, i) for i in range(3))
     if config.degradation.enabled:
-        x = degradation.degrade_single((y + 1.0) / 2.0, k_deg) * 2.0 - 1.0
+        x = degradation.degrade_single(sampling.to_unit_range(y), k_deg) * 2.0 - 1.0  # D2 output unclipped
     else:
         x = y
     s = config.diffusion.s
@@ -165,7 +165,7 @@ def train_step(state: TrainState, batch, key, *, model, tx, schedule, config):
     if config.task == "color_net":
         import dm_pix
 
-        y01 = (y + 1.0) / 2.0
+        y01 = sampling.to_unit_range(y)
 
         def loss_fn(params):
             pred = model.apply({"params": params}, w, train=True)

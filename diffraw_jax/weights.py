@@ -176,14 +176,14 @@ def _restore_orbax(config, model, workdir: str, use_ema: bool, step: Optional[in
         target = {field: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                                       factory.abstract_params(config, model))}
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        mismatch = _shape_mismatch(directory, step, target)
+        if mismatch:
+            raise ValueError(f"the checkpoint of step {step} in {directory} does not match the "
+                             f"configured model ({mismatch})")
         try:
             restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
                 item=target, restore_args=restore_args, partial_restore=True)))
         except Exception as e:  # noqa: BLE001 -- orbax raises many types for damaged files
-            mismatch = _shape_mismatch(directory, step, target)
-            if mismatch:
-                raise ValueError(f"the checkpoint of step {step} in {directory} does not match the "
-                                 f"configured model ({mismatch})") from e
             older = [s for s in steps if s < step]
             hint = f"; load an earlier step with step={older[-1]} (--step {older[-1]})" if older else ""
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -199,7 +199,8 @@ def _shape_mismatch(directory: str, step: int, target) -> str:
     try:
         import orbax.checkpoint as ocp
 
-        meta = ocp.PyTreeCheckpointer().metadata(os.path.join(directory, str(step), "state"))
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            meta = checkpointer.metadata(os.path.join(directory, str(step), "state"))
         tree = getattr(meta, "item_metadata", None)
         tree = getattr(tree, "tree", tree) if tree is not None else getattr(meta, "tree", meta)
         saved = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in

@@ -96,7 +96,7 @@ def main(argv=None):
     batch = next(iter(input_pipeline.create_eval_loader([test_src[i] for i in range(n)], batch_size=n)))
     batch = evaluate.center_crop(batch, a.crop)
     w = jnp.asarray(batch["raw"])
-    y01 = (np.asarray(batch["dslr"]) + 1.0) / 2.0
+    y01 = np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"])))
     g = weights.find_color_net(base, workdirs["dtdm_w_c"])
     x = sampling.make_color_condition(*((g.model, g.params) if g else ()))(w)
     ref_hf = laplacian_energy(y01)
@@ -142,7 +142,7 @@ def main(argv=None):
         json.dump(results, f, indent=1)
     plot(results, a.out)
     evaluate.grid_png(os.path.join(a.out, "conditions.png"),
-                      [[grids["no condition"][i], grids["w"][i], grids["w + c"][i], np.asarray(x[i] + 1) / 2, y01[i]]
+                      [[grids["no condition"][i], grids["w"][i], grids["w + c"][i], np.asarray(sampling.to_unit_range(x[i])), y01[i]]
                        for i in range(min(4, n))],
                       ["no condition", "w", "w + c", "x = G(w)", "DSLR"])
     write_table(results, a.out)

@@ -411,8 +411,6 @@ def test_exported_sampler_reproduces_the_in_process_sampler(tmp_path, pipe):
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="diffraw_jax.inference.export imports the pipeline (and through "
-                   "it models.factory -> models.unet) at import time, as does diffraw_jax/inference/__init__.py")
 def test_loading_an_exported_sampler_does_not_import_the_model_code():
     code = ("import sys; from diffraw_jax.inference.export import load_exported; "
             "assert 'diffraw_jax.models.unet' not in sys.modules, 'diffraw_jax.models.unet imported'")

@@ -271,7 +271,7 @@ def test_readme_workflow(tmp_path):
     assert (out2 / "photo.png").read_bytes() == (out / "photo.png").read_bytes()
 
     # The inference benchmark on this run's checkpoint (a 64-px frame, 2 DDIM steps).
-    (bench,) = _find("python -m benchmarks.infer_bench")
+    bench = _find("python -m benchmarks.infer_bench")[0]  # the --size 256 one
     r = _run(substitute(shlex.split(bench), {"256": "64"}) + [
         "--checkpoint", str(w), "--tile", "32", "--overlap", "8", "--runs", "dtdm_ddim:2"])
     assert "dtdm_ddim-2" in r.stdout and "s/MP" in r.stdout

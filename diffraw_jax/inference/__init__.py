@@ -2,11 +2,23 @@
 
   camera    frames from mosaics / camera RAWs, colour conditions, orientation
   pipeline  ``DiffRAWPipeline`` (whole-frame sampling with a tiled denoiser)
-  export    the sampler as a ``jax.export`` artifact
+  export    the sampler as a ``jax.export`` artifact (loading one needs no model code)
   cli       the ``diffraw`` command (run, export-weights)
 
 Models load through ``diffraw_jax.weights`` (read-only). Nothing here imports the
-trainer, evaluation, the data pipeline, grain, tfds, clu or optax.
+trainer, evaluation, the data pipeline, grain, tfds, clu or optax. Submodules are
+imported when first used (``from diffraw_jax.inference import DiffRAWPipeline``).
 """
-from diffraw_jax.inference.camera import BayerFrame, frame_from_rawpy, prepare_frame  # noqa: F401
-from diffraw_jax.inference.pipeline import DiffRAWPipeline  # noqa: F401
+import importlib
+
+_LAZY = {"DiffRAWPipeline": "pipeline", "BayerFrame": "camera", "frame_from_rawpy": "camera",
+         "prepare_frame": "camera"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

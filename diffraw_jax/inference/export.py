@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from diffraw_jax import sampling
-from diffraw_jax.inference.pipeline import DiffRAWPipeline, as_tile_shape
+from diffraw_jax.tiling import as_tile_shape
 
 
 def _avals(tile_shape, batch: int):
@@ -29,9 +29,9 @@ def _avals(tile_shape, batch: int):
             jax.ShapeDtypeStruct((2,), jnp.uint32))
 
 
-def export_sampler(pipe: DiffRAWPipeline, tile_shape, path: str, *, batch: Optional[int] = None,
+def export_sampler(pipe, tile_shape, path: str, *, batch: Optional[int] = None,
                    platforms: Optional[Sequence[str]] = None) -> str:
-    """Writes ``pipe``'s sampler for ``batch`` (default ``pipe.batch``) images of
+    """Writes ``pipe``'s (a ``DiffRAWPipeline``) sampler for ``batch`` (default ``pipe.batch``) images of
     ``tile_shape`` to ``path`` (atomically); ``platforms``: e.g. ("cpu", "cuda"),
     default the current backend. Returns ``path``."""
     th, tw = as_tile_shape(tile_shape)

@@ -33,16 +33,6 @@ from diffraw_jax.inference import camera
 from diffraw_jax.models import factory
 
 
-def as_tile_shape(tile) -> Optional[Tuple[int, int]]:
-    """None / 0 -> None (whole frame); n -> (n, n); (h, w) -> (h, w)."""
-    if tile is None or (np.isscalar(tile) and int(tile) == 0):
-        return None
-    if np.isscalar(tile):
-        return int(tile), int(tile)
-    th, tw = (int(v) for v in tile)
-    return th, tw
-
-
 class DiffRAWPipeline:
     """RAW mosaic -> sRGB with a trained DiffRAW U-Net.
 
@@ -75,7 +65,7 @@ class DiffRAWPipeline:
         self.num_steps = None if num_steps is None else int(num_steps)
         self.label = label or method
         self.color, self.color_model, self.color_params = color, color_model, color_params
-        self.tile = as_tile_shape(tile)
+        self.tile = tiling.as_tile_shape(tile)
         self.overlap, self.batch = int(overlap), int(batch)
         self.config, self.step = config, step
         self.multiple = tiling.unet_multiple(model)
@@ -114,7 +104,7 @@ class DiffRAWPipeline:
                 raise ValueError(f"tile must be 'train', a size, (H, W) or None, got {tile!r}")
             tile = int(loaded.config.data.crop_size)
         if overlap is None:
-            shape = as_tile_shape(tile)
+            shape = tiling.as_tile_shape(tile)
             overlap = 64 if shape is None else min(64, (min(shape) // 4) // 2 * 2)
         g = loaded.color_net
         if color == "g" and g is None:
