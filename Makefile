@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast demo demo-train pretrained clean
 
 install: $(STAMP)
 
@@ -25,20 +25,47 @@ test: install
 DEMO_DATA ?= data/synthetic_zrr
 DEMO_TFDS ?= data/tfds
 DEMO_WORK ?= workdir
+PRETRAINED ?= pretrained/demo
+TEST_DATA ?= data/synthetic_zrr_test
+TEST_TFDS ?= data/tfds_test
 
-# Synthetic ZRR-format data -> TFDS -> train G -> train DiffRAW -> sample + evaluate.
-# Every stage is idempotent: a rerun reuses the data and resumes or skips training.
+# The shipped model (pretrained/demo, no training): synthetic test data -> TFDS ->
+# evaluation at 192 px (paper-style tables, sample grid) -> diffraw on a DNG.
 demo: install
+	test -d $(TEST_DATA)/test || $(BIN)/python -m tfds_zrr.synthetic --out $(TEST_DATA) \
+		--num_train 16 --num_test 16 --size 448 --seed 0
+	$(BIN)/python -m tfds_zrr.build --manual_dir $(TEST_DATA) --data_dir $(TEST_TFDS)
+	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/demo --mode=eval \
+		--config.data.data_dir=$(TEST_TFDS) --config.eval.model=$(PRETRAINED) --config.eval.num_images=8
+	$(BIN)/python -m tfds_zrr.dng --out $(DEMO_WORK)/demo/raw --num 1 --height 256 --width 384
+	$(BIN)/diffraw --checkpoint $(PRETRAINED) --input $(DEMO_WORK)/demo/raw --output $(DEMO_WORK)/demo/diffraw \
+		--method dtdm_ddim --steps 10 --overwrite
+	@echo "demo results: $(DEMO_WORK)/demo/eval/test/summary.md and samples.png; $(DEMO_WORK)/demo/diffraw/"
+
+# Training from scratch at demo size (~15 min on 2 cores): G, DiffRAW, evaluation.
+# Every stage is idempotent: a rerun reuses the data and resumes or skips training.
+demo-train: install
 	test -d $(DEMO_DATA)/train || $(BIN)/python -m tfds_zrr.synthetic --out $(DEMO_DATA) \
 		--num_train 256 --num_test 16 --size 448 --seed 0
 	$(BIN)/python -m tfds_zrr.build --manual_dir $(DEMO_DATA) --data_dir $(DEMO_TFDS)
 	$(BIN)/python main.py --config=configs/isp.py --workdir=$(DEMO_WORK)/demo_isp \
 		--config.data.data_dir=$(DEMO_TFDS)
-	$(BIN)/python main.py --config=configs/synthetic.py --workdir=$(DEMO_WORK)/demo \
+	$(BIN)/python main.py --config=configs/synthetic.py --workdir=$(DEMO_WORK)/demo_train \
 		--config.data.data_dir=$(DEMO_TFDS) --config.color_net.workdir=$(DEMO_WORK)/demo_isp
-	$(BIN)/python main.py --config=configs/synthetic.py --workdir=$(DEMO_WORK)/demo --mode=eval \
+	$(BIN)/python main.py --config=configs/synthetic.py --workdir=$(DEMO_WORK)/demo_train --mode=eval \
 		--config.data.data_dir=$(DEMO_TFDS) --config.color_net.workdir=$(DEMO_WORK)/demo_isp
-	@echo "demo results: $(DEMO_WORK)/demo/eval/test/summary.md and samples.png"
+	@echo "results: $(DEMO_WORK)/demo_train/eval/test/summary.md and samples.png"
+
+# Reproduces the shipped model (pretrained/demo) into pretrained/demo-new: 1,024
+# synthetic pairs, G (configs/pretrained_isp.py), DiffRAW (configs/pretrained.py),
+# then export-weights. About 2 hours on 2 CPU cores; see pretrained/demo/TRAINING.md.
+pretrained: install
+	test -d data/synthetic_zrr_pretrain/train || $(BIN)/python -m tfds_zrr.synthetic \
+		--out data/synthetic_zrr_pretrain --num_train 1024 --num_test 16 --size 448 --seed 0
+	$(BIN)/python -m tfds_zrr.build --manual_dir data/synthetic_zrr_pretrain --data_dir data/tfds_pretrain
+	$(BIN)/python main.py --config=configs/pretrained_isp.py --workdir=$(DEMO_WORK)/pretrained_isp
+	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/pretrained
+	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/pretrained --out pretrained/demo-new
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

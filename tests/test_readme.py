@@ -89,6 +89,7 @@ RULES = {
     "main.py configs/isp.py train": "workflow",
     "main.py configs/zrr.py eval": "workflow",
     "main.py configs/synthetic.py eval": "demo",
+    "main.py configs/pretrained.py eval": "demo",
     "gcloud": "workflow",
     "diffraw": "workflow",
     "diffraw export-weights": "workflow",
@@ -119,10 +120,12 @@ def test_every_readme_command_is_known():
 def _makefile_demo_commands() -> list[list[str]]:
     with open(os.path.join(REPO, "Makefile")) as f:
         text = f.read()
-    recipe = re.search(r"^demo:.*?\n((?:\t.*\n|\n)+)", text, flags=re.M).group(1)
+    recipe = "".join(re.search(rf"^{target}:.*?\n((?:\t.*\n|\n)+)", text, flags=re.M).group(1)
+                     for target in ("demo", "demo-train"))
     recipe = re.sub(r"\\\n\s*", " ", recipe)
-    subst = {"$(BIN)/python": "python", "$(DEMO_TFDS)": "data/tfds", "$(DEMO_WORK)": "workdir",
-             "$(DEMO_DATA)": "data/synthetic_zrr"}
+    subst = {"$(BIN)/python": "python", "$(BIN)/diffraw": "diffraw", "$(DEMO_TFDS)": "data/tfds",
+             "$(DEMO_WORK)": "workdir", "$(DEMO_DATA)": "data/synthetic_zrr", "$(TEST_TFDS)": "data/tfds_test",
+             "$(TEST_DATA)": "data/synthetic_zrr_test", "$(PRETRAINED)": "pretrained/demo"}
     out = []
     for line in recipe.splitlines():
         line = line.strip()
