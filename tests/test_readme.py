@@ -81,6 +81,8 @@ def classify(cmd: str) -> str:
 RULES = {
     "make demo": "Makefile target, run by hand (README 'Demo results' were produced by it)",
     "make test": ".ci/run",
+    "make demo-train": "Makefile target, run by hand (its commands are checked against the README below)",
+    "make pretrained": "Makefile target, run by hand (made pretrained/demo; pretrained/demo/TRAINING.md)",
     "make install": ".ci/run (make test installs first)",
     "python -m tfds_zrr.synthetic": "workflow",
     "python -m tfds_zrr.build": "workflow",
