@@ -18,7 +18,7 @@ A pair is made as follows (all numpy, deterministic per (seed, split, index)):
    noise textures, plus rectangles (sharp straight edges) and thin anti-aliased
    lines, on a smooth two-colour gradient. Rendered in sRGB at size + 2*margin.
 2. "DSLR": the centre crop of the sharp scene, saved as a quality-95 JPEG.
-3. "Phone RAW", by unprocessing the scene (Brooks et al. 2019, inverse ISP):
+3. "Phone RAW", by unprocessing the scene (``unprocess``; Brooks et al. 2019, inverse ISP):
    a small random affine misalignment (shift up to 2 px, rotation up to 0.5 deg,
    scale +-1%) of the scene, inverse sRGB tone curve, inverse colour matrix
    (a random perturbation per pair: unstable colour mapping), inverse white-balance
@@ -168,6 +168,74 @@ def random_ccm(rng: np.random.Generator) -> np.ndarray:
     return ccm / ccm.sum(axis=1, keepdims=True)
 
 
+def unprocess(scene_srgb: np.ndarray, rng: np.random.Generator, *, margin: int = 0,
+              ccm=None, gains=None, blur_sigma=None, exposure=None, shot=None, read=None,
+              warp: bool = True):
+    """sRGB image -> phone-like RGGB RAW (Brooks et al. 2019, inverse ISP); step 3 of the docstring.
+
+    ``scene_srgb``: [H + 2 margin, W + 2 margin, 3] float in [0, 1]; the RAW covers
+    its centre H x W (H, W even). ``warp``: a random affine misalignment (shift up
+    to 2 px, rotation up to 0.5 deg, scale +-1%) of a square scene sampled onto that
+    centre (pixels beyond the scene repeat its edge); ``warp=False`` crops the centre
+    unchanged, so the RAW stays aligned with the input. Every parameter left at
+    None is drawn from ``rng`` as ``make_pair`` draws it (in this order: warp,
+    ``ccm`` = ``random_ccm``, ``gains`` (r, 1, b) with r ~ U(1.6, 2.4) and
+    b ~ U(1.4, 2.0), ``blur_sigma`` ~ U(0.8, 1.6), ``exposure`` (U(0.05, 0.2) with
+    probability 0.1, else U(0.5, 1.0)), ``shot`` ~ U(0.3, 1.5), ``read`` ~ U(0.5, 2.5));
+    a given one is used as is and draws nothing. ``ccm``: [3, 3] camera RGB ->
+    linear sRGB, applied inverted; ``gains``: (r, g, b) white-balance gains, divided
+    out; ``blur_sigma`` <= 0: no blur; ``exposure``: fraction of the white level that
+    a white (after white balance) maps to; noise variance ``shot * signal + read**2``
+    in codes (0 and 0: no noise). The noise itself is always drawn last.
+
+    Returns (raw uint16 [H, W] RGGB codes, black 63 / white 1020, and a dict with
+    the ``ccm``, ``gains``, ``blur_sigma``, ``exposure``, ``shot``, ``read`` and
+    ``warp`` ((shift, angle_rad, scale) or None) used). The classical ISP with
+    white balance ``gains / exposure`` and colour matrix ``ccm`` inverts it up to
+    blur, noise, clipping and quantisation.
+    """
+    scene = np.asarray(scene_srgb, np.float64)
+    if scene.ndim != 3 or scene.shape[-1] != 3:
+        raise ValueError(f"expected an sRGB image [H, W, 3], got shape {scene.shape}")
+    h, w = scene.shape[0] - 2 * margin, scene.shape[1] - 2 * margin
+    if margin < 0 or h < 2 or w < 2 or h % 2 or w % 2:
+        raise ValueError(f"the RAW (scene {scene.shape[:2]} less a margin of {margin}) must have "
+                         f"even sides >= 2, got {h}x{w}")
+    if warp:
+        if h != w or scene.shape[0] != scene.shape[1]:
+            raise ValueError(f"warp=True needs a square scene, got {scene.shape[:2]}")
+        warp_params = (rng.uniform(-2, 2, 2), np.deg2rad(rng.uniform(-0.5, 0.5)), rng.uniform(0.99, 1.01))
+        image = affine_warp(scene, h, *warp_params)
+    else:
+        warp_params = None
+        image = scene[margin:margin + h, margin:margin + w]
+    lin = srgb_to_linear(image)
+    ccm = random_ccm(rng) if ccm is None else np.asarray(ccm, np.float64)
+    cam = lin @ np.linalg.inv(ccm).T  # inverse colour matrix
+    if gains is None:
+        gains = np.array([rng.uniform(1.6, 2.4), 1.0, rng.uniform(1.4, 2.0)])
+    gains = np.asarray(gains, np.float64)
+    cam = np.clip(cam / gains, 0.0, None)  # inverse white balance
+    blur_sigma = rng.uniform(0.8, 1.6) if blur_sigma is None else float(blur_sigma)
+    if blur_sigma > 0:
+        cam = gaussian_blur(cam, blur_sigma)  # optics blur, detail loss
+    if exposure is None:
+        exposure = rng.uniform(0.05, 0.2) if rng.uniform() < 0.1 else rng.uniform(0.5, 1.0)
+    mosaic = np.empty((h, w), np.float64)
+    mosaic[0::2, 0::2] = cam[0::2, 0::2, 0]  # R
+    mosaic[0::2, 1::2] = cam[0::2, 1::2, 1]  # G (red rows)
+    mosaic[1::2, 0::2] = cam[1::2, 0::2, 1]  # G (blue rows)
+    mosaic[1::2, 1::2] = cam[1::2, 1::2, 2]  # B
+    signal = mosaic * exposure * (WHITE_LEVEL - BLACK_LEVEL)
+    shot = rng.uniform(0.3, 1.5) if shot is None else float(shot)
+    read = rng.uniform(0.5, 2.5) if read is None else float(read)
+    noisy = signal + np.sqrt(shot * signal + read**2) * rng.standard_normal(signal.shape)
+    raw = np.clip(np.round(noisy + BLACK_LEVEL), 0, MAX_CODE).astype(np.uint16)
+    info = {"ccm": ccm, "gains": gains, "blur_sigma": float(blur_sigma), "exposure": float(exposure),
+            "shot": float(shot), "read": float(read), "warp": warp_params}
+    return raw, info
+
+
 def make_pair(seed: int, split: str, index: int, size: int = 448):
     """Returns (raw uint16 [size, size] RGGB mosaic, dslr uint8 [size, size, 3])."""
     if size % 2:
@@ -176,24 +244,7 @@ def make_pair(seed: int, split: str, index: int, size: int = 448):
     margin = 8
     scene = render_scene(rng, size + 2 * margin)
     dslr = np.round(scene[margin:margin + size, margin:margin + size] * 255).astype(np.uint8)
-
-    warped = affine_warp(scene, size, rng.uniform(-2, 2, 2),
-                         np.deg2rad(rng.uniform(-0.5, 0.5)), rng.uniform(0.99, 1.01))
-    lin = srgb_to_linear(warped)
-    cam = lin @ np.linalg.inv(random_ccm(rng)).T  # inverse colour matrix
-    gains = np.array([rng.uniform(1.6, 2.4), 1.0, rng.uniform(1.4, 2.0)])
-    cam = np.clip(cam / gains, 0.0, None)  # inverse white balance
-    cam = gaussian_blur(cam, rng.uniform(0.8, 1.6))  # optics blur, detail loss
-    exposure = rng.uniform(0.05, 0.2) if rng.uniform() < 0.1 else rng.uniform(0.5, 1.0)
-    mosaic = np.empty((size, size), np.float64)
-    mosaic[0::2, 0::2] = cam[0::2, 0::2, 0]  # R
-    mosaic[0::2, 1::2] = cam[0::2, 1::2, 1]  # G (red rows)
-    mosaic[1::2, 0::2] = cam[1::2, 0::2, 1]  # G (blue rows)
-    mosaic[1::2, 1::2] = cam[1::2, 1::2, 2]  # B
-    signal = mosaic * exposure * (WHITE_LEVEL - BLACK_LEVEL)
-    shot, read = rng.uniform(0.3, 1.5), rng.uniform(0.5, 2.5)
-    noisy = signal + np.sqrt(shot * signal + read**2) * rng.standard_normal(signal.shape)
-    raw = np.clip(np.round(noisy + BLACK_LEVEL), 0, MAX_CODE).astype(np.uint16)
+    raw, _ = unprocess(scene, rng, margin=margin)
     return raw, dslr
 
 
