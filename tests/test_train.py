@@ -1,5 +1,6 @@
 """The training loop: loss falls, device-count invariance, multi-host, resume, NaN guard, main.py."""
 import json
+import re
 import os
 import signal
 import socket
@@ -271,6 +272,11 @@ def test_main_end_to_end_and_sigterm_resume(tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     assert checkpointing.create_manager(str(work), read_only=True).latest_step() == 4
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(work))  # TensorBoard
+    # Logs a person reads: progress and checkpoint lines, no library INFO, the table in the workdir.
+    assert re.search(r"step 4/4 \(100%\) +[\d.]+ steps/s +ETA \S+ .*loss ", r.stderr), r.stderr[-2000:]
+    assert "checkpoint step 4 -> " in r.stderr
+    assert "Finalize" not in r.stderr and "NonBlockingMetadataStore" not in r.stderr, r.stderr[-2000:]
+    assert "parameters (table: " in r.stderr and (work / "parameters.txt").read_text().count("\n") > 10
     # A bad flag value: one clear line, non-zero exit.
     r = subprocess.run(base + ["--config.data.crop_size=33"], capture_output=True, text=True,
                        cwd=REPO, env=env, timeout=300)
@@ -284,7 +290,7 @@ def test_main_end_to_end_and_sigterm_resume(tmp_path):
     seen = []
     for line in p.stdout:
         seen.append(line)
-        if "loss=" in line or "loss =" in line:
+        if re.search(r"step \d+/\d+ .* loss ", line):  # the first progress line (diffraw_jax.logs)
             break
     p.send_signal(signal.SIGTERM)
     rest, _ = p.communicate(timeout=300)
