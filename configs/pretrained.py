@@ -16,7 +16,7 @@ def get_config():
     c.optim.learning_rate = 3e-4
     c.optim.warmup_steps = 200
     c.optim.ema_decay = 0.999
-    c.train.num_train_steps = 6000
+    c.train.num_train_steps = 5000
     c.train.log_every_steps = 100
     c.train.checkpoint_every_steps = 250
     c.train.keep_checkpoints = 2

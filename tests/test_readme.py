@@ -209,7 +209,7 @@ def test_readme_workflow(tmp_path):
     _run(substitute(shlex.split(expand_optional(synth)), mapping))
     assert len(os.listdir(zrr / "train" / "huawei_raw")) == 4 and len(os.listdir(zrr / "test" / "canon")) == 2
 
-    (build,) = _find("python -m tfds_zrr.build")
+    build = _find("python -m tfds_zrr.build")[0]  # the command block; the prose quotes it again
     _run(substitute(shlex.split(build), mapping))
     (cli,) = _find("tfds build")
     _run(substitute(shlex.split(cli), dict(mapping, DATA_DIR=str(cli_data))))
@@ -267,7 +267,7 @@ def test_readme_workflow(tmp_path):
     (export,) = _find("diffraw export-weights")
     release = tmp_path / "release" / "demo"
     _run(substitute(shlex.split(export), {"workdir/demo": str(w), "release/demo": str(release)}))
-    assert sorted(os.listdir(release)) == ["config.json", "manifest.json", "params.npz"]  # no G here
+    assert sorted(os.listdir(release)) == ["color_net", "config.json", "manifest.json", "params.npz"]
     out2 = raws / "out2"
     argv2 = substitute(argv, {str(w): str(release), str(out): str(out2)})
     i = argv2.index("--step")  # a weights folder holds one step
