@@ -398,13 +398,16 @@ def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: 
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(out) + ".")
     try:
-        manifest = _write_weights(loaded, tmp, os.path.abspath(path))
+        manifest = _write_weights(loaded, tmp, os.fspath(path))
         if loaded.color_net is not None:
             os.mkdir(os.path.join(tmp, COLOR_NET_DIR))
             manifest["color_net"] = _write_weights(loaded.color_net, os.path.join(tmp, COLOR_NET_DIR),
-                                                   os.path.abspath(loaded.color_net.path))
+                                                   os.fspath(loaded.color_net.path))
             with open(os.path.join(tmp, MANIFEST_FILE), "w") as f:
                 json.dump(manifest, f, indent=1)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a release is readable like any folder
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

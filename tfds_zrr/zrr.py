@@ -279,7 +279,8 @@ class Zrr(tfds.core.GeneratorBasedBuilder):
         # Called at the end of each split's generator; the last call has every split.
         self.info.metadata["skipped_pairs"] = list(self._skipped)
         self.info.metadata["num_skipped_pairs"] = len(self._skipped)
-        log.warning("zrr: %d pair(s) skipped so far", len(self._skipped))
+        if self._skipped:
+            log.warning("zrr: %d pair(s) skipped so far", len(self._skipped))
         os.makedirs(self.data_dir, exist_ok=True)
         with open(os.path.join(self.data_dir, SKIPPED_FILE), "w") as f:
             json.dump({"num_skipped": len(self._skipped), "skipped": self._skipped}, f, indent=1)
