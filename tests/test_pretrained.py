@@ -28,14 +28,18 @@ def test_diffraw_runs_the_shipped_model_on_a_dng(tmp_path):
     pytest.importorskip("pidng")
     from PIL import Image
 
-    from tfds_zrr import dng
-
-    path = dng.synthetic_dng(str(tmp_path / "raw"), 0, 64, 96, orientation=6)
+    env = {**os.environ, "PYTHONPATH": REPO}
+    r = subprocess.run([sys.executable, "-m", "tfds_zrr.dng", "--out", str(tmp_path / "raw"), "--num", "1",
+                        "--height", "64", "--width", "96", "--orientation", "6"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    path = str(tmp_path / "raw" / "synthetic_0.dng")
+    assert r.stdout.strip() == f"wrote {path}"
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "diffraw_jax.inference.cli", "--checkpoint", MODEL,
                         "--input", path, "--output", str(out), "--method", "dtdm_ddim", "--steps", "2",
                         "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=600,
-                       env={**os.environ, "PYTHONPATH": REPO})
+                       env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "processed 1, failed 0" in r.stdout
     img = np.asarray(Image.open(out / "synthetic_0.png"))

@@ -97,6 +97,7 @@ RULES = {
     "diffraw export-weights": "workflow",
     "python -m benchmarks.run": "tests/test_benchmarks.py::test_benchmark_run_quick_tiny",
     "python -m benchmarks.infer_bench": "workflow",
+    "python -m tfds_zrr.dng": "tests/test_pretrained.py::test_diffraw_runs_the_shipped_model_on_a_dng",
     "python -m benchmarks.profile_step": "tests/test_benchmarks.py::test_profile_step_attributes_the_time_to_op_kinds",
 }
 
