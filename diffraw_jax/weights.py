@@ -386,7 +386,7 @@ def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: 
         raise ValueError(f"{path} is a colour network; export the DiffRAW model that uses it")
     config = loaded.config.copy_and_resolve_references()
     if sample_method is not None or sample_num_steps is not None:
-        with config.unlocked() if hasattr(config, "unlocked") else _null():
+        with config.unlocked():
             if sample_method is not None:
                 config.sample.method = sample_method
             if sample_num_steps is not None:
@@ -413,14 +413,6 @@ def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def folder_bytes(path: str) -> int:
