@@ -1,6 +1,9 @@
 """diffraw-jax entry point.
 
-    python main.py --config=configs/zrr.py --workdir=DIR [--mode=train|eval] [--config.x=y ...]
+    python main.py --config=configs/zrr.py --workdir=DIR [--mode=train|eval] [--verbose] [--config.x=y ...]
+
+Logs: one line per progress report, checkpoint and evaluation (``diffraw_jax.logs``);
+``--verbose`` adds the libraries' INFO lines and full tracebacks.
 
 Multi-host (TPU pod slices, GPU clusters): pass --jax_distributed to call
 jax.distributed.initialize() (auto-detected on Cloud TPU and SLURM), or give

@@ -1,11 +1,15 @@
 """Evaluation: sample a split with the EMA parameters and G, score, write tables and grids.
 
-    python main.py --config=configs/synthetic.py --workdir=W --mode=eval
+    python main.py --config=configs/synthetic.py --workdir=W --mode=eval [--config.eval.model=PATH]
 
-Writes ``W/eval/<split>/metrics.csv`` (one row per image and method),
+The model is ``W`` itself, or ``eval.model`` (a weights folder or another
+workdir), loaded read-only by ``weights.load_inference``; nothing is written
+before it has loaded. Writes ``W/eval/<split>/metrics.csv`` (one row per image and method),
 ``summary.md`` / ``summary.json`` (mean per method, the layout of the paper's
 Table 2, "Original GT" protocol) and ``samples.png`` (a grid: classical ISP | c = G(w)
-| DiffRAW | DSLR). Rows: the classical ISP, G, DiffRAW DTDM-s and DTDM-DDIM-k.
+| DiffRAW | DSLR). Rows: the classical ISP, G, DiffRAW with the model's sampler
+(``factory.sampler_settings``: DTDM-s, "DTDM-93 (s=100)" with sample.num_steps=93,
+DDPM-s for an epsilon-objective model) and DTDM-DDIM-k (``eval.ddim_steps``).
 PSNR and SSIM follow LiteISPNet: outputs quantised to 8 bits, full image, data
 range 1, Gaussian SSIM with window 11.
 """
