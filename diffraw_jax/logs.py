@@ -7,6 +7,7 @@ every library's INFO lines too (absl's format).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -34,6 +35,19 @@ def setup(verbose: bool = False) -> None:
         handler._diffraw = True
         ours.addHandler(handler)
     ours.propagate = False  # not twice through absl's handler
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """absl's logger (hence orbax) at ERROR for the duration, unless it is at DEBUG."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    if level != logging.DEBUG:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def format_duration(seconds: float) -> str:

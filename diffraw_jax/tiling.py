@@ -157,11 +157,12 @@ class TilePlan:
         ys, xs = np.asarray(self.ys), np.asarray(self.xs)
         return np.stack([tile_window(t, ys, xs, self.tile) for t in self.tiles])
 
-    def weight_sum(self) -> np.ndarray:
-        """float32 [height, width]: sum of the windows over the tiles covering each pixel."""
+    def weight_sum(self, windows: Optional[np.ndarray] = None) -> np.ndarray:
+        """float32 [height, width]: sum of the windows (``windows()`` unless given) over the
+        tiles covering each pixel."""
         th, tw = self.tile
         total = np.zeros((self.height, self.width), np.float32)
-        for t, win in zip(self.tiles, self.windows()):
+        for t, win in zip(self.tiles, self.windows() if windows is None else windows):
             total[t.y0:t.y0 + th, t.x0:t.x0 + tw] += win
         return total
 
@@ -186,8 +187,9 @@ def tiled_denoiser(apply_fn: ApplyFn, plan: TilePlan, w: jax.Array, c: jax.Array
     bsz = min(plan.batch, len(tiles))
     pad = (-len(tiles)) % bsz
     origins = np.array([(t.y0, t.x0) for t in tiles] + [(tiles[-1].y0, tiles[-1].x0)] * pad, np.int32)
-    windows = np.concatenate([plan.windows(), np.zeros((pad, th, tw), np.float32)])
-    inv_sum = (1.0 / plan.weight_sum()).astype(np.float32)
+    tile_windows = plan.windows()
+    inv_sum = (1.0 / plan.weight_sum(tile_windows)).astype(np.float32)
+    windows = np.concatenate([tile_windows, np.zeros((pad, th, tw), np.float32)])
     origins = jnp.asarray(origins.reshape(-1, bsz, 2))
     windows = jnp.asarray(windows.reshape(-1, bsz, th, tw, 1))
     w0, c0 = w[0], c[0]

@@ -34,6 +34,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from diffraw_jax import logs
 from diffraw_jax.models import factory
 
 log = logging.getLogger(__name__)
@@ -134,25 +135,9 @@ def _device():
     return jax.local_devices()[0]
 
 
-class _QuietLibraries:
-    """Library loggers (absl: orbax) at ERROR while a checkpoint is read (its read-only
-    notices are not the user's concern); unchanged when the ``absl`` logger is at DEBUG."""
-
-    def __enter__(self):
-        self._logger = logging.getLogger("absl")
-        self._level = self._logger.level
-        if self._level != logging.DEBUG:
-            self._logger.setLevel(logging.ERROR)
-        return self
-
-    def __exit__(self, *exc):
-        self._logger.setLevel(self._level)
-        return False
-
-
 def _restore_from_workdir(config, model, workdir: str, use_ema: bool, step: Optional[int]):
     """(params, step) from an orbax checkpoint, read-only, parameters only."""
-    with _QuietLibraries():
+    with logs.quiet_libraries():  # orbax's read-only notices are not the user's concern
         return _restore_orbax(config, model, workdir, use_ema, step)
 
 
@@ -260,11 +245,10 @@ def _restore_from_weights(config, model, path: str):
     for k, a in want.items():
         if tuple(stored[k].shape) != tuple(a.shape):
             raise ValueError(f"{file}: {k} has shape {stored[k].shape}, the model needs {tuple(a.shape)}")
-    leaves, treedef = jax.tree_util.tree_flatten(abstract)
-    keys = list(_flat_keys(abstract))
     device = _device()
-    params = jax.tree_util.tree_unflatten(
-        treedef, [jax.device_put(stored[k].astype(a.dtype), device) for k, a in zip(keys, leaves)])
+    treedef = jax.tree_util.tree_structure(abstract)
+    params = jax.tree_util.tree_unflatten(  # _flat_keys keeps the flattening order
+        treedef, [jax.device_put(stored[k].astype(a.dtype), device) for k, a in want.items()])
     return params, int(manifest["step"])
 
 

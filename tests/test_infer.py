@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-from fractions import Fraction
 
 import jax
 import numpy as np
@@ -21,6 +20,7 @@ from diffraw_jax.inference import camera, cli
 from diffraw_jax.inference.export import export_sampler, load_exported
 from diffraw_jax.inference.pipeline import DiffRAWPipeline
 from tests.test_train import tiny_source
+from tfds_zrr import dng
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 64, 96            # canonical frame of the synthetic scene
@@ -31,7 +31,7 @@ WHITE = 1020
 # reordering of rawpy's per-channel levels changes the normalised data.
 BLACK = np.array([60, 61, 62, 64])
 NEUTRAL = (0.5, 1.0, 1.0 / 3.0)  # as-shot neutral: camera R = G/2, B = G/3 for gray
-CFA_CODES = {"RGGB": [0, 1, 1, 2], "BGGR": [2, 1, 1, 0], "GRBG": [1, 0, 2, 1], "GBRG": [1, 2, 0, 1]}
+CFA_CODES = dng.CFA_CODES  # DNG CFAPattern codes (0 R, 1 G, 2 B) per layout
 # TIFF Orientation -> (LibRaw sizes.flip, k of np.rot90 that turns the sensor image into the
 # output, where the sensor's top-left corner ends up: 1 top-right, 2 bottom-left, 3 bottom-right).
 ORIENTATIONS = {6: (6, -1, 1), 8: (5, 1, 2), 3: (3, 2, 3)}
@@ -73,39 +73,13 @@ def frame_for(pattern, img):
     return img[1 - top:1 + H + top, 1 - left:1 + W + left]
 
 
-def write_dng(path, data, pattern="RGGB", *, black=BLACK, white=WHITE, neutral=NEUTRAL,
-              cfa_dim=(2, 2), cfa_codes=None, linear=False, orientation=1):
-    """A DNG via pidng. ``black``: per canonical plane, written per position of the 2x2 cell.
-    ``orientation``: the TIFF Orientation tag (1 normal, 3 180 degrees, 6 rotate 90 CW to
-    display, 8 rotate 90 CCW; pidng's enum lacks 6 and 8, a plain int works)."""
-    from pidng.core import RAW2DNG, DNGTags, Tag
-    from pidng.defs import CalibrationIlluminant, DNGVersion, PhotometricInterpretation
-
-    h, w = data.shape[:2]
-    t = DNGTags()
-    for tag, v in ((Tag.ImageWidth, w), (Tag.ImageLength, h), (Tag.TileWidth, w), (Tag.TileLength, h),
-                   (Tag.Orientation, int(orientation)), (Tag.BitsPerSample, 16),
-                   (Tag.WhiteLevel, white), (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65),
-                   (Tag.Make, "diffraw-jax"), (Tag.Model, "synthetic"),
-                   (Tag.DNGVersion, DNGVersion.V1_4), (Tag.DNGBackwardVersion, DNGVersion.V1_2)):
-        t.set(tag, v)
-    if linear:
-        t.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Linear_Raw)
-        t.set(Tag.SamplesPerPixel, 3)
-    else:
-        t.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
-        t.set(Tag.SamplesPerPixel, 1)
-        t.set(Tag.CFARepeatPatternDim, list(cfa_dim))
-        t.set(Tag.CFAPattern, cfa_codes or CFA_CODES[pattern])
+def write_dng(path, data, pattern="RGGB", *, black=BLACK, white=WHITE, neutral=NEUTRAL, **kw):
+    """A DNG via pidng (``tfds_zrr.dng.write_dng``); ``black`` per canonical plane (R, Gr, Gb, B),
+    written per position of the 2x2 cell. Other keywords (orientation, cfa_dim, cfa_codes,
+    linear) go to ``write_dng``."""
     top, left = raw.cfa_offset(pattern)
-    t.set(Tag.BlackLevelRepeatDim, [2, 2])
-    t.set(Tag.BlackLevel, [int(black[((r - top) % 2) * 2 + (c - left) % 2]) for r in (0, 1) for c in (0, 1)])
-    t.set(Tag.ColorMatrix1, [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1], [1, 1]])
-    fr = [Fraction(n).limit_denominator(1000) for n in neutral]
-    t.set(Tag.AsShotNeutral, [[f.numerator, f.denominator] for f in fr])
-    conv = RAW2DNG()
-    conv.options(t, path=str(path.parent), compress=False)
-    conv.convert(np.ascontiguousarray(data), filename=path.name)
+    cell = [int(black[((r - top) % 2) * 2 + (c - left) % 2]) for r in (0, 1) for c in (0, 1)]
+    dng.write_dng(str(path), data, cfa=pattern, black=cell, white=white, neutral=neutral, **kw)
     return path
 
 

@@ -28,27 +28,30 @@ CFA_CODES = {"RGGB": [0, 1, 1, 2], "BGGR": [2, 1, 1, 0], "GRBG": [1, 0, 2, 1], "
 
 
 def write_dng(path: str, mosaic: np.ndarray, *, cfa: str = "RGGB", black=synthetic.BLACK_LEVEL,
-              white: int = synthetic.WHITE_LEVEL, neutral=(1.0, 1.0, 1.0), orientation: int = 1) -> str:
+              white: int = synthetic.WHITE_LEVEL, neutral=(1.0, 1.0, 1.0), orientation: int = 1,
+              cfa_dim=(2, 2), cfa_codes=None, linear: bool = False) -> str:
     """Writes the Bayer mosaic uint16 [H, W] (``cfa`` layout) as an uncompressed DNG.
 
     ``black``: one level or four, per position of the 2x2 cell (row-major);
     ``neutral``: the as-shot neutral (camera response to white, G = 1).
+    ``cfa_dim``/``cfa_codes`` write another colour filter array (e.g. X-Trans's 6x6;
+    tests use it for files the reader must reject); ``linear=True`` writes a
+    3-channel linear DNG [H, W, 3] instead of a mosaic.
     Returns the path written (pidng appends ``.dng`` when it is missing).
     """
     from pidng.core import RAW2DNG, DNGTags, Tag
     from pidng.defs import CalibrationIlluminant, DNGVersion, PhotometricInterpretation
 
     mosaic = np.ascontiguousarray(np.asarray(mosaic, np.uint16))
-    if mosaic.ndim != 2:
-        raise ValueError(f"expected a Bayer mosaic [H, W], got shape {mosaic.shape}")
-    h, w = mosaic.shape
+    if mosaic.ndim != (3 if linear else 2):
+        raise ValueError(f"expected {'an image [H, W, 3]' if linear else 'a Bayer mosaic [H, W]'}, "
+                         f"got shape {mosaic.shape}")
+    h, w = mosaic.shape[:2]
     blacks = [int(b) for b in np.broadcast_to(np.asarray(black), (4,))]
     t = DNGTags()
     for tag, v in ((Tag.ImageWidth, w), (Tag.ImageLength, h), (Tag.TileWidth, w), (Tag.TileLength, h),
                    (Tag.Orientation, int(orientation)), (Tag.BitsPerSample, 16),
-                   (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
-                   (Tag.SamplesPerPixel, 1), (Tag.CFARepeatPatternDim, [2, 2]),
-                   (Tag.CFAPattern, CFA_CODES[cfa]), (Tag.BlackLevelRepeatDim, [2, 2]),
+                   (Tag.BlackLevelRepeatDim, [2, 2]),
                    (Tag.BlackLevel, blacks), (Tag.WhiteLevel, int(white)),
                    (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65),
                    (Tag.ColorMatrix1, [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1], [1, 1]]),
@@ -57,6 +60,14 @@ def write_dng(path: str, mosaic: np.ndarray, *, cfa: str = "RGGB", black=synthet
                    (Tag.Make, "diffraw-jax"), (Tag.Model, "synthetic phone"),
                    (Tag.DNGVersion, DNGVersion.V1_4), (Tag.DNGBackwardVersion, DNGVersion.V1_2)):
         t.set(tag, v)
+    if linear:
+        t.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Linear_Raw)
+        t.set(Tag.SamplesPerPixel, 3)
+    else:
+        t.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
+        t.set(Tag.SamplesPerPixel, 1)
+        t.set(Tag.CFARepeatPatternDim, list(cfa_dim))
+        t.set(Tag.CFAPattern, list(cfa_codes or CFA_CODES[cfa]))
     directory, name = os.path.split(os.path.abspath(path))
     conv = RAW2DNG()
     conv.options(t, path=directory, compress=False)
