@@ -1,5 +1,6 @@
 """The training loop: loss falls, device-count invariance, multi-host, resume, NaN guard, main.py."""
 import json
+import logging
 import re
 import os
 import signal
@@ -238,8 +239,15 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
     for root, _, files in os.walk(os.path.join(ckpt, "state")):
         for f in files:  # damage every file of the latest state
             open(os.path.join(root, f), "wb").write(b"garbage")
-    with caplog.at_level("ERROR"):
-        state = train.train_and_evaluate(loop_config(4), str(tmp_path), data_sources=src)
+    # The project's logger may not propagate to the root (diffraw_jax.logs.setup, run by any
+    # in-process CLI test before this one): listen on it directly.
+    project = logging.getLogger("diffraw_jax")
+    project.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("ERROR"):
+            state = train.train_and_evaluate(loop_config(4), str(tmp_path), data_sources=src)
+    finally:
+        project.removeHandler(caplog.handler)
     assert any("step 4 is unreadable" in r.getMessage() for r in caplog.records)
     assert int(state.step) == 4  # resumed from step 2 and trained 2 more
 

@@ -1,0 +1,26 @@
+"""diffraw_jax.logs: durations as a person reads them; library levels and the project's lines."""
+import logging
+
+from diffraw_jax import logs
+
+
+def test_format_duration():
+    assert [logs.format_duration(s) for s in (0, 12.4, 59.6, 185, 3599, 3600, 8040, -3)] == [
+        "0s", "12s", "1m00s", "3m05s", "59m59s", "1h00m", "2h14m", "0s"]
+
+
+def test_setup_quiets_libraries_and_keeps_project_lines(capsys):
+    logs.setup(verbose=False)
+    assert logging.getLogger("absl").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("orbax").getEffectiveLevel() == logging.WARNING
+    logging.getLogger("diffraw_jax.something").info("step 3/10")
+    logs.setup(verbose=False)  # idempotent: no second handler, no duplicated line
+    logging.getLogger("diffraw_jax.something").info("once")
+    err = capsys.readouterr().err
+    assert err.count("once") == 1 and "step 3/10" in err
+    with logs.quiet_libraries():
+        assert logging.getLogger("absl").level == logging.ERROR
+    assert logging.getLogger("absl").level == logging.WARNING
+    logs.setup(verbose=True)
+    assert logging.getLogger("absl").getEffectiveLevel() == logging.INFO
+    logs.setup(verbose=False)
