@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import shutil
 import tempfile
 from typing import Any, Optional
@@ -165,6 +166,7 @@ def _restore_orbax(config, model, workdir: str, use_ema: bool, step: Optional[in
         if mismatch:
             raise ValueError(f"the checkpoint of step {step} in {directory} does not match the "
                              f"configured model ({mismatch})")
+        _ignore_reads_finishing_after_a_failed_restore()
         try:
             restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
                 item=target, restore_args=restore_args, partial_restore=True)))
@@ -177,6 +179,30 @@ def _restore_orbax(config, model, workdir: str, use_ema: bool, step: Optional[in
         return restored["state"][field], int(step)
     finally:
         manager.close()
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+    exc = unraisable.exc_value
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _ignore_reads_finishing_after_a_failed_restore() -> None:
+    """Silences one known noise: when a restore fails on a damaged file, orbax closes
+    its event loop while tensorstore reads of other arrays are still in flight; as
+    they finish, their callbacks hit the closed loop and Python prints
+    "RuntimeError: Event loop is closed" tracebacks (unraisable exceptions) over the
+    one error line the user should see. Only that exact exception is dropped; every
+    other unraisable exception still goes to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable):
+        if not _is_closed_loop_callback(unraisable):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
 
 
 def _shape_mismatch(directory: str, step: int, target) -> str:
