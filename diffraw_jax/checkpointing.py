@@ -75,6 +75,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
                          "aside); load read-only with diffraw_jax.weights.load_inference")
     steps = sorted(manager.all_steps(), reverse=True)
     unreadable = []
+    weights.ignore_reads_finishing_after_a_failed_restore()
     for step in steps:
         items = {"state": ocp.args.StandardRestore(abstract_state)}  # None: as saved
         if data_iterator is not None:

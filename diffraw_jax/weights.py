@@ -166,7 +166,7 @@ def _restore_orbax(config, model, workdir: str, use_ema: bool, step: Optional[in
         if mismatch:
             raise ValueError(f"the checkpoint of step {step} in {directory} does not match the "
                              f"configured model ({mismatch})")
-        _ignore_reads_finishing_after_a_failed_restore()
+        ignore_reads_finishing_after_a_failed_restore()
         try:
             restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
                 item=target, restore_args=restore_args, partial_restore=True)))
@@ -186,7 +186,7 @@ def _is_closed_loop_callback(unraisable) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
 
-def _ignore_reads_finishing_after_a_failed_restore() -> None:
+def ignore_reads_finishing_after_a_failed_restore() -> None:
     """Silences one known noise: when a restore fails on a damaged file, orbax closes
     its event loop while tensorstore reads of other arrays are still in flight; as
     they finish, their callbacks hit the closed loop and Python prints

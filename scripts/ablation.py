@@ -36,12 +36,14 @@ def laplacian_energy(img01):
     return (lap ** 2).mean(axis=(1, 2))
 
 
-def variant_config(data_dir, color_workdir, train_steps, **changes):
-    from configs import synthetic
+def variant_config(config_name, data_dir, color_workdir, train_steps, **changes):
+    import importlib
 
-    c = synthetic.get_config()
-    c.data.data_dir = data_dir
-    c.color_net.workdir = color_workdir
+    c = importlib.import_module(f"configs.{config_name}").get_config()
+    if data_dir:
+        c.data.data_dir = data_dir
+    if color_workdir:
+        c.color_net.workdir = color_workdir
     c.train.num_train_steps = train_steps
     for k, v in changes.items():
         section, field = k.split(".")
@@ -51,10 +53,14 @@ def variant_config(data_dir, color_workdir, train_steps, **changes):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data_dir", default="data/tfds")
+    p.add_argument("--config", default="pretrained",
+                   help="configs/<name>.py that every variant starts from (pretrained: the shipped model's setting)")
+    p.add_argument("--data_dir", default="", help="default: the config's")
     p.add_argument("--workdir", default="workdir/ablation")
-    p.add_argument("--color_workdir", default="workdir/demo_isp")
-    p.add_argument("--dtdm_workdir", default="", help="reuse this DTDM (w + c) model, e.g. workdir/demo")
+    p.add_argument("--color_workdir", default="", help="G; default: the config's")
+    p.add_argument("--dtdm_workdir", default="",
+                   help="a longer-trained DTDM (w + c) model or weights folder for the step curves, "
+                        "e.g. pretrained/demo; default: the variant trained here")
     p.add_argument("--out", default="results/ablation")
     p.add_argument("--train_steps", type=int, default=300)
     p.add_argument("--num_images", type=int, default=8)
@@ -65,6 +71,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train_only", action="store_true", help="only train the missing models")
     a = p.parse_args(argv)
+    from diffraw_jax import logs
+
+    logs.setup()
 
     import jax
     import jax.numpy as jnp
@@ -82,13 +91,15 @@ def main(argv=None):
     }
     workdirs, configs = {}, {}
     for name, changes in variants.items():
-        cfg = variant_config(a.data_dir, a.color_workdir, a.train_steps, **changes)
-        wd = a.dtdm_workdir if (name == "dtdm_w_c" and a.dtdm_workdir) else os.path.join(a.workdir, name)
+        cfg = variant_config(a.config, a.data_dir, a.color_workdir, a.train_steps, **changes)
+        wd = os.path.join(a.workdir, name)
         configs[name], workdirs[name] = cfg, wd
         print(f"[ablation] training {name} in {wd} ({a.train_steps} steps; resumes/skips if done)", flush=True)
         train.train_and_evaluate(cfg, wd)
     if a.train_only:
         return 0
+    # The step curves use the longer-trained model when one is given.
+    workdirs["dtdm_long"] = a.dtdm_workdir or workdirs["dtdm_w_c"]
 
     base = configs["dtdm_w_c"]
     _, test_src = train.load_data_sources(base)
@@ -127,12 +138,16 @@ def main(argv=None):
     s = base.diffusion.s
     curves = {"DDPM from noised x": {}, "DTDM (ancestral)": {}, "DTDM-DDIM": {}}
     for k in [int(v) for v in a.dtdm_steps.split(",")]:
-        curves["DTDM (ancestral)"][k] = run("dtdm_w_c", "dtdm", s, k)[0]
+        curves["DTDM (ancestral)"][k] = run("dtdm_long", "dtdm", s, k)[0]
     for k in [int(v) for v in a.ddim_steps.split(",")]:
-        curves["DTDM-DDIM"][k] = run("dtdm_w_c", "dtdm_ddim", s, k)[0]
+        curves["DTDM-DDIM"][k] = run("dtdm_long", "dtdm_ddim", s, k)[0]
     for k in [int(v) for v in a.ddpm_steps.split(",")]:
         curves["DDPM from noised x"][k] = run("ddpm_w_c", "ddpm", k)[0]
     results["steps"] = curves
+    # DTDM-DDIM-10 on the model trained as long as the DDPM baseline, for a like-for-like row.
+    results["equal_training"] = {"DTDM-DDIM-10": run("dtdm_w_c", "dtdm_ddim", s, 10)[0]}
+    results["trained_steps"] = {name: weights.load_inference(wd, color_net=False).step
+                                for name, wd in workdirs.items()}
     grids = {}
     for name, label in (("dtdm_none", "no condition"), ("dtdm_w", "w"), ("dtdm_w_c", "w + c")):
         results["conditions"][label], grids[label] = run(name, "dtdm", s)

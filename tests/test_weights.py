@@ -137,8 +137,8 @@ def test_read_only_load_of_a_damaged_checkpoint_changes_nothing(trained, tmp_pat
 def test_only_closed_loop_callbacks_are_silenced(monkeypatch):
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    weights._ignore_reads_finishing_after_a_failed_restore()
-    weights._ignore_reads_finishing_after_a_failed_restore()  # installs once
+    weights.ignore_reads_finishing_after_a_failed_restore()
+    weights.ignore_reads_finishing_after_a_failed_restore()  # installs once
     hook = sys.unraisablehook
     assert hook is not seen.append and hook.drops_closed_loop_callbacks
 
