@@ -60,6 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
     o.grad_clip_norm = 1.0      # <= 0: off
     o.ema_decay = 0.9999
     o.weight_decay = 0.0
+    o.decay_every_steps = 0     # > 0: multiply the rate by decay_factor every this many steps
+    o.decay_factor = 0.5        #   after warm-up (LiteISPNet: halved every 40 epochs)
 
     c.train = t = ml_collections.ConfigDict()
     t.num_train_steps = 1_000_000

@@ -55,13 +55,29 @@ class NonFiniteLossError(FloatingPointError):
 
 # ----------------------------------------------------------------- construction
 
-def create_optimizer(config) -> optax.GradientTransformation:
+def learning_rate_schedule(config) -> optax.Schedule:
+    """Step -> rate: linear warm-up from 0 over ``optim.warmup_steps``, then constant,
+    or multiplied by ``optim.decay_factor`` every ``optim.decay_every_steps`` (counted
+    from the end of warm-up) when that is > 0."""
     o = config.optim
     if o.learning_rate <= 0 or o.warmup_steps < 0:
         raise ValueError("optim.learning_rate must be > 0 and optim.warmup_steps >= 0")
-    lr = optax.join_schedules(
-        [optax.linear_schedule(0.0, o.learning_rate, max(1, o.warmup_steps)),
-         optax.constant_schedule(o.learning_rate)], [max(1, o.warmup_steps)])
+    if o.get("decay_every_steps", 0) > 0:
+        if not 0 < o.decay_factor <= 1:
+            raise ValueError(f"optim.decay_factor must be in (0, 1], got {o.decay_factor}")
+        after_warmup = optax.exponential_decay(o.learning_rate, o.decay_every_steps, o.decay_factor,
+                                               staircase=True)
+    else:
+        after_warmup = optax.constant_schedule(o.learning_rate)
+    if o.warmup_steps == 0:
+        return after_warmup
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps), after_warmup], [o.warmup_steps])
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+    o = config.optim
+    lr = learning_rate_schedule(config)
     chain = []
     if o.grad_clip_norm > 0:
         chain.append(optax.clip_by_global_norm(o.grad_clip_norm))

@@ -88,7 +88,7 @@ RULES = {
     "python -m tfds_zrr.build": "workflow",
     "tfds build": "workflow",
     "main.py configs/zrr.py train": "workflow",
-    "main.py configs/isp.py train": "workflow",
+    "main.py configs/isp_zrr.py train": "workflow",
     "main.py configs/zrr.py eval": "workflow",
     "main.py configs/synthetic.py eval": "demo",
     "main.py configs/pretrained.py eval": "demo",
@@ -155,7 +155,7 @@ TINY = ["--config.model.name=tiny", "--config.color_net.name=tiny", "--config.mo
         "--config.diffusion.num_timesteps=200", "--config.diffusion.s=20", "--config.optim.warmup_steps=1",
         "--config.train.num_train_steps=2", "--config.train.log_every_steps=1",
         "--config.train.checkpoint_every_steps=2", "--config.eval.crop_size=32", "--config.eval.num_images=2",
-        "--config.eval.ddim_steps=2", "--config.eval.grid_images=2"]
+        "--config.eval.ddim_steps=2", "--config.eval.grid_images=2", "--config.data.worker_count=0"]
 
 # Values for the README's optional "[--flag VALUE|OTHER]" groups (every group must have one).
 OPTIONAL_VALUES = {"--size": "448", "--seed": "1", "--method": "dtdm_ddim", "--steps": "2",
@@ -217,7 +217,7 @@ def test_readme_workflow(tmp_path):
     for d in (data, cli_data):
         assert any(f.startswith("zrr-train.array_record") for f in os.listdir(d / "zrr" / "patches" / "1.0.0"))
 
-    (isp,) = _find("main.py configs/isp.py train")
+    (isp,) = _find("main.py configs/isp_zrr.py train")
     _run(substitute(shlex.split(isp), mapping) + TINY)
     (train_cmd,) = _find("main.py configs/zrr.py train")
     _run(substitute(shlex.split(train_cmd), mapping) + TINY)

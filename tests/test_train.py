@@ -83,6 +83,36 @@ def test_nan_batch_leaves_state_unchanged():
         np.testing.assert_array_equal(a, b)
 
 
+def test_learning_rate_schedules():
+    cfg = test_config.get_config()
+    cfg.optim.learning_rate, cfg.optim.warmup_steps = 1e-3, 10
+    lr = train.learning_rate_schedule(cfg)
+    assert [float(lr(s)) for s in (0, 5, 10, 10_000)] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
+    cfg.optim.decay_every_steps, cfg.optim.decay_factor = 100, 0.5  # halved every 100 after warm-up
+    lr = train.learning_rate_schedule(cfg)
+    for step in (5, 10, 109, 110, 209, 210, 415):
+        expected = step / 10 * 1e-3 if step < 10 else 1e-3 * 0.5 ** ((step - 10) // 100)
+        assert float(lr(step)) == pytest.approx(expected, rel=1e-6), step
+    cfg.optim.warmup_steps = 0  # no warm-up: the first step already has the full rate
+    assert float(train.learning_rate_schedule(cfg)(0)) == pytest.approx(1e-3)
+    cfg.optim.decay_factor = 0.0
+    with pytest.raises(ValueError, match="decay_factor"):
+        train.learning_rate_schedule(cfg)
+
+
+def test_isp_zrr_config_is_the_liteispnet_recipe():
+    from configs import isp_zrr
+
+    c = isp_zrr.get_config()
+    assert (c.task, c.color_net.name, c.data.crop_size, c.data.global_batch_size) == ("color_net", "default", 448, 16)
+    epoch = 46_839 // 16
+    assert c.train.num_train_steps == 80 * epoch
+    lr = train.learning_rate_schedule(c)
+    assert float(lr(0)) == pytest.approx(1e-4)
+    assert float(lr(40 * epoch - 1)) == pytest.approx(1e-4)
+    assert float(lr(40 * epoch)) == pytest.approx(5e-5)
+
+
 def test_global_shift_align_recovers_a_shift():
     rng = np.random.default_rng(0)
     img = jnp.asarray(rng.uniform(0, 1, (32, 32, 3)), jnp.float32)
