@@ -186,13 +186,30 @@ def _is_closed_loop_callback(unraisable) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
 
+def _is_abandoned_tensorstore_read(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return (record.getMessage().startswith("Task exception was never retrieved")
+            and exc is not None and "tensorstore_spec" in str(exc))
+
+
+class _DropAbandonedTensorstoreReads(logging.Filter):
+    def filter(self, record):
+        return not _is_abandoned_tensorstore_read(record)
+
+
 def ignore_reads_finishing_after_a_failed_restore() -> None:
     """Silences one known noise: when a restore fails on a damaged file, orbax closes
     its event loop while tensorstore reads of other arrays are still in flight; as
     they finish, their callbacks hit the closed loop and Python prints
-    "RuntimeError: Event loop is closed" tracebacks (unraisable exceptions) over the
-    one error line the user should see. Only that exact exception is dropped; every
-    other unraisable exception still goes to the previous hook."""
+    "RuntimeError: Event loop is closed" tracebacks (unraisable exceptions), and
+    asyncio logs "Task exception was never retrieved" for the reads that failed
+    too, over the one error line the user should see. Only those are dropped:
+    that exact unraisable exception, and asyncio records whose exception is a
+    tensorstore read error; everything else still goes to the previous hook and
+    to the asyncio logger's handlers."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropAbandonedTensorstoreReads) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_DropAbandonedTensorstoreReads())
     previous = sys.unraisablehook
     if getattr(previous, "drops_closed_loop_callbacks", False):
         return

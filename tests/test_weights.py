@@ -5,6 +5,7 @@ G workdir beside it; tests copy the workdir before they change anything.
 """
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -150,6 +151,22 @@ def test_only_closed_loop_callbacks_are_silenced(monkeypatch):
     for exc in (RuntimeError("something else"), ValueError("Event loop is closed")):
         hook(unraisable(exc))
     assert [u.exc_value.args[0] for u in seen] == ["something else", "Event loop is closed"]
+    # asyncio's reports of the abandoned reads, and only those, are filtered.
+    asyncio_log = logging.getLogger("asyncio")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    asyncio_log.addHandler(handler)
+    try:
+        for exc in (ValueError('DATA_LOSS: Error reading "a/.zarray" [tensorstore_spec=\'{}\']'),
+                    ValueError("a task of the user's")):
+            try:
+                raise exc
+            except ValueError:
+                asyncio_log.error("Task exception was never retrieved", exc_info=True)
+    finally:
+        asyncio_log.removeHandler(handler)
+    assert [str(r.exc_info[1]) for r in records] == ["a task of the user's"]
 
 
 def test_trainer_resume_is_the_only_one_that_sets_aside(trained, tmp_path):
