@@ -11,6 +11,9 @@ Dependency groups:
          Not needed by the package, training or the rest of the tests: without
          it the reference's tests are skipped and the benchmark's torch rows
          say "skipped".
+gs:// paths go through etils.epath: via TensorFlow's tf.io.gfile when it is
+installed (train), else via fsspec, which needs `gcsfs` (a core-only install
+that loads a model from gs://).
 `make install` installs `[all]` = core + train + test (no torch). For the
 reference, install the CPU build explicitly: `pip install torch==2.13.0` (what
 .ci/run does); a bare `pip install -e '.[bench]'` may resolve torch to a
@@ -23,6 +26,7 @@ CORE = [
     "flax>=0.11,<0.13",
     "optax>=0.2.4",
     "orbax-checkpoint>=0.11",
+    "etils[epath]>=1.7",  # workdirs, data and outputs, local or gs:// (diffraw_jax.paths)
     "numpy>=1.26,<3",
     "rawpy>=0.24",
     "ml-collections>=1.0",
@@ -55,6 +59,10 @@ TEST = [
     "nbclient>=0.10,<0.12",  # runs notebooks/diffraw_colab_tpu.ipynb headless
     "nbformat>=5.9,<6",
     "ipykernel>=6.29,<8",
+    # tests/test_gcs.py: a gs:// workdir end to end against a local GCS emulator (epath
+    # reaches it through fsspec/gcsfs; TensorFlow's own GCS client cannot be redirected).
+    "gcp-storage-emulator>=2026.7",  # tests/gcs_emulator.py patches its handlers (tested: 2026.7.19)
+    "gcsfs>=2024.2",
 ]
 BENCH = [
     "torch>=2.5",  # measured with torch 2.13.0 (CPU)

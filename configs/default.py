@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.global_batch_size = 32
     d.eval_batch_size = 8
     d.worker_count = 0          # Grain worker processes (0: in the main process)
+    d.prefetch_to_device = 2    # training batches kept in flight to the devices
     d.augment = True
     d.black_level = 63
     d.white_level = 1020
@@ -28,7 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = m = ml_collections.ConfigDict()
     m.name = "zrr"              # named U-Net: tiny | demo | zrr (diffraw_jax/models/unet.py)
     m.dtype = "float32"         # compute dtype: float32 | bfloat16 (params stay float32)
-    m.remat = False
+    m.remat = False             # True: remat_policy "full" (kept for older configs)
+    m.remat_policy = "none"     # recompute inside U-Net blocks on the backward pass: none | full |
+                                # dots_saveable | dots_with_no_batch_dims_saveable (unet.REMAT_POLICIES)
+    m.attention_impl = "auto"   # auto (chunked above 1024 positions, else JAX's choice) | xla | chunked |
+                                # cudnn (flash attention: NVIDIA GPUs, bfloat16); unet.dot_product_attention
     m.use_w = True
     m.use_c = True
     m.dropout = -1.0            # < 0: the named config's value
@@ -69,6 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
     t.checkpoint_every_steps = 5_000
     t.keep_checkpoints = 3
     t.profile = False
+    t.eval_every_steps = 0      # > 0: sample train.eval_num_images test images with the EMA
+    t.eval_num_images = 4       #   parameters every this many steps (TensorBoard scalars + grid)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.fsdp = 1             # devices along the parameter-sharding axis; the rest is "data"

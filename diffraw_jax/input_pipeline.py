@@ -20,7 +20,10 @@ Per process, ``b = global_batch_size // process_count``::
             clip((code - black) / (white - black), 0, 1)
     "dslr": float32 [b, crop, crop, 3]      dslr / 127.5 - 1, in [-1, 1]
 
-(no "id": a training batch is all numbers, ready for ``to_global_batch``).
+(no "id": a training batch is all numbers, ready for ``to_global_batch``). With
+``as_codes=True`` (what the trainer uses) "raw" is the uint16 packed codes and
+"dslr" the uint8 image instead, normalised inside the jitted step by
+``normalize_batch`` (same formulas; 1/4 of the bytes to move to the device).
 
 Shuffled globally with the seed, repeated forever (``num_epochs=None``),
 sharded over JAX processes (``ShardByJaxProcess(drop_remainder=True)``: each
@@ -124,6 +127,8 @@ __all__ = [
     "DEFAULT_READ_OPTIONS",
     "BayerRandomCrop",
     "ToModelInputs",
+    "normalize_batch",
+    "DevicePrefetch",
     "create_train_loader",
     "create_eval_loader",
     "to_global_batch",
@@ -247,23 +252,56 @@ class BayerRandomCrop(grain.transforms.RandomMap):
         return {"raw": np.ascontiguousarray(raw), "dslr": np.ascontiguousarray(dslr)}
 
 
+def normalize_batch(batch, black_level=raw_lib.ZRR_BLACK_LEVEL, white_level=raw_lib.ZRR_WHITE_LEVEL):
+    """Codes -> model inputs, for numpy (host) and jax (inside the jitted step) alike.
+
+    ``batch["raw"]``: packed planes [..., h, w, 4], integer codes (uint16) ->
+    float32 ``clip((code - black) / (white - black), 0, 1)`` (raw.normalize);
+    ``batch["dslr"]``: uint8 [..., H, W, 3] -> float32 ``dslr / 127.5 - 1`` in [-1, 1].
+    Leaves that are already floating point are returned unchanged, so a batch
+    normalised on the host passes through; other keys are kept.
+    """
+    out = dict(batch)
+    raw, dslr = batch["raw"], batch.get("dslr")
+    if not np.issubdtype(raw.dtype, np.floating):
+        out["raw"] = raw_lib.normalize(raw, black_level, white_level)
+    if dslr is not None and not np.issubdtype(dslr.dtype, np.floating):
+        out["dslr"] = dslr_to_model_range(dslr)
+    return out
+
+
+def dslr_to_model_range(dslr):
+    """DSLR values 0..255 (any numeric dtype; numpy or jax) -> float32 ``dslr / 127.5 - 1``."""
+    return dslr.astype(np.float32) / np.float32(127.5) - np.float32(1)
+
+
 class ToModelInputs(grain.transforms.Map):
     """RGGB mosaic -> normalised packed planes; uint8 DSLR -> [-1, 1] float32.
 
+    With ``as_codes`` the normalisation is left to the device
+    (``normalize_batch`` inside the jitted step): "raw" stays uint16 packed codes
+    and "dslr" uint8, a quarter of float32's bytes on the host-to-device link.
     With ``keep_id`` the "id" is kept as bytes and "mask" passed through.
     """
 
     def __init__(self, black_level=raw_lib.ZRR_BLACK_LEVEL,
-                 white_level=raw_lib.ZRR_WHITE_LEVEL, keep_id: bool = False):
+                 white_level=raw_lib.ZRR_WHITE_LEVEL, keep_id: bool = False, as_codes: bool = False):
         self.black_level = black_level
         self.white_level = white_level
         self.keep_id = bool(keep_id)
+        self.as_codes = bool(as_codes)
 
     def map(self, element):
-        raw = np.asarray(element["raw"])
-        out = {"raw": raw_lib.normalize(raw_lib.pack(raw), self.black_level, self.white_level)}
-        if "dslr" in element:
-            out["dslr"] = np.asarray(element["dslr"], np.float32) / np.float32(127.5) - np.float32(1)
+        raw = raw_lib.pack(np.asarray(element["raw"]))
+        dslr = np.asarray(element["dslr"]) if "dslr" in element else None
+        if self.as_codes:
+            if dslr is not None and dslr.dtype != np.uint8:
+                raise ValueError(f"as_codes needs uint8 DSLR images, got {dslr.dtype}")
+            out = {"raw": raw} if dslr is None else {"raw": raw, "dslr": dslr}
+        else:
+            out = {"raw": raw_lib.normalize(raw, self.black_level, self.white_level)}
+            if dslr is not None:
+                out["dslr"] = dslr_to_model_range(dslr)
         if self.keep_id:
             ident = element.get("id", b"")
             out["id"] = ident if isinstance(ident, bytes) else str(ident).encode()
@@ -314,7 +352,8 @@ def create_train_loader(data_source, *, global_batch_size: int, crop_size: int, 
                         white_level=raw_lib.ZRR_WHITE_LEVEL,
                         num_epochs: Optional[int] = None,
                         worker_buffer_size: int = 1,
-                        read_options: Optional[grain.ReadOptions] = None) -> grain.DataLoader:
+                        read_options: Optional[grain.ReadOptions] = None,
+                        as_codes: bool = False) -> grain.DataLoader:
     """Shuffled, cropped, (augmented) training batches; see the module docstring.
 
     Args:
@@ -330,6 +369,8 @@ def create_train_loader(data_source, *, global_batch_size: int, crop_size: int, 
       num_epochs: None repeats forever.
       worker_buffer_size: batches each worker keeps ready.
       read_options: per-process read threads/buffer; default DEFAULT_READ_OPTIONS.
+      as_codes: yield uint16 packed codes and uint8 DSLR images (normalised on
+        the device by ``normalize_batch``) instead of float32 model inputs.
     """
     if shard_options is None:
         shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
@@ -344,7 +385,7 @@ def create_train_loader(data_source, *, global_batch_size: int, crop_size: int, 
         num_epochs=num_epochs, seed=_grain_seed(seed))
     operations = [
         BayerRandomCrop(crop_size, augment),
-        ToModelInputs(black_level, white_level),
+        ToModelInputs(black_level, white_level, as_codes=as_codes),
         grain.transforms.Batch(batch_size=per_process, drop_remainder=True),
     ]
     _prepare_workers(worker_count)
@@ -409,3 +450,45 @@ def to_global_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree_util.tree_map(convert, batch)
+
+
+class DevicePrefetch:
+    """Keeps ``size`` batches already on their way to the devices.
+
+    Wraps a (grain) iterator: ``next`` tops the buffer up and returns
+    ``to_device(batch)`` of the oldest batch, leaving ``size`` more already
+    transferring (asynchronously in JAX) while the caller's step runs; the host
+    reads the next batches while the device computes the previous steps.
+
+    Checkpointing sees the position of the *consumed* batches: ``get_state``
+    returns the wrapped iterator's state from before the oldest buffered batch
+    was read, and ``set_state`` empties the buffer, so a resume continues
+    with exactly the batch the interrupted run would have trained on next
+    (``grain.checkpoint.CheckpointSave/Restore`` accept this object).
+    """
+
+    def __init__(self, iterator, to_device, size: int = 2):
+        if size < 1:
+            raise ValueError(f"prefetch size must be >= 1, got {size}")
+        self._it, self._to_device, self._size = iterator, to_device, int(size)
+        self._buffer = []  # [(state before reading the batch, device batch)]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while len(self._buffer) < self._size + 1:
+            state = self._it.get_state()
+            self._buffer.append((state, self._to_device(next(self._it))))
+        return self._buffer.pop(0)[1]
+
+    def get_state(self):
+        return self._buffer[0][0] if self._buffer else self._it.get_state()
+
+    def set_state(self, state):
+        self._buffer.clear()
+        self._it.set_state(state)
+
+    def start_prefetch(self):
+        if hasattr(self._it, "start_prefetch"):
+            self._it.start_prefetch()

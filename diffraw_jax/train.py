@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffraw_jax import dtdm, logs, parallel, sampling, weights
+from diffraw_jax import dtdm, logs, parallel, paths, sampling, weights
 from diffraw_jax.models import factory
 from diffraw_jax.models import unet as unet_lib
 
@@ -174,6 +174,10 @@ def train_step(state: TrainState, batch, key, *, model, tx, schedule, config):
     Returns (new_state, metrics). A non-finite loss or gradient leaves the state
     unchanged and reports metrics["finite"] = False.
     """
+    from diffraw_jax import input_pipeline
+
+    # uint16/uint8 batches are normalised here, on the device; float batches pass through.
+    batch = input_pipeline.normalize_batch(batch, config.data.black_level, config.data.white_level)
     y, w = batch["dslr"], batch["raw"]
     bsz = y.shape[0]
     keys, drop_key = _step_keys(key, state.step, bsz)
@@ -291,6 +295,22 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
+def _raise_on_nonfinite(metrics, first_step: int, manager, workdir) -> None:
+    """NonFiniteLossError naming the first of ``metrics`` (host copies of the per-step
+    metrics of steps first_step, first_step + 1, ...) whose loss or gradient was not finite."""
+    bad = [i for i, m in enumerate(metrics) if not bool(m["finite"])]
+    if not bad:
+        return
+    from diffraw_jax import checkpointing
+
+    manager.wait_until_finished()
+    m = metrics[bad[0]]
+    raise NonFiniteLossError(
+        f"non-finite loss or gradient at step {first_step + bad[0]} (loss={float(m['loss'])}; "
+        f"{len(bad)} of the {len(metrics)} steps since the last report); stopped without saving; "
+        f"the last good checkpoint is step {manager.latest_step()} in {checkpointing.checkpoint_dir(workdir)}")
+
+
 def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState:
     """Trains per ``config``, checkpointing to ``workdir``; resumes from its latest checkpoint.
 
@@ -301,10 +321,10 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
     from diffraw_jax import input_pipeline
 
     _validate(config)
-    os.makedirs(workdir, exist_ok=True)
+    wd = paths.as_path(workdir)  # local (made absolute) or gs://: every host writes to the same place
+    wd.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:  # inference and evaluation rebuild the model from it
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
+        (wd / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1))
     # TensorBoard events only: the progress lines below are what a person reads.
     writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir)) if jax.process_index() == 0
               else metric_writers.MultiWriter([]))
@@ -316,18 +336,22 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
     state = create_train_state(config, model, tx, mesh, jax.random.fold_in(key, 0))
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, PARAMETERS_FILE), "w") as f:
-            f.write(parameter_overview.get_parameter_overview(state.params) + "\n")
+        (wd / PARAMETERS_FILE).write_text(parameter_overview.get_parameter_overview(state.params) + "\n")
         log.info("%s: %s, %s parameters (table: %s)", config.task,
                  config.model.name if config.task == "diffraw" else "G " + config.color_net.name,
-                 f"{factory.count_params(state.params):,}", os.path.join(workdir, PARAMETERS_FILE))
+                 f"{factory.count_params(state.params):,}", wd / PARAMETERS_FILE)
 
-    train_src, _ = data_sources if data_sources is not None else load_data_sources(config)
+    train_src, test_src = data_sources if data_sources is not None else load_data_sources(config)
     loader = input_pipeline.create_train_loader(
         train_src, global_batch_size=config.data.global_batch_size, crop_size=config.data.crop_size,
         seed=config.seed, augment=config.data.augment, worker_count=config.data.worker_count,
-        black_level=config.data.black_level, white_level=config.data.white_level)
-    data_iter = iter(loader)
+        black_level=config.data.black_level, white_level=config.data.white_level, as_codes=True)
+    data_sh = parallel.batch_sharding(mesh)
+    # Batches go to the devices as uint16/uint8 codes, data.prefetch_to_device of them in
+    # flight; the iterator's checkpointed position is that of the batches trained on.
+    data_iter = input_pipeline.DevicePrefetch(
+        iter(loader), lambda b: input_pipeline.to_global_batch({"raw": b["raw"], "dslr": b["dslr"]}, data_sh),
+        size=config.data.get("prefetch_to_device", 2))
 
     from diffraw_jax import checkpointing  # orbax: only the training loop needs it
 
@@ -340,34 +364,40 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
     start = int(state.step)
 
     step_fn = make_train_step(config, model, tx, schedule, mesh, state_sh)
-    data_sh = parallel.batch_sharding(mesh)
     step_key = jax.random.fold_in(key, 1)
     total = config.train.num_train_steps
     hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer)]
     if config.train.profile and jax.process_index() == 0:
         hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
+    eval_every = config.train.get("eval_every_steps", 0) if config.task == "diffraw" else 0
+    periodic_eval = None
+    if eval_every > 0:
+        from diffraw_jax.periodic_eval import PeriodicEval
+
+        periodic_eval = PeriodicEval(config, model, schedule, test_src, workdir)
     writer.write_hparams(_flatten(config.to_dict()))
 
+    # The host waits for the devices only at reports, checkpoints and evaluations: the
+    # per-step metrics stay on the device until then (the jitted step already leaves
+    # the state untouched by a non-finite step; the first such step is found here).
     pending = []
     last = (start, time.perf_counter())
     log.info("training %s from step %d to %d in %s", config.task, start, total, workdir)
     with _Preemption() as preempt:
         for step in range(start, total):
-            batch = next(data_iter)
-            batch = input_pipeline.to_global_batch({"raw": batch["raw"], "dslr": batch["dslr"]}, data_sh)
-            state, metrics = step_fn(state, batch, step_key)
+            state, metrics = step_fn(state, next(data_iter), step_key)
             pending.append(metrics)
             done = step + 1
-            if not bool(metrics["finite"]):
-                manager.wait_until_finished()
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient at step {done} (loss={float(metrics['loss'])}); "
-                    f"stopped without saving it; the last good checkpoint is step "
-                    f"{manager.latest_step()} in {checkpointing.checkpoint_dir(workdir)}")
             for h in hooks:
                 h(done)
-            if done % config.train.log_every_steps == 0 or done == total:
-                summary = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0] if k != "finite"}
+            report = done % config.train.log_every_steps == 0 or done == total
+            preempted = preempt.requested or manager.reached_preemption(done)
+            save = done % config.train.checkpoint_every_steps == 0 or done == total or preempted
+            if report or save:
+                fetched = jax.device_get(pending)
+                _raise_on_nonfinite(fetched, done - len(fetched) + 1, manager, workdir)
+            if report:
+                summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
                 writer.write_scalars(done, summary)
                 pending = []
                 now = time.perf_counter()
@@ -376,10 +406,12 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
                 log.info("step %d/%d (%d%%)  %.2f steps/s  ETA %s  %s", done, total, 100 * done // max(total, 1),
                          rate, logs.format_duration((total - done) / max(rate, 1e-9)),
                          "  ".join(f"{k} {v:.4g}" for k, v in summary.items()))
-            preempted = preempt.requested or manager.reached_preemption(done)
-            if done % config.train.checkpoint_every_steps == 0 or done == total or preempted:
+            if save:
                 checkpointing.save(manager, done, state, data_iter, force=True)
                 log.info("checkpoint step %d -> %s", done, checkpointing.checkpoint_dir(workdir))
+            if periodic_eval is not None and (done % eval_every == 0 or done == total) and not preempted:
+                seconds = periodic_eval(done, state.ema_params, writer)
+                last = (last[0], last[1] + seconds)  # steps/s counts training time only
             if preempted:
                 log.warning("stopping at step %d for preemption (checkpoint saved)", done)
                 break

@@ -18,24 +18,28 @@ it. Loading never writes, renames or moves anything: an unreadable checkpoint
 is an error naming its step (``step=`` picks an older one); only the trainer
 sets damaged checkpoints aside.
 
+Paths may be local or ``gs://`` (``diffraw_jax.paths``; read through etils.epath).
+
 Imports jax, flax, numpy and the core modules; orbax only when a workdir is read.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
 import sys
-import shutil
-import tempfile
+import uuid
 from typing import Any, Optional
 
 import jax
 import numpy as np
+from etils import epath
 
 from diffraw_jax import logs
+from diffraw_jax.paths import as_path
 from diffraw_jax.models import factory
 
 log = logging.getLogger(__name__)
@@ -85,40 +89,41 @@ class LoadedModel:
 
 
 def is_weights_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, MANIFEST_FILE))
+    return (epath.Path(path) / MANIFEST_FILE).is_file()
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
+    """``<workdir>/checkpoints``: absolute if local, ``gs://...`` as it is."""
+    return os.fspath(as_path(workdir) / CHECKPOINTS_DIR)
 
 
 def load_config(path: str):
     """The ConfigDict of a workdir or weights folder (its ``config.json``)."""
     import ml_collections
 
-    file = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(file):
+    file = epath.Path(path) / CONFIG_FILE
+    if not file.is_file():
         raise FileNotFoundError(f"{file} not found: {path} is neither a diffraw-jax training "
                                 "workdir nor a weights folder")
-    with open(file) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(file.read_text()))
 
 
 def resolve_color_net_path(config, base: str) -> str:
     """``config.color_net.workdir`` as a path: as given (relative to the current
-    directory), else relative to ``base`` (the model path) or its parent."""
+    directory, or a ``gs://`` URI), else relative to ``base`` (the model path) or its parent."""
     path = config.color_net.get("workdir", "") or ""
-    if not path or os.path.isabs(path) or os.path.isdir(path):
+    if not path or epath.Path(path).is_absolute() or epath.Path(path).is_dir():
         return path
-    for root in (os.path.dirname(os.path.abspath(base)), os.path.abspath(base)):
-        for cand in (os.path.join(root, path), os.path.join(root, os.path.basename(path))):
-            if os.path.isdir(cand):
-                return cand
+    base = as_path(base)
+    for root in (base.parent, base):
+        for cand in (root / path, root / epath.Path(path).name):
+            if cand.is_dir():
+                return os.fspath(cand)
     return path
 
 
 def _is_model_path(path: str) -> bool:
-    return bool(path) and (is_weights_folder(path) or os.path.isdir(checkpoint_dir(path)))
+    return bool(path) and (is_weights_folder(path) or epath.Path(checkpoint_dir(path)).is_dir())
 
 
 def color_net_config(config):
@@ -228,7 +233,7 @@ def _shape_mismatch(directory: str, step: int, target) -> str:
         import orbax.checkpoint as ocp
 
         with ocp.PyTreeCheckpointer() as checkpointer:
-            meta = checkpointer.metadata(os.path.join(directory, str(step), "state"))
+            meta = checkpointer.metadata(epath.Path(directory) / str(step) / "state")
         tree = getattr(meta, "item_metadata", None)
         tree = getattr(tree, "tree", tree) if tree is not None else getattr(meta, "tree", meta)
         saved = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in
@@ -250,17 +255,16 @@ def _flat_keys(tree) -> dict:
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _sha256(path: str) -> str:
+def _sha256(path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
 def _read_manifest(path: str) -> dict:
-    with open(os.path.join(path, MANIFEST_FILE)) as f:
-        manifest = json.load(f)
+    manifest = json.loads((epath.Path(path) / MANIFEST_FILE).read_text())
     if manifest.get("format") != FORMAT or int(manifest.get("version", 0)) > FORMAT_VERSION:
         raise ValueError(f"{path}: not a {FORMAT} folder of version <= {FORMAT_VERSION} "
                          f"(format {manifest.get('format')!r}, version {manifest.get('version')!r})")
@@ -270,15 +274,16 @@ def _read_manifest(path: str) -> dict:
 def _restore_from_weights(config, model, path: str):
     """(params, step) from a weights folder, checking the sha256 and every shape."""
     manifest = _read_manifest(path)
-    file = os.path.join(path, PARAMS_FILE)
-    if not os.path.isfile(file):
+    file = epath.Path(path) / PARAMS_FILE
+    if not file.is_file():
         raise FileNotFoundError(f"{file} not found")
-    digest = _sha256(file)
+    data = file.read_bytes()  # read once: hashed, then parsed
+    digest = hashlib.sha256(data).hexdigest()
     if digest != manifest["sha256"][PARAMS_FILE]:
         raise ValueError(f"{file} is damaged: sha256 {digest[:12]}... does not match the manifest's "
                          f"{manifest['sha256'][PARAMS_FILE][:12]}...")
     abstract = factory.abstract_params(config, model)
-    with np.load(file, allow_pickle=False) as arrays:
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
         stored = {k: arrays[k] for k in arrays.files}
     want = _flat_keys(abstract)
     missing, extra = sorted(set(want) - set(stored)), sorted(set(stored) - set(want))
@@ -337,7 +342,7 @@ def load_inference(path: str, *, use_ema: Optional[bool] = None, step: Optional[
     checkpoint; the workdir is left exactly as it was).
     """
     path = os.fspath(path)
-    if not os.path.isdir(path):
+    if not epath.Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such model folder")
     config = load_config(path)
     task = config.get("task", "diffraw")
@@ -360,13 +365,13 @@ def find_color_net(config, path: str) -> Optional[LoadedModel]:
     """
     if is_weights_folder(path) and not config.color_net.get("workdir"):
         return None
-    gpath = (os.path.join(path, COLOR_NET_DIR) if is_weights_folder(path)
+    gpath = (os.fspath(epath.Path(path) / COLOR_NET_DIR) if is_weights_folder(path)
              else resolve_color_net_path(config, path))
     if not _is_model_path(gpath):
         if gpath:
             log.warning("no trained colour network at %r (color_net.workdir of %s)", gpath, path)
         return None
-    if os.path.isfile(os.path.join(gpath, CONFIG_FILE)):
+    if (epath.Path(gpath) / CONFIG_FILE).is_file():
         return load_color_net(gpath)
     # A G workdir without config.json: its architecture from f's config.
     return _load_one(gpath, color_net_config(config), use_ema=False, step=None)
@@ -376,23 +381,23 @@ def find_color_net(config, path: str) -> Optional[LoadedModel]:
 # Export.
 
 
-def _write_weights(loaded: LoadedModel, out: str, source: str) -> dict:
+def _write_weights(loaded: LoadedModel, out: epath.Path, source: str) -> dict:
     arrays = {k: np.asarray(v) for k, v in _flat_keys(loaded.params).items()}
-    np.savez(os.path.join(out, PARAMS_FILE), **arrays)
-    with open(os.path.join(out, CONFIG_FILE), "w") as f:
-        f.write(loaded.config.to_json_best_effort(indent=1))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    (out / PARAMS_FILE).write_bytes(buf.getvalue())
+    (out / CONFIG_FILE).write_text(loaded.config.to_json_best_effort(indent=1))
     manifest = {
         "format": FORMAT, "version": FORMAT_VERSION, "task": loaded.config.task,
         "step": loaded.step, "source": source,
         "num_params": loaded.num_params,
         "params_bytes": int(sum(a.nbytes for a in arrays.values())),
-        "sha256": {PARAMS_FILE: _sha256(os.path.join(out, PARAMS_FILE))},
+        "sha256": {PARAMS_FILE: _sha256(out / PARAMS_FILE)},  # as stored, read back
     }
     if loaded.config.task == "diffraw":
         st = loaded.sampler_settings()
         manifest["sampler"] = {"method": st.method, "num_steps": st.num_steps, "s": st.s, "label": st.label}
-    with open(os.path.join(out, MANIFEST_FILE), "w") as f:
-        json.dump(manifest, f, indent=1)
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -400,13 +405,15 @@ def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: 
                    sample_method: Optional[str] = None, sample_num_steps: Optional[int] = None) -> dict:
     """Writes the portable weights folder ``out`` for the model at ``path``; returns its manifest.
 
-    ``out`` must not exist (nothing is ever overwritten); it is written to a
-    temporary sibling and renamed into place, so a crash leaves no half folder.
+    ``out`` (local or ``gs://``) must not exist (nothing is ever overwritten); it
+    is written to a temporary sibling and renamed into place, so a crash leaves no
+    half folder (on GCS the rename copies object by object: a crash during it
+    may leave part of ``out`` beside the hidden temporary folder).
     ``sample_method``/``sample_num_steps`` set the sampler the folder asks for
     (stored in its config's ``sample`` fields and the manifest).
     """
-    out = os.path.abspath(os.fspath(out))
-    if os.path.exists(out):
+    out = as_path(out)
+    if out.exists():
         raise FileExistsError(f"{out} exists; choose a new folder (weights are never overwritten)")
     loaded = load_inference(path, use_ema=use_ema, step=step)
     if loaded.config.task != "diffraw":
@@ -421,27 +428,28 @@ def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: 
         factory.sampler_settings(config)  # validate
     config.color_net.workdir = COLOR_NET_DIR if loaded.color_net is not None else ""
     loaded = dataclasses.replace(loaded, config=config)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(out) + ".")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # mode 0777 less the umask: a release is readable like any folder
     try:
         manifest = _write_weights(loaded, tmp, os.fspath(path))
         if loaded.color_net is not None:
-            os.mkdir(os.path.join(tmp, COLOR_NET_DIR))
-            manifest["color_net"] = _write_weights(loaded.color_net, os.path.join(tmp, COLOR_NET_DIR),
+            (tmp / COLOR_NET_DIR).mkdir()
+            manifest["color_net"] = _write_weights(loaded.color_net, tmp / COLOR_NET_DIR,
                                                    os.fspath(loaded.color_net.path))
-            with open(os.path.join(tmp, MANIFEST_FILE), "w") as f:
-                json.dump(manifest, f, indent=1)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a release is readable like any folder
-        os.rename(tmp, out)
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+        tmp.rename(out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if tmp.exists():
+                tmp.rmtree()
+        except OSError:
+            pass
         raise
     return manifest
 
 
 def folder_bytes(path: str) -> int:
-    """Total size of the files under ``path``."""
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+    """Total size of the files under ``path`` (local or ``gs://``)."""
+    # Not Path.walk(): through fsspec it yields gs:// folders without their "gs://".
+    return sum(folder_bytes(p) if p.is_dir() else p.stat().length for p in epath.Path(path).iterdir())

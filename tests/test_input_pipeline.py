@@ -487,3 +487,53 @@ def test_bad_examples_and_seed():
                                global_batch_size=1, crop_size=16, seed=0)
     with pytest.raises(ValueError, match="seed"):
         ip.create_train_loader(coded_source(2), global_batch_size=2, crop_size=16, seed=-1)
+
+
+# ----------------------------------------------------------------- codes to the device, prefetch
+
+def _loader(as_codes, **kw):
+    return ip.create_train_loader(coded_source(12), global_batch_size=4, crop_size=16, seed=3,
+                                  shard_options=one_process(), as_codes=as_codes, **kw)
+
+
+def test_codes_normalised_in_jit_equal_host_normalisation():
+    host = take(iter(_loader(False, black_level=63, white_level=1020)), 2)
+    codes = take(iter(_loader(True, black_level=63, white_level=1020)), 2)
+    for h, c in zip(host, codes):
+        assert c["raw"].dtype == np.uint16 and c["dslr"].dtype == np.uint8
+        assert c["raw"].nbytes * 2 == h["raw"].nbytes and c["dslr"].nbytes * 4 == h["dslr"].nbytes
+        dev = jax.jit(lambda b: ip.normalize_batch(b, 63, 1020))(c)
+        assert dev["raw"].dtype == dev["dslr"].dtype == np.float32
+        np.testing.assert_allclose(np.asarray(dev["raw"]), h["raw"], rtol=0, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(dev["dslr"]), h["dslr"], rtol=0, atol=1e-7)
+        # Independent formulas: clip((code - 63) / 957, 0, 1) and dslr / 127.5 - 1.
+        codes64 = c["raw"].astype(np.float64)
+        np.testing.assert_allclose(np.asarray(dev["raw"]), np.clip((codes64 - 63) / 957, 0, 1), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(dev["dslr"]), c["dslr"] / 127.5 - 1, atol=1e-6)
+    float_batch = {"raw": np.full((1, 2, 2, 4), 0.5, np.float32), "dslr": np.zeros((1, 4, 4, 3), np.float32)}
+    out = ip.normalize_batch(float_batch)
+    assert out["raw"] is float_batch["raw"] and out["dslr"] is float_batch["dslr"]  # already normalised
+    with pytest.raises(ValueError, match="uint8"):
+        ip.ToModelInputs(as_codes=True).map({"raw": np.zeros((4, 4), np.uint16),
+                                             "dslr": np.zeros((4, 4, 3), np.float32)})
+
+
+def test_device_prefetch_checkpoints_the_position_of_consumed_batches():
+    moved = []
+
+    def to_device(batch):
+        moved.append(batch)
+        return jax.device_put(batch)
+
+    reference = take(iter(_loader(True)), 6)
+    it = ip.DevicePrefetch(iter(_loader(True)), to_device, size=2)
+    first = take(it, 3)
+    assert len(moved) == 5  # 3 consumed + 2 in flight
+    assert_batches_equal([jax.device_get(b) for b in first], reference[:3])
+    state = it.get_state()
+    resumed = ip.DevicePrefetch(iter(_loader(True)), jax.device_put, size=2)
+    resumed.set_state(state)
+    assert_batches_equal([jax.device_get(b) for b in take(resumed, 3)], reference[3:6])
+    assert_batches_equal([jax.device_get(b) for b in take(it, 3)], reference[3:6])
+    with pytest.raises(ValueError, match="prefetch size"):
+        ip.DevicePrefetch(iter([]), jax.device_put, size=0)

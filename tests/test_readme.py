@@ -227,7 +227,10 @@ def test_readme_workflow(tmp_path):
     assert (w / "eval" / "test" / "summary.md").is_file()
 
     # The pod-slice command: the quoted command each host runs, with --jax_distributed;
-    # a one-process SLURM environment stands in for Cloud TPU's auto-detection.
+    # a one-process SLURM environment stands in for Cloud TPU's auto-detection. Its
+    # gs:// paths are local folders here; tests/test_gcs.py runs the same command on
+    # gs:// paths against a GCS emulator (with TensorBoard's writer swapped out: it
+    # writes through TensorFlow's GCS client, which cannot be pointed at an emulator).
     (gcloud,) = _find("gcloud")
     remote = shlex.split(gcloud)[-1]
     assert remote.startswith("cd diffraw-jax && ")

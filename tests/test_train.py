@@ -340,3 +340,59 @@ def test_main_end_to_end_and_sigterm_resume(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from step {saved}" in r.stderr
     assert checkpointing.create_manager(str(work2), read_only=True).latest_step() == saved + 2
+
+
+def test_nonfinite_report_names_the_first_bad_step(tmp_path):
+    manager = checkpointing.create_manager(str(tmp_path))
+    ok = {"finite": np.bool_(True), "loss": np.float32(1.0)}
+    bad = {"finite": np.bool_(False), "loss": np.float32(np.nan)}
+    train._raise_on_nonfinite([ok, ok], 11, manager, str(tmp_path))  # nothing to report
+    with pytest.raises(train.NonFiniteLossError, match=r"at step 13 \(loss=nan; 2 of the 4 steps"):
+        train._raise_on_nonfinite([ok, ok, bad, bad], 11, manager, str(tmp_path))
+    manager.close()
+
+
+def test_loop_syncs_only_at_reports_and_checkpoints_and_evaluates(tmp_path, monkeypatch):
+    """The host fetches the step metrics only at reports/checkpoints (not every step),
+    and evaluation during training writes scalars, a grid and one log line."""
+    fetches = []
+    real_get = jax.device_get
+
+    def counting_get(x):
+        if isinstance(x, list) and x and isinstance(x[0], dict) and "finite" in x[0]:
+            fetches.append(len(x))
+        return real_get(x)
+
+    monkeypatch.setattr(jax, "device_get", counting_get)
+    cfg = loop_config(6, ckpt_every=6)
+    cfg.train.log_every_steps = 3
+    cfg.train.eval_every_steps = 6
+    cfg.train.eval_num_images = 2
+    cfg.eval.ddim_steps = 2
+    cfg.eval.crop_size = 32
+    project = logging.getLogger("diffraw_jax")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    project.addHandler(handler)
+    old = project.level
+    project.setLevel(logging.INFO)
+    try:
+        train.train_and_evaluate(cfg, str(tmp_path), data_sources=(tiny_source(), tiny_source(3, seed=1)))
+    finally:
+        project.removeHandler(handler)
+        project.setLevel(old)
+    assert fetches == [3, 3], fetches  # steps 1-3 at the report of step 3, 4-6 at step 6
+    lines = [r.getMessage() for r in records if r.getMessage().startswith("eval step")]
+    assert len(lines) == 1 and re.search(r"eval step 6: DTDM-DDIM-2 on 2 test images .*PSNR [\d.]+ +SSIM "
+                                         r"[\d.]+ +LPIPS [\d.]+", lines[0]), lines
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    names = set(tags.get("tensors", [])) | set(tags.get("scalars", [])) | set(tags.get("images", []))
+    assert {"eval/DTDM-DDIM-2/psnr", "eval/DTDM-DDIM-2/lpips", "eval/samples"} <= names, tags
+    psnr = [e for e in acc.Tensors("eval/DTDM-DDIM-2/psnr")] if "eval/DTDM-DDIM-2/psnr" in tags.get(
+        "tensors", []) else acc.Scalars("eval/DTDM-DDIM-2/psnr")
+    assert [e.step for e in psnr] == [6]

@@ -19,6 +19,7 @@ import re
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 log = logging.getLogger("tfds_zrr")
 
@@ -281,6 +282,7 @@ class Zrr(tfds.core.GeneratorBasedBuilder):
         self.info.metadata["num_skipped_pairs"] = len(self._skipped)
         if self._skipped:
             log.warning("zrr: %d pair(s) skipped so far", len(self._skipped))
-        os.makedirs(self.data_dir, exist_ok=True)
-        with open(os.path.join(self.data_dir, SKIPPED_FILE), "w") as f:
-            json.dump({"num_skipped": len(self._skipped), "skipped": self._skipped}, f, indent=1)
+        data_dir = epath.Path(self.data_dir)  # local or gs://, as TFDS has it
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / SKIPPED_FILE).write_text(
+            json.dumps({"num_skipped": len(self._skipped), "skipped": self._skipped}, indent=1))

@@ -1,0 +1,88 @@
+"""Evaluation during training: a few test images every ``train.eval_every_steps``.
+
+``PeriodicEval(config, model, schedule, test_source, workdir)`` picks the first
+``train.eval_num_images`` test images once (centre crop ``eval.crop_size``,
+mosaic pixels; 0: whole images), computes their condition c = x = G(w) with the
+trained G that ``color_net.workdir`` names (the classical ISP if there is none),
+and compiles one sampler: DTDM-DDIM with ``eval.ddim_steps`` steps (10 if 0),
+or DDPM for a ``diffusion.objective = "ddpm"`` model. Each call samples the
+images with the current EMA parameters (whatever their sharding), writes PSNR,
+SSIM and LPIPS-Alex (LiteISPNet's protocol on 8-bit images, "original" GT) as
+scalars and a sample grid (classical ISP | c = G(w) | DiffRAW | DSLR) as an
+image summary to the metric writer (TensorBoard), and logs one line.
+
+Its cost is one sampler call on a handful of images, i.e. the share a user
+picks with ``eval_every_steps`` and ``eval_num_images``; it returns the
+seconds it took so the trainer can report it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import jax
+import numpy as np
+
+from diffraw_jax import evaluate, isp_classic, sampling, weights
+from diffraw_jax.models import factory
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DDIM_STEPS = 10
+LABELS = ["classical ISP", "c = G(w)", "DiffRAW", "DSLR"]
+
+
+class PeriodicEval:
+    """Samples a fixed set of test images with the training run's EMA parameters."""
+
+    def __init__(self, config, model, schedule, test_source, workdir: str):
+        from diffraw_jax import input_pipeline
+
+        n = min(int(config.train.eval_num_images), len(test_source))
+        if n < 1:
+            raise ValueError("evaluation during training needs train.eval_num_images >= 1 and a "
+                             "non-empty test split")
+        loader = input_pipeline.create_eval_loader(
+            [test_source[i] for i in range(n)], batch_size=n,
+            black_level=config.data.black_level, white_level=config.data.white_level)
+        batch = evaluate.center_crop(next(iter(loader)), config.eval.crop_size)
+        self.w = np.asarray(batch["raw"])
+        self.y01 = np.asarray(sampling.to_unit_range(np.asarray(batch["dslr"])))
+        g = weights.find_color_net(config, workdir) if config.color_net.get("workdir") else None
+        self.x = np.asarray(sampling.make_color_condition(*((g.model, g.params) if g else ()))(self.w))
+        self.classic = np.asarray(isp_classic.process(self.w))
+        if config.diffusion.get("objective", "dtdm") == "ddpm":
+            settings = factory.sampler_settings(config)
+        else:
+            settings = factory.sampler_settings(config, "dtdm_ddim",
+                                                config.eval.ddim_steps or DEFAULT_DDIM_STEPS)
+        self.label = settings.label
+        self.sample = sampling.make_sampler(model, schedule, settings.s, method=settings.method,
+                                            num_steps=settings.num_steps)
+        self.key = jax.random.key(config.seed + 2)
+        self.grid_images = max(1, min(n, int(config.eval.grid_images)))
+        self.color_note = "G" if g is not None else "classical ISP (no trained G)"
+
+    def __call__(self, step: int, params, writer) -> float:
+        """Samples, writes scalars and the grid at ``step``; returns the seconds taken."""
+        from diffraw_jax.metrics.lpips_alex import lpips
+
+        t0 = time.perf_counter()
+        out = self.sample(params, self.w, self.x, self.x, self.key)
+        out01 = np.clip(np.asarray(sampling.to_unit_range(out)), 0.0, 1.0)
+        psnr, ssim = evaluate.psnr_ssim(out01, self.y01)
+        lp = np.asarray(lpips(out01, self.y01, value_range=(0.0, 1.0)))
+        scalars = {f"eval/{self.label}/psnr": float(np.mean(psnr)),
+                   f"eval/{self.label}/ssim": float(np.mean(ssim)),
+                   f"eval/{self.label}/lpips": float(np.mean(lp))}
+        seconds = time.perf_counter() - t0
+        if jax.process_index() == 0:
+            writer.write_scalars(step, {**scalars, "eval/seconds": seconds})
+            rows = [[self.classic[i], np.asarray(sampling.to_unit_range(self.x[i])), out01[i], self.y01[i]]
+                    for i in range(self.grid_images)]
+            writer.write_images(step, {"eval/samples": evaluate.grid_image(rows, LABELS)[None]})
+        log.info("eval step %d: %s on %d test images (c: %s): PSNR %.2f  SSIM %.4f  LPIPS %.4f  (%s)",
+                 step, self.label, len(self.w), self.color_note, scalars[f"eval/{self.label}/psnr"],
+                 scalars[f"eval/{self.label}/ssim"], scalars[f"eval/{self.label}/lpips"],
+                 f"{seconds:.1f} s")
+        return seconds
