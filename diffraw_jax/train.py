@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import time
 from typing import Any
@@ -245,6 +244,11 @@ def load_data_sources(config):
             raise FileNotFoundError(
                 f"dataset {config.data.name} is not built in {config.data.data_dir}; set "
                 "--config.data.manual_dir=ZRR_ROOT to build it, or run python -m tfds_zrr.build")
+        if "://" in str(config.data.data_dir):
+            raise ValueError(
+                f"dataset {config.data.name} is not built in {config.data.data_dir}, and it cannot be "
+                "built there (the array_record writer opens only local files): build it locally with "
+                "python -m tfds_zrr.build and copy the folder to the bucket (gsutil -m cp -r)")
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=config.data.manual_dir))
     sources = builder.as_data_source()

@@ -284,33 +284,3 @@ assert not bad, bad
 print("OK")
 """
     assert "OK" in run_py(code)
-
-
-TOPOLOGY = """
-import jax, numpy as np
-from configs import test as tc
-from diffraw_jax import train
-from tests.test_train import tiny_source
-assert jax.device_count() == 8
-cfg = tc.get_config(); cfg.degradation.enabled = False; cfg.mesh.fsdp = 4
-cfg.train.num_train_steps = 3
-state = train.train_and_evaluate(cfg, "{wd}", data_sources=(tiny_source(), tiny_source(4, seed=1)))
-leaf = max(jax.tree.leaves(state.ema_params), key=lambda a: a.size)
-assert len(leaf.sharding.device_set) > 1, leaf.sharding  # FSDP-sharded when saved
-np.savez("{wd}/ema.npz", **{{jax.tree_util.keystr(p): np.asarray(v)
-                            for p, v in jax.tree_util.tree_flatten_with_path(state.ema_params)[0]}})
-print("OK")
-"""
-
-
-def test_checkpoint_written_by_fsdp_on_8_devices_loads_on_one(tmp_path):
-    wd = str(tmp_path / "fsdp")
-    out = run_py(TOPOLOGY.format(wd=wd), {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-    assert "OK" in out
-    assert jax.device_count() == 1
-    m = weights.load_inference(wd)
-    want = dict(np.load(os.path.join(wd, "ema.npz")))
-    got = flat(m.params)
-    assert got.keys() == want.keys()
-    for k in got:
-        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
