@@ -231,3 +231,19 @@ def test_benchmark_cases_run_with_only_jax_flax_optax_numpy():
     # Every blocked import raised, so the cases ran on jax/flax/optax/numpy alone, with the
     # benchmark's stand-in for ml_collections.ConfigDict.
     assert "ML_COLLECTIONS SimpleNamespace" in r.stdout
+
+
+def test_loop_bench_times_the_loop_and_the_bare_step(tmp_path):
+    out = tmp_path / "loop"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.loop_bench", "--config", "configs/test.py",
+                        "--steps", "20", "--repeats", "1", "--out", str(out)], cwd=REPO, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "loop.json").read_text())
+    assert res["model"] == "tiny" and res["batch"] == 8 and res["crop"] == 32
+    assert res["bare_steps_per_s"] > 0 and res["loop_steps_per_s"] > 0
+    assert res["ratio"] == pytest.approx(res["loop_steps_per_s"] / res["bare_steps_per_s"])
+    assert f"ratio {res['ratio']:.3f}" in r.stdout and "Ratio" in (tmp_path / "loop.md").read_text()
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.loop_bench", "--steps", "5"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--steps must be >= 20" in bad.stderr
