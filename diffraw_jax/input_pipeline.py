@@ -122,6 +122,7 @@ import jax
 import numpy as np
 
 from diffraw_jax import raw as raw_lib
+from diffraw_jax.batches import dslr_to_model_range, normalize_batch  # noqa: F401  (re-exported)
 
 __all__ = [
     "DEFAULT_READ_OPTIONS",
@@ -250,29 +251,6 @@ class BayerRandomCrop(grain.transforms.RandomMap):
         if transpose:  # RGGB -> RGGB with Gr/Gb exchanged
             raw, dslr = raw.T, dslr.transpose(1, 0, 2)
         return {"raw": np.ascontiguousarray(raw), "dslr": np.ascontiguousarray(dslr)}
-
-
-def normalize_batch(batch, black_level=raw_lib.ZRR_BLACK_LEVEL, white_level=raw_lib.ZRR_WHITE_LEVEL):
-    """Codes -> model inputs, for numpy (host) and jax (inside the jitted step) alike.
-
-    ``batch["raw"]``: packed planes [..., h, w, 4], integer codes (uint16) ->
-    float32 ``clip((code - black) / (white - black), 0, 1)`` (raw.normalize);
-    ``batch["dslr"]``: uint8 [..., H, W, 3] -> float32 ``dslr / 127.5 - 1`` in [-1, 1].
-    Leaves that are already floating point are returned unchanged, so a batch
-    normalised on the host passes through; other keys are kept.
-    """
-    out = dict(batch)
-    raw, dslr = batch["raw"], batch.get("dslr")
-    if not np.issubdtype(raw.dtype, np.floating):
-        out["raw"] = raw_lib.normalize(raw, black_level, white_level)
-    if dslr is not None and not np.issubdtype(dslr.dtype, np.floating):
-        out["dslr"] = dslr_to_model_range(dslr)
-    return out
-
-
-def dslr_to_model_range(dslr):
-    """DSLR values 0..255 (any numeric dtype; numpy or jax) -> float32 ``dslr / 127.5 - 1``."""
-    return dslr.astype(np.float32) / np.float32(127.5) - np.float32(1)
 
 
 class ToModelInputs(grain.transforms.Map):

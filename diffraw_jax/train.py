@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffraw_jax import dtdm, logs, parallel, paths, sampling, weights
+from diffraw_jax import batches, dtdm, logs, parallel, paths, sampling, weights
 from diffraw_jax.models import factory
 from diffraw_jax.models import unet as unet_lib
 
@@ -173,10 +173,8 @@ def train_step(state: TrainState, batch, key, *, model, tx, schedule, config):
     Returns (new_state, metrics). A non-finite loss or gradient leaves the state
     unchanged and reports metrics["finite"] = False.
     """
-    from diffraw_jax import input_pipeline
-
     # uint16/uint8 batches are normalised here, on the device; float batches pass through.
-    batch = input_pipeline.normalize_batch(batch, config.data.black_level, config.data.white_level)
+    batch = batches.normalize_batch(batch, config.data.black_level, config.data.white_level)
     y, w = batch["dslr"], batch["raw"]
     bsz = y.shape[0]
     keys, drop_key = _step_keys(key, state.step, bsz)
