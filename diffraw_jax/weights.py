@@ -151,6 +151,8 @@ def _restore_orbax(config, model, workdir: str, use_ema: bool, step: Optional[in
     import orbax.checkpoint as ocp
 
     directory = checkpoint_dir(workdir)
+    # Before any read: a damaged step fails the metadata read as well as the restore.
+    ignore_reads_finishing_after_a_failed_restore()
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
         read_only=True, create=False, enable_async_checkpointing=False,
         cleanup_tmp_directories=False))
@@ -171,7 +173,6 @@ def _restore_orbax(config, model, workdir: str, use_ema: bool, step: Optional[in
         if mismatch:
             raise ValueError(f"the checkpoint of step {step} in {directory} does not match the "
                              f"configured model ({mismatch})")
-        ignore_reads_finishing_after_a_failed_restore()
         try:
             restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
                 item=target, restore_args=restore_args, partial_restore=True)))
