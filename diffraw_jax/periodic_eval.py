@@ -50,6 +50,7 @@ class PeriodicEval:
         self.y01 = np.asarray(sampling.to_unit_range(np.asarray(batch["dslr"])))
         g = weights.find_color_net(config, workdir) if config.color_net.get("workdir") else None
         self.x = np.asarray(sampling.make_color_condition(*((g.model, g.params) if g else ()))(self.w))
+        self.x01 = np.asarray(sampling.to_unit_range(self.x))  # the grid's c column, once
         self.classic = np.asarray(isp_classic.process(self.w))
         if config.diffusion.get("objective", "dtdm") == "ddpm":
             settings = factory.sampler_settings(config)
@@ -78,7 +79,7 @@ class PeriodicEval:
         seconds = time.perf_counter() - t0
         if jax.process_index() == 0:
             writer.write_scalars(step, {**scalars, "eval/seconds": seconds})
-            rows = [[self.classic[i], np.asarray(sampling.to_unit_range(self.x[i])), out01[i], self.y01[i]]
+            rows = [[self.classic[i], self.x01[i], out01[i], self.y01[i]]
                     for i in range(self.grid_images)]
             writer.write_images(step, {"eval/samples": evaluate.grid_image(rows, LABELS)[None]})
         log.info("eval step %d: %s on %d test images (c: %s): PSNR %.2f  SSIM %.4f  LPIPS %.4f  (%s)",
