@@ -29,7 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = m = ml_collections.ConfigDict()
     m.name = "zrr"              # named U-Net: tiny | demo | zrr (diffraw_jax/models/unet.py)
     m.dtype = "float32"         # compute dtype: float32 | bfloat16 (params stay float32)
-    m.remat = False             # True: recompute res/attention blocks on the backward pass
+    m.remat = False             # True: remat_policy "full" (kept for older configs)
+    m.remat_policy = "none"     # recompute inside U-Net blocks on the backward pass: none | full |
+                                # dots_saveable | dots_with_no_batch_dims_saveable (unet.REMAT_POLICIES)
+    m.attention_impl = "auto"   # auto (chunked above 1024 positions, else JAX's choice) | xla | chunked |
+                                # cudnn (flash attention: NVIDIA GPUs, bfloat16); unet.dot_product_attention
     m.use_w = True
     m.use_c = True
     m.dropout = -1.0            # < 0: the named config's value

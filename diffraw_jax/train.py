@@ -94,27 +94,31 @@ def create_train_state(config, model, tx, mesh, key) -> TrainState:
     threefry initialisers very slowly on CPU (~40 s for the tiny U-Net). The draw is
     replicated, then resharded, so the values do not depend on the mesh.
     """
-    abstract = factory.abstract_variables(config, model)
-    rules = unet_lib.default_logical_axis_rules(*parallel.DATA_AXES)
-    param_sh = parallel.logical_shardings(abstract, mesh, rules)["params"]
-
     def init(k):
         params = nn.unbox(factory.init_variables(config, model, k)["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
-    abstract_state = jax.eval_shape(init, key)
-    rep = parallel.replicated(mesh)
-    opt_sh = _opt_state_shardings(tx, abstract_state.opt_state, param_sh, rep)
-    shardings = TrainState(step=rep, params=param_sh, ema_params=param_sh, opt_state=opt_sh)
-    state = jax.jit(init, out_shardings=rep)(key)
+    shardings = train_state_shardings(config, model, tx, mesh, jax.eval_shape(init, key).opt_state)
+    state = jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
     return jax.jit(lambda x: x, out_shardings=shardings)(state)
 
 
-def _opt_state_shardings(tx, opt_state, param_sh, rep):
-    """Optimiser leaves that mirror the params (Adam moments) take the param sharding."""
-    return optax.tree_map_params(tx, lambda _, sh: sh, opt_state, param_sh,
-                                 transform_non_params=lambda _: rep)
+def param_shardings(config, model, mesh):
+    """NamedShardings of the model's parameters from its logical-axis annotations."""
+    rules = unet_lib.default_logical_axis_rules(*parallel.DATA_AXES)
+    return parallel.logical_shardings(factory.abstract_variables(config, model), mesh, rules)["params"]
+
+
+def train_state_shardings(config, model, tx, mesh, abstract_opt_state) -> TrainState:
+    """The TrainState's layout: parameters, EMA and the optimiser leaves that mirror the
+    parameters (Adam moments) by ``param_shardings``; everything else replicated.
+    ``abstract_opt_state``: ``tx.init`` of the parameters (abstract is enough)."""
+    param_sh = param_shardings(config, model, mesh)
+    rep = parallel.replicated(mesh)
+    opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abstract_opt_state, param_sh,
+                                   transform_non_params=lambda _: rep)
+    return TrainState(step=rep, params=param_sh, ema_params=param_sh, opt_state=opt_sh)
 
 
 # ---------------------------------------------------------------- the train step

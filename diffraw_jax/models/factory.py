@@ -32,11 +32,24 @@ def create_model(config) -> nn.Module:
         return isp_lib.ColorNet(**isp_lib.color_net_config(config.color_net.name), dtype=dtype)
     if config.task != "diffraw":
         raise ValueError(f"task must be one of {TASKS}, got {config.task!r}")
-    overrides = dict(dtype=dtype, remat=bool(config.model.remat),
+    overrides = dict(dtype=dtype, remat=remat_policy(config),
+                     attention_impl=config.model.get("attention_impl", "auto"),  # absent from older configs
                      use_w=bool(config.model.use_w), use_c=bool(config.model.use_c))
     if config.model.dropout >= 0:
         overrides["dropout"] = float(config.model.dropout)
     return unet_lib.make_unet(config.model.name, **overrides)
+
+
+def remat_policy(config) -> str:
+    """The U-Net's rematerialisation (``unet.REMAT_CHOICES``) from ``config.model``:
+    ``remat_policy`` when set (not "" / "none"), else "full" if the older boolean
+    ``remat`` is true, else "none". Configs saved before ``remat_policy`` existed
+    have only ``remat``."""
+    m = config.model
+    policy = m.get("remat_policy", "") or "none"
+    if policy == "none" and m.get("remat", False):
+        policy = "full"
+    return unet_lib.remat_name(policy)
 
 
 def create_schedule(config) -> dtdm.Schedule:

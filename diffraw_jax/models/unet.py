@@ -15,8 +15,8 @@ Architecture (the "guided diffusion" family used by SR3 and Palette)
   (FiLM: GroupNorm(h) * (1 + scale) + shift, with (scale, shift) = Dense(SiLU(emb)))
   -> SiLU -> dropout -> conv3x3 (zero-initialised), plus a 1x1 conv on the skip
   path when the channel count changes. Attention blocks are GroupNorm ->
-  multi-head self-attention over all H*W positions -> output projection
-  (zero-initialised) + residual.
+  multi-head self-attention over all H*W positions (``jax.nn.dot_product_attention``)
+  -> output projection (zero-initialised) + residual.
 * Encoder: conv3x3 to ``base_channels``, then per level ``num_res_blocks`` res
   blocks (+ attention where the level is in ``attention_levels``), and a
   downsample (strided conv3x3, or 2x2 average pooling) between levels. Middle:
@@ -55,6 +55,10 @@ Precision
 ---------
 ``dtype`` is the compute dtype (e.g. jnp.bfloat16) of convs, dense layers and
 attention matmuls; ``param_dtype`` (float32) the storage dtype of parameters.
+Attention goes through ``dot_product_attention`` (``attention_impl``): by
+default queries in chunks of at most ``ATTENTION_CHUNK`` positions (the zrr
+middle block at 448 px: 4 x 784 of 3,136), so no [B, heads, N, N] buffer is
+ever whole; "cudnn" selects cuDNN's flash attention on NVIDIA GPUs.
 GroupNorm (and the scale-shift that follows it) and the attention softmax run
 in float32; the output is cast back to float32.
 
@@ -93,16 +97,22 @@ counts from ``count_params`` (independent of the crop size):
                                                             ->  2,756,723 params
            (23.7 GFLOP per Adam train step at batch 8, 64x64 by XLA's cost
            analysis; 0.47 s per train step on 2 CPU cores, results/benchmarks/cpu.md)
-  "zrr":   64 ch, mults (1, 2, 4, 8), 2 res blocks, attention at levels 2 and
-           3 + middle (32 channels per head), dropout 0.2, GroupNorm 32, stem
-           32 ch, time MLP 64 -> 256                        -> 64,672,899 params
+  "zrr":   64 ch, mults (1, 2, 4, 8), 2 res blocks, attention only in the
+           middle block (at the lowest resolution, H/8; 32 channels per head),
+           dropout 0.2, GroupNorm 32, stem 32 ch, time MLP 64 -> 256
+                                                            -> 58,096,259 params
            (Palette class; Palette's own default is ~62.6M: it uses res-block
-           up/downsampling where we use convs, and has no RAW stem)
+           up/downsampling where we use convs, and has no RAW stem). Forward:
+           1.10 TFLOP per 448x448 image in bfloat16 (XLA's cost analysis,
+           attention_impl "xla"; 2.10 with attention at levels 2 and 3 as
+           well, as before, 1.24 at level 3 as well). Memory per device and
+           FLOPs of the train and sampler steps on any mesh:
+           ``benchmarks/plan.py``, results/plan/zrr.md.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -120,6 +130,12 @@ __all__ = [
     "SubPixelStem",
     "ResBlock",
     "AttentionBlock",
+    "ATTENTION_IMPLEMENTATIONS",
+    "ATTENTION_CHUNK",
+    "dot_product_attention",
+    "REMAT_POLICIES",
+    "REMAT_CHOICES",
+    "remat_name",
     "depth_to_space",
     "space_to_depth",
     "timestep_embedding",
@@ -378,11 +394,65 @@ class ResBlock(nn.Module):
         return x.astype(self.dtype) + h
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "chunked")
+ATTENTION_CHUNK = 1024  # "chunked": at most this many query positions at a time
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, implementation: str = "auto") -> Array:
+    """softmax(q k^T / sqrt(d)) v per head, through ``jax.nn.dot_product_attention``.
+
+    q, k, v: [B, N, heads, d] in the compute dtype (float32, or bfloat16 / float16);
+    returns [B, N, heads, d] in that dtype. The logits q k^T are accumulated and
+    soft-maxed in float32 (the probabilities are then cast back to the compute
+    dtype for the product with v), whatever the implementation.
+
+    ``implementation``:
+      "xla": XLA's attention, which materialises the [B, heads, N, N] logits (and
+        keeps float32 and compute-dtype probabilities of that size for the backward);
+      "cudnn": cuDNN flash attention (NVIDIA GPUs, bfloat16 / float16, head dim a
+        multiple of 8; JAX raises otherwise): no N x N buffer at all;
+      "chunked": XLA's attention over ceil(N / ``ATTENTION_CHUNK``) equal chunks of
+        queries in turn (``lax.map``), each chunk rematerialised, so the largest
+        buffer is [B, heads, chunk, N], forward and backward; exact (each query's
+        softmax runs over all keys), at the cost of recomputing the logits once
+        in the backward;
+      "auto": "chunked" when N > ``ATTENTION_CHUNK``, else JAX's own choice
+        (``implementation=None``: XLA in jax 0.10, cuDNN when JAX starts picking it).
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                         f"got {implementation!r}")
+    n = q.shape[1]
+    if implementation == "auto":
+        implementation = "chunked" if n > ATTENTION_CHUNK else None
+    if implementation == "chunked" and n <= ATTENTION_CHUNK:
+        implementation = "xla"
+    if implementation != "chunked":
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    # ceil(n / ATTENTION_CHUNK) equal chunks; the queries are zero-padded to fill the
+    # last one and the padded rows dropped (keys and values are never padded).
+    chunks = -(-n // ATTENTION_CHUNK)
+    size = -(-n // chunks)
+    b, _, heads, d = q.shape
+    qp = jnp.pad(q, ((0, 0), (0, chunks * size - n), (0, 0), (0, 0)))
+    qs = jnp.moveaxis(qp.reshape(b, chunks, size, heads, d), 1, 0)        # [chunks, B, size, heads, d]
+    one = jax.checkpoint(lambda qc: jax.nn.dot_product_attention(qc, k, v, implementation="xla"))
+    out = jax.lax.map(one, qs)                                           # [chunks, B, size, heads, d]
+    return jnp.moveaxis(out, 0, 1).reshape(b, chunks * size, heads, d)[:, :n]
+
+
 class AttentionBlock(nn.Module):
-    """GroupNorm -> multi-head self-attention over H*W -> zero-init projection, residual."""
+    """GroupNorm -> multi-head self-attention over H*W -> zero-init projection, residual.
+
+    x: [B, H, W, C] -> [B, H, W, C] in ``dtype``. Parameters: "norm" (GroupNorm
+    scale/bias [C]), "qkv" (Dense [C, 3C] + [3C]; output channels ordered
+    (q|k|v, head, d)), "proj" (Dense [C, C] + [C], zero-initialised). The
+    attention itself is ``dot_product_attention`` (``implementation``).
+    """
 
     num_heads: int
     num_groups: int = 32
+    implementation: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -397,12 +467,36 @@ class AttentionBlock(nn.Module):
         qkv = _dense(3 * c, _PROJ_AXES, self.dtype, self.param_dtype, "qkv")(h.reshape(b, hh * ww, c))
         q, k, v = jnp.split(qkv.reshape(b, hh * ww, 3, heads, d), 3, axis=2)
         q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [B, N, heads, d]
-        scale = d ** -0.25  # split between q and k (keeps bf16 logits small)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k * scale, preferred_element_type=jnp.float32)
-        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, hh * ww, c)
+        out = dot_product_attention(q, k, v, self.implementation).reshape(b, hh * ww, c)
         out = _dense(c, _PROJ_AXES, self.dtype, self.param_dtype, "proj", zero_init=True)(out)
         return x.astype(self.dtype) + out.reshape(b, hh, ww, c)
+
+
+# --------------------------------------------------------------------------
+# Rematerialisation.
+# --------------------------------------------------------------------------
+# What a rematerialised res / attention block keeps for the backward pass
+# (``jax.checkpoint_policies``); everything else inside the block is recomputed.
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    # only the block's inputs (jax.checkpoint's default: nothing inside is saved)
+    "full": None,
+    # conv and matmul outputs, the attention logits q k^T included
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    # matmuls without batch dimensions: the dense layers (qkv, proj, FiLM, time
+    # MLP); convolutions and the attention logits are recomputed
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+REMAT_CHOICES = ("none",) + tuple(REMAT_POLICIES)
+
+
+def remat_name(remat: bool | str) -> str:
+    """``UNet.remat`` as one of ``REMAT_CHOICES``: False -> "none", True -> "full",
+    a policy name -> itself; ValueError for anything else."""
+    if isinstance(remat, (bool, np.bool_)):
+        return "full" if remat else "none"
+    if remat not in REMAT_CHOICES:
+        raise ValueError(f"remat must be a bool or one of {REMAT_CHOICES}, got {remat!r}")
+    return remat
 
 
 # --------------------------------------------------------------------------
@@ -430,7 +524,12 @@ class UNet(nn.Module):
       downsample: "conv" (strided conv3x3) or "avgpool".
       stem_channels: k, channels per Bayer site of the sub-pixel stem of w.
       use_w, use_c: use the RAW / colour conditions.
-      remat: wrap res and attention blocks in nn.remat (recompute on backward).
+      remat: rematerialise every res and attention block (``nn.remat``: its
+        insides are recomputed on the backward pass): False / "none" (off),
+        True / "full" (keep only the block inputs), or a policy name of
+        ``REMAT_POLICIES`` (what else to keep). Outputs and gradients do not
+        depend on it; memory and FLOPs do (``benchmarks/plan.py``).
+      attention_impl: "auto" | "xla" | "cudnn" | "chunked", see ``dot_product_attention``.
       dtype: compute dtype; param_dtype: parameter dtype.
     """
 
@@ -450,7 +549,8 @@ class UNet(nn.Module):
     stem_channels: int = 32
     use_w: bool = True
     use_c: bool = True
-    remat: bool = False
+    remat: bool | str = False
+    attention_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -515,6 +615,10 @@ class UNet(nn.Module):
             self._heads(self.base_channels * self.channel_mults[-1])
         if (self.time_embed_dim or self.base_channels) % 2:
             raise ValueError("time_embed_dim must be even")
+        remat_name(self.remat)
+        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                             f"got {self.attention_impl!r}")
 
     def _check_inputs(self, m_t, w, c, t):
         if m_t.ndim != 4:
@@ -557,14 +661,18 @@ class UNet(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         levels = len(self.channel_mults)
 
-        res_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
-        attn_cls = nn.remat(AttentionBlock) if self.remat else AttentionBlock
+        res_cls, attn_cls = ResBlock, AttentionBlock
+        remat = remat_name(self.remat)
+        if remat != "none":
+            policy = REMAT_POLICIES[remat]
+            res_cls = nn.remat(ResBlock, static_argnums=(3,), policy=policy)
+            attn_cls = nn.remat(AttentionBlock, policy=policy)
 
         def res(x, emb, out, name):
             return res_cls(out, self.num_groups, self.dropout, name=name, **kw)(x, emb, train)
 
         def attn(x, name):
-            return attn_cls(self._heads(x.shape[-1]), self.num_groups, name=name, **kw)(x)
+            return attn_cls(self._heads(x.shape[-1]), self.num_groups, self.attention_impl, name=name, **kw)(x)
 
         # Time embedding.
         temb_dim = self.time_embed_dim or self.base_channels
@@ -652,13 +760,21 @@ UNET_CONFIGS: dict[str, dict[str, Any]] = {
         num_groups=8,
         stem_channels=16,
     ),
-    # Palette-class model for ZRR (Palette: 64 ch, [1, 2, 4, 8], 2 res blocks,
-    # dropout 0.2, GroupNorm 32, 32 channels per head).
+    # Palette-class model for ZRR, as Palette's image-to-image U-Net (Janspiry's
+    # PyTorch Palette, colorization config, which has DiffRAW's T = 2000 linear
+    # 1e-6..1e-2 schedule):
+    # 64 ch, [1, 2, 4, 8], 2 res blocks, dropout 0.2, GroupNorm 32, 32 channels
+    # per head, and self-attention only in the middle block, at the lowest
+    # resolution (56x56 = 3,136 positions at 448 px; Palette's attn_res [16] is a
+    # downsampling factor that 4 levels never reach). Attention at levels 2 and 3
+    # as well (12,544 and 3,136 positions) took the forward from 1.09 to 2.10
+    # TFLOP per 448 px image, and its [B, heads, N, N] logits dominated the
+    # training step's memory; at level 3 alone: 1.23 TFLOP.
     "zrr": dict(
         base_channels=64,
         channel_mults=(1, 2, 4, 8),
         num_res_blocks=2,
-        attention_levels=(2, 3),
+        attention_levels=(),
         mid_attention=True,
         num_heads=1,
         head_channels=32,
@@ -669,7 +785,7 @@ UNET_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 # Parameter counts of the named configs (checked by tests/test_unet.py).
-PARAM_COUNTS = {"tiny": 49_787, "demo": 2_756_723, "zrr": 64_672_899}
+PARAM_COUNTS = {"tiny": 49_787, "demo": 2_756_723, "zrr": 58_096_259}
 
 
 def unet_config(name: str, **overrides) -> dict[str, Any]:
