@@ -89,6 +89,10 @@ def get_config() -> ml_collections.ConfigDict:
     e.model = ""                # model to evaluate: a weights folder or workdir (default: --workdir itself);
                                 # results go to <workdir>/eval/<split> either way
 
+    c.distill = ds = ml_collections.ConfigDict()  # progressive distillation (configs/distill.py)
+    ds.teacher = ""             # weights folder or workdir of the teacher; "" = ordinary training
+    ds.teacher_steps = 0        # the teacher's DTDM-DDIM steps; the student makes half as many
+
     c.sample = sm = ml_collections.ConfigDict()
     sm.method = "dtdm"          # dtdm | dtdm_ddim | ddpm
     sm.num_steps = -1           # < 0: s

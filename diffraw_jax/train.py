@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from diffraw_jax import batches, dtdm, logs, parallel, paths, sampling, weights
+from diffraw_jax import distill as distill_lib
 from diffraw_jax.models import factory
 from diffraw_jax.models import unet as unet_lib
 
@@ -129,18 +130,23 @@ def _step_keys(key, step, batch_size):
     return jax.vmap(lambda i: jax.random.fold_in(examples, i))(jnp.arange(batch_size)), dropout
 
 
+def low_quality_image(config, y, key):
+    """x = c = D2(y) (Algorithm 1, line 3) with ``fold_in(key, 0)``, or y with
+    ``degradation.enabled = False``. y: [H, W, 3] in [-1, 1]; x unclipped."""
+    from diffraw_jax import degradation
+
+    if not config.degradation.enabled:
+        return y
+    return degradation.degrade_single(sampling.to_unit_range(y), jax.random.fold_in(key, 0)) * 2.0 - 1.0
+
+
 def diffraw_example(config, schedule, y, w, key):
     """One example of Algorithm 1, lines 3-7: returns (model inputs, target).
 
     y: [H, W, 3] in [-1, 1]; w: [H/2, W/2, 4] in [0, 1].
     """
-    from diffraw_jax import degradation
-
-    k_deg, k_t, k_eps = (jax.random.fold_in(key, i) for i in range(3))
-    if config.degradation.enabled:
-        x = degradation.degrade_single(sampling.to_unit_range(y), k_deg) * 2.0 - 1.0  # D2 output unclipped
-    else:
-        x = y
+    k_t, k_eps = (jax.random.fold_in(key, i) for i in (1, 2))
+    x = low_quality_image(config, y, key)
     s = config.diffusion.s
     eps = jax.random.normal(k_eps, y.shape, jnp.float32)
     if config.diffusion.objective == "dtdm":
@@ -171,11 +177,13 @@ def global_shift_align(pred, target, max_shift: int = 4):
     return aligned, valid[..., None].astype(pred.dtype)
 
 
-def train_step(state: TrainState, batch, key, *, model, tx, schedule, config):
+def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx, schedule, config):
     """One optimisation step. batch: {"raw": [B, h, w, 4] in [0, 1], "dslr": [B, H, W, 3] in [-1, 1]}.
 
-    Returns (new_state, metrics). A non-finite loss or gradient leaves the state
-    unchanged and reports metrics["finite"] = False.
+    ``teacher_params``: distillation (``distill.teacher`` set): the teacher's parameters;
+    the loss is then ||f - f*||^2 against the teacher's two DTDM-DDIM steps
+    (``diffraw_jax.distill``). Returns (new_state, metrics). A non-finite loss or
+    gradient leaves the state unchanged and reports metrics["finite"] = False.
     """
     # uint16/uint8 batches are normalised here, on the device; float batches pass through.
     batch = batches.normalize_batch(batch, config.data.black_level, config.data.white_level)
@@ -197,6 +205,22 @@ def train_step(state: TrainState, batch, key, *, model, tx, schedule, config):
             l1 = jnp.sum(jnp.abs(pred - target) * mask) / (jnp.sum(mask) * 3)
             ssim = jnp.mean(dm_pix.ssim(pred * mask, target * mask, max_val=1.0))
             return l1 + config.isp.ssim_weight * (1.0 - ssim), {"l1": l1, "ssim": ssim}
+    elif distilling(config):
+        x = jax.vmap(lambda yy, kk: low_quality_image(config, yy, kk))(y, keys)
+        w_ = w
+
+        def teacher_fn(m, t):
+            return model.apply({"params": teacher_params}, m, w, x, t, train=False).astype(jnp.float32)
+
+        teacher_grid, _ = distill_lib.grids(config.diffusion.s, config.distill.teacher_steps)
+        m_t, t, target = distill_lib.distillation_example(
+            schedule, teacher_fn, y, x, jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys),
+            config.diffusion.s, teacher_grid)
+
+        def loss_fn(params):
+            f = model.apply({"params": params}, m_t, w_, x, t, train=True, rngs={"dropout": drop_key})
+            loss = jnp.mean((f.astype(jnp.float32) - target) ** 2)
+            return loss, {}
     else:
         (m_t, w_, x, t), target = jax.vmap(
             lambda yy, ww, kk: diffraw_example(config, schedule, yy, ww, kk))(y, w, keys)
@@ -219,12 +243,59 @@ def train_step(state: TrainState, batch, key, *, model, tx, schedule, config):
     return new, metrics
 
 
-def make_train_step(config, model, tx, schedule, mesh, state_shardings):
+def make_train_step(config, model, tx, schedule, mesh, state_shardings, teacher_params=None):
+    """The jitted ``train_step``: ``fn(state, batch, key) -> (state, metrics)``; the state is
+    donated. ``teacher_params`` (distillation): laid out like the parameters and passed to
+    every step (not donated, not part of the checkpointed state)."""
     fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config)
     data = parallel.batch_sharding(mesh)
     rep = parallel.replicated(mesh)
-    return jax.jit(fn, in_shardings=(state_shardings, {"raw": data, "dslr": data}, rep),
-                   out_shardings=(state_shardings, rep), donate_argnums=(0,))
+    if teacher_params is None:
+        return jax.jit(fn, in_shardings=(state_shardings, {"raw": data, "dslr": data}, rep),
+                       out_shardings=(state_shardings, rep), donate_argnums=(0,))
+    jitted = jax.jit(fn, in_shardings=(state_shardings, {"raw": data, "dslr": data}, rep, state_shardings.params),
+                     out_shardings=(state_shardings, rep), donate_argnums=(0,))
+    return lambda state, batch, key: jitted(state, batch, key, teacher_params)
+
+
+# ----------------------------------------------------------------- distillation
+
+def distilling(config) -> bool:
+    """True when ``distill.teacher`` names a teacher (progressive distillation)."""
+    return config.task == "diffraw" and bool(config.get("distill", {}).get("teacher", ""))
+
+
+def _validate_distill(config):
+    d = config.distill
+    if config.diffusion.objective != "dtdm":
+        raise ValueError("distillation needs diffusion.objective = 'dtdm' (it distils the DTDM-DDIM sampler)")
+    _, student = distill_lib.grids(config.diffusion.s, d.teacher_steps)
+    n = len(student) - 1
+    if config.sample.method != "dtdm_ddim" or config.sample.num_steps != n:
+        raise ValueError(f"a student of a {d.teacher_steps}-step teacher samples with DTDM-DDIM in {n} steps: "
+                         f"set sample.method='dtdm_ddim' and sample.num_steps={n} (the config says "
+                         f"{config.sample.method!r}, {config.sample.num_steps})")
+
+
+def load_teacher(config, model, param_shardings_):
+    """The teacher's EMA parameters (a weights folder or a workdir, read-only), laid out by
+    ``param_shardings_``. ValueError when its network or diffusion differs from the student's."""
+    teacher = weights.load_inference(config.distill.teacher, color_net=False)
+    mine, theirs = config.diffusion.to_dict(), teacher.config.diffusion.to_dict()
+    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    if diff:
+        raise ValueError(f"the teacher {config.distill.teacher} was trained with other diffusion settings "
+                         f"(teacher, student): {diff}")
+    want = jax.tree_util.tree_flatten_with_path(factory.abstract_params(config, model))[0]
+    have = dict(jax.tree_util.tree_flatten_with_path(teacher.params)[0])
+    bad = [jax.tree_util.keystr(p) for p, a in want if p not in have or tuple(have[p].shape) != tuple(a.shape)]
+    if bad or len(have) != len(want):
+        raise ValueError(f"the teacher {config.distill.teacher} ({teacher.config.model.name} U-Net, "
+                         f"{teacher.num_params:,} parameters) is not the student's network "
+                         f"({config.model.name}): {len(bad)} parameters differ, e.g. {bad[:3]}")
+    log.info("teacher: %s (step %d, %s), DTDM-DDIM-%d -> student DTDM-DDIM-%d", config.distill.teacher,
+             teacher.step, teacher.kind, config.distill.teacher_steps, config.distill.teacher_steps // 2)
+    return jax.device_put(teacher.params, param_shardings_)
 
 
 # --------------------------------------------------------------------- the loop
@@ -266,6 +337,8 @@ def _validate(config):
                          f"multiple of the device count {jax.device_count()}")
     if config.train.num_train_steps < 0:
         raise ValueError("train.num_train_steps must be >= 0")
+    if distilling(config):
+        _validate_distill(config)
 
 
 def _flatten(d, prefix=""):
@@ -364,12 +437,16 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
     manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     start, restored = checkpointing.restore_latest(manager, abstract, data_iter)
+    teacher = load_teacher(config, model, state_sh.params) if distilling(config) else None
     if restored is not None:
         state = restored
         log.info("resumed from step %d in %s", start, workdir)
+    elif teacher is not None:  # the student starts as the teacher (parameters and EMA)
+        state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, ema_params=p,
+                                             opt_state=tx.init(p)), out_shardings=state_sh)(teacher)
     start = int(state.step)
 
-    step_fn = make_train_step(config, model, tx, schedule, mesh, state_sh)
+    step_fn = make_train_step(config, model, tx, schedule, mesh, state_sh, teacher)
     step_key = jax.random.fold_in(key, 1)
     total = config.train.num_train_steps
     hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer)]

@@ -150,6 +150,8 @@ def sampler_settings(config, method: Optional[str] = None, num_steps: Optional[i
         label = f"DTDM-{s}" if num_steps is None else f"DTDM-{num_steps} (s={s})"
     elif method == "dtdm_ddim":
         label = f"DTDM-DDIM-{num_steps or s}"
+        if config.get("distill", {}).get("teacher", ""):  # a progressively distilled student
+            label = f"distilled {label}"
     else:
         label = f"DDPM-{s}"
     return SamplerSettings(method, num_steps, s, label)

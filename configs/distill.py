@@ -1,0 +1,41 @@
+"""Progressive distillation of the shipped model (pretrained/demo) into few-step students.
+
+Each run halves the steps of its teacher's deterministic DTDM-DDIM sampler (README
+"Few-step DiffRAW"): the config argument is the student's step count, and the
+teacher defaults to the previous round's workdir (``workdir/distill/student-<2n>``;
+the 16-step teacher of round one is pretrained/demo itself):
+
+    python main.py --config=configs/distill.py:8 --workdir=workdir/distill/student-8
+    python main.py --config=configs/distill.py:4 --workdir=workdir/distill/student-4
+    python main.py --config=configs/distill.py:2 --workdir=workdir/distill/student-2
+    python main.py --config=configs/distill.py:1 --workdir=workdir/distill/student-1
+
+(``make distill`` runs the four rounds and the report.) The student is the teacher's
+network, initialised from the teacher's EMA parameters; data, mesh, EMA, orbax
+checkpoints and resume are the trainer's own.
+"""
+from configs import pretrained
+
+# Training steps per round: the last halvings are the hard ones.
+ROUND_STEPS = {8: 300, 4: 400, 2: 800, 1: 1500}
+
+
+def get_config(student_steps="4"):
+    n = int(student_steps)
+    if n not in ROUND_STEPS:
+        raise ValueError(f"configs/distill.py:<n> takes n in {sorted(ROUND_STEPS)}, got {n}")
+    c = pretrained.get_config()
+    c.color_net.workdir = "pretrained/demo/color_net"  # the shipped G: c = x = G(w) at test time
+    c.distill.teacher = "pretrained/demo" if n == max(ROUND_STEPS) else f"workdir/distill/student-{2 * n}"
+    c.distill.teacher_steps = 2 * n
+    c.sample.method = "dtdm_ddim"
+    c.sample.num_steps = n
+    c.model.dropout = 0.0           # the targets are deterministic
+    c.optim.learning_rate = 1e-4
+    c.optim.warmup_steps = 20
+    c.optim.ema_decay = 0.99        # short rounds: the EMA must leave the teacher's weights behind
+    c.train.num_train_steps = ROUND_STEPS[n]
+    c.train.log_every_steps = 50
+    c.train.checkpoint_every_steps = 100
+    c.eval.ddim_steps = 0           # the student's own sampler is the main row
+    return c

@@ -1,0 +1,271 @@
+"""Progressive distillation (diffraw_jax/distill.py and the trainer's distillation mode).
+
+The math is checked where it has a closed form: Gaussian data, for which the ideal
+DTDM denoiser E[f | m_t, x] is known (derived below, independently of the code),
+so the ideal teacher's DTDM-DDIM sampler is an exact affine map of (m_s, x):
+  * the student target lands one DDIM step exactly where the teacher's two land;
+  * a student fitted by least squares to ``distillation_example``'s targets (the
+    minimiser of the distillation loss in an affine family that contains the ideal
+    student) reproduces the teacher's sampler with half the steps, and four rounds
+    take a 16-step teacher to 1 step;
+  * the student's examples at t = s are the sampler's start point x_s.
+Then the trainer: a tiny teacher distilled for a few steps (starts as the teacher,
+resumes exactly, refuses a mismatched teacher or sampler), exported weights whose
+manifest makes the pipeline sample the student's step count without options.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffraw_jax import distill, dtdm
+
+S = 100
+with jax.ensure_compile_time_eval():
+    SCHED = dtdm.make_schedule(2000, 1e-6, 1e-2, "linear")
+# Joint Gaussian per pixel: y ~ N(MU_Y, VAR_Y); x = A_X y + B_X + SD_X n (x: G(w)'s stand-in).
+MU_Y, VAR_Y, A_X, B_X, SD_X = 0.2, 0.09, 0.7, 0.1, 0.2
+
+
+def posterior_y_given_x(x):
+    """Mean and variance of y | x for the joint Gaussian above."""
+    var_x = A_X**2 * VAR_Y + SD_X**2
+    mean = MU_Y + A_X * VAR_Y / var_x * (x - (A_X * MU_Y + B_X))
+    return mean, VAR_Y - (A_X * VAR_Y) ** 2 / var_x
+
+
+def ideal_f(m, x, t, xp=np):
+    """E[gamma_s (x - y) + eps | m_t, x]: with g = gamma_s, m_t = A y + B x + sd eps where
+    A = sqrt(ab_t) - sqrt(1-ab_t) g, B = sqrt(1-ab_t) g, sd = sqrt(1-ab_t) (eq. 18), so
+    E[y | m_t, x] is the Gaussian posterior mean, and f = (m_t - sqrt(ab_t) y)/sqrt(1-ab_t).
+    ``xp``: numpy (float64, the reference) or jax.numpy (inside the samplers' scan)."""
+    ab_all = xp.asarray(np.asarray(SCHED.alpha_bars, np.float64))
+    om_all = xp.asarray(np.asarray(SCHED.one_minus_alpha_bars, np.float64))
+    g = np.sqrt(np.asarray(SCHED.alpha_bars, np.float64)[S] / np.asarray(SCHED.one_minus_alpha_bars, np.float64)[S])
+    ab, om = ab_all[t], om_all[t]
+    a, b, sd2 = xp.sqrt(ab) - xp.sqrt(om) * g, xp.sqrt(om) * g, om
+    mu, v = posterior_y_given_x(x)
+    shape = (-1,) + (1,) * (m.ndim - 1)
+    a, b, sd2, ab, om = (xp.reshape(z, shape) if xp.ndim(z) else z for z in (a, b, sd2, ab, om))
+    ey = mu + v * a * (m - a * mu - b * x) / (a**2 * v + sd2)
+    return (m - xp.sqrt(ab) * ey) / xp.sqrt(om)
+
+
+def draw(n, seed):
+    rng = np.random.default_rng(seed)
+    y = MU_Y + np.sqrt(VAR_Y) * rng.standard_normal((n, 4, 4, 3))
+    x = A_X * y + B_X + SD_X * rng.standard_normal(y.shape)
+    return jnp.asarray(y, jnp.float32), jnp.asarray(x, jnp.float32)
+
+
+def jax_ideal(x):
+    return lambda m, t: ideal_f(m, x, t, xp=jnp).astype(jnp.float32)
+
+
+def test_grids_nest_and_bad_step_counts_are_refused():
+    for n in (2, 4, 8, 16, 32, 64):
+        teacher, student = distill.grids(S, n)
+        assert teacher[0] == S and teacher[-1] == 0 and len(teacher) == n + 1
+        np.testing.assert_array_equal(student, dtdm.sampling_timesteps(S, n // 2))
+        np.testing.assert_array_equal(teacher[::2], student)
+    for bad in (0, 1, 3, 7):
+        with pytest.raises(ValueError, match="even"):
+            distill.grids(S, bad)
+    with pytest.raises(ValueError, match="num_steps"):
+        distill.grids(S, 128)  # more steps than s
+
+
+def test_slope_is_the_derivative_of_the_ddim_step():
+    x = jnp.zeros((1, 2, 2, 3))
+    m = jnp.full((1, 2, 2, 3), 0.3)
+    for t, r in ((100, 50), (100, 0), (12, 6), (2, 1)):
+        f0, f1 = jnp.full_like(m, 0.1), jnp.full_like(m, 0.6)
+        step = lambda f: dtdm.ddim_step(SCHED, m, f, x, t, r, S)  # noqa: E731
+        slope = (step(f1) - step(f0)) / 0.5
+        np.testing.assert_allclose(np.asarray(slope), float(distill.ddim_slope(SCHED, t, r)), rtol=2e-3)
+        assert float(distill.ddim_slope(SCHED, t, r)) < 0
+
+
+def test_target_lands_one_step_where_the_teachers_two_land():
+    y, x = draw(6, 0)
+    t = jnp.array([100, 100, 75, 50, 25, 50], jnp.int32)
+    t_mid = jnp.array([75, 50, 50, 25, 12, 38], jnp.int32)
+    r = jnp.array([50, 0, 25, 0, 0, 25], jnp.int32)
+    m = dtdm.q_sample(SCHED, y, x, t, jax.random.normal(jax.random.key(1), y.shape), S)
+    two = distill.teacher_two_steps(SCHED, jax_ideal(x), m, x, t, t_mid, r, S)
+    # The teacher's two steps, written out with the DDIM formula m_r = sqrt(ab_r) y_hat + sqrt(1-ab_r) f.
+    ab = np.asarray(SCHED.alpha_bars, np.float64)
+    mm, xx = np.asarray(m, np.float64), np.asarray(x, np.float64)
+    for a_, b_ in ((t, t_mid), (t_mid, r)):
+        a_, b_ = np.asarray(a_), np.asarray(b_)
+        f = ideal_f(mm, xx, a_)
+        col = lambda v: v.reshape(-1, 1, 1, 1)  # noqa: E731
+        y_hat = (mm - col(np.sqrt(1 - ab[a_])) * f) / col(np.sqrt(ab[a_]))
+        mm = col(np.sqrt(ab[b_])) * y_hat + col(np.sqrt(1 - ab[b_])) * f
+    np.testing.assert_allclose(np.asarray(two), mm, atol=2e-5)
+    target = distill.student_target(SCHED, m, two, t, r)
+    one = dtdm.ddim_step(SCHED, m, target, x, t, r, S)
+    np.testing.assert_allclose(np.asarray(one), np.asarray(two), atol=2e-5)
+
+
+def test_student_examples_at_s_are_the_sampler_start_point():
+    """t = s examples: m_s = sqrt(ab_s) x + sqrt(1-ab_s) eps whatever y is (Monte Carlo)."""
+    y, x = draw(4000, 2)
+    keys = jax.random.split(jax.random.key(3), y.shape[0])
+    m, t, _ = distill.distillation_example(SCHED, jax_ideal(x), y, x, keys, S, distill.grids(S, 2)[0])
+    assert set(np.asarray(t).tolist()) == {S}  # a 2-step teacher: the student's only step starts at s
+    z = (np.asarray(m) - np.sqrt(float(SCHED.alpha_bars[S])) * np.asarray(x)) / np.sqrt(
+        float(SCHED.one_minus_alpha_bars[S]))
+    assert abs(z.mean()) < 0.01 and abs(z.var() - 1) < 0.02
+    assert abs(np.corrcoef(z.ravel(), np.asarray(y).ravel())[0, 1]) < 0.01
+
+
+def fit_student(teacher, teacher_steps, seed):
+    """Least squares over distillation_example's targets in the family f = a_t m + b_t x + c_t
+    (which holds the ideal student: the teacher is affine). Returns the student's denoiser."""
+    grid = distill.grids(S, teacher_steps)[0]
+    y, x = draw(256, seed)
+    keys = jax.random.split(jax.random.key(seed), y.shape[0])
+    m, t, target = distill.distillation_example(SCHED, teacher(x), y, x, keys, S, grid)
+    m, t, target, xs = (np.asarray(v, np.float64) for v in (m, t, target, x))
+    coef = {}
+    for tt in np.unique(t):
+        sel = t == tt
+        feats = np.stack([m[sel].ravel(), xs[sel].ravel(), np.ones(m[sel].size)], 1)
+        coef[int(tt)], *_ = np.linalg.lstsq(feats, target[sel].ravel(), rcond=None)
+    assert sorted(coef) == sorted(grid[:-1:2].tolist())  # every student step was trained
+
+    table = np.zeros((S + 1, 3))
+    for tt, c in coef.items():
+        table[tt] = c
+    table = jnp.asarray(table, jnp.float32)
+
+    def student(xb):
+        def f(mb, tb):
+            c = table[tb][:, :, None, None, None]
+            return c[:, 0] * mb + c[:, 1] * xb + c[:, 2]
+        return f
+    return student
+
+
+def run_sampler(denoiser, x, steps, seed=7):
+    return dtdm.sample(denoiser(x), SCHED, x, S, jax.random.key(seed), method="dtdm_ddim", num_steps=steps)
+
+
+def test_ideal_students_reproduce_the_teacher_with_half_the_steps():
+    """16 -> 8 -> 4 -> 2 -> 1: each student, fitted to its teacher's targets, samples like its
+    teacher with half the steps; the 1-step student like the 16-step ideal teacher."""
+    _, x = draw(64, 11)
+    ref = np.asarray(run_sampler(jax_ideal, x, 16))
+    teacher = jax_ideal
+    for steps in (16, 8, 4, 2):
+        student = fit_student(teacher, steps, seed=steps)
+        mine, theirs = np.asarray(run_sampler(student, x, steps // 2)), np.asarray(run_sampler(teacher, x, steps))
+        np.testing.assert_allclose(mine, theirs, atol=2e-4)
+        teacher = student
+    np.testing.assert_allclose(np.asarray(run_sampler(teacher, x, 1)), ref, atol=5e-4)
+    # ...which the plain 1-step sampler with the ideal denoiser does not achieve.
+    assert np.abs(np.asarray(run_sampler(jax_ideal, x, 1)) - ref).max() > 1e-2
+
+
+# ------------------------------------------------------------------------- trainer
+
+
+def _tiny_sources():
+    from tests.test_train import tiny_source
+
+    return tiny_source(), tiny_source(4, seed=1)
+
+
+def _distill_config(teacher, steps=3, n=2):
+    from configs import test as test_config
+
+    cfg = test_config.get_config()
+    cfg.degradation.enabled = False
+    cfg.distill.teacher = teacher
+    cfg.distill.teacher_steps = 2 * n
+    cfg.sample.method = "dtdm_ddim"
+    cfg.sample.num_steps = n
+    cfg.model.dropout = 0.0
+    cfg.train.num_train_steps = steps
+    cfg.train.checkpoint_every_steps = 2
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from configs import test as test_config
+    from diffraw_jax import train
+
+    cfg = test_config.get_config()
+    cfg.degradation.enabled = False
+    cfg.train.num_train_steps = 2
+    wd = str(tmp_path_factory.mktemp("teacher"))
+    train.train_and_evaluate(cfg, wd, data_sources=_tiny_sources())
+    return wd
+
+
+def _tree_files(path):
+    return sorted((os.path.relpath(os.path.join(d, f), path), os.path.getsize(os.path.join(d, f)),
+                   os.path.getmtime(os.path.join(d, f))) for d, _, fs in os.walk(path) for f in fs)
+
+
+def test_distillation_starts_from_the_teacher_and_resumes_exactly(tmp_path, teacher):
+    from diffraw_jax import train, weights
+
+    before = _tree_files(teacher)
+    t_params = weights.load_inference(teacher, color_net=False).params
+    start = train.train_and_evaluate(_distill_config(teacher, steps=0), str(tmp_path / "zero"),
+                                     data_sources=_tiny_sources())
+    for a, b in zip(jax.tree.leaves(start.params), jax.tree.leaves(t_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    full = train.train_and_evaluate(_distill_config(teacher, 3), str(tmp_path / "a"), data_sources=_tiny_sources())
+    train.train_and_evaluate(_distill_config(teacher, 2), str(tmp_path / "b"), data_sources=_tiny_sources())
+    resumed = train.train_and_evaluate(_distill_config(teacher, 3), str(tmp_path / "b"),
+                                       data_sources=_tiny_sources())
+    moved = 0.0
+    for a, b, c in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params), jax.tree.leaves(t_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        moved = max(moved, float(np.abs(np.asarray(a) - np.asarray(c)).max()))
+    assert moved > 0  # the student trained
+    assert _tree_files(teacher) == before  # the teacher's workdir is read, never written
+
+
+def test_mismatched_teacher_or_sampler_is_refused(tmp_path, teacher):
+    from diffraw_jax import train
+
+    cfg = _distill_config(teacher)
+    cfg.sample.num_steps = 4
+    with pytest.raises(ValueError, match="sample.num_steps=2"):
+        train.train_and_evaluate(cfg, str(tmp_path / "a"), data_sources=_tiny_sources())
+    cfg = _distill_config(teacher)
+    cfg.model.name = "demo"
+    with pytest.raises(ValueError, match="not the student's network"):
+        train.train_and_evaluate(cfg, str(tmp_path / "b"), data_sources=_tiny_sources())
+    cfg = _distill_config(teacher)
+    cfg.diffusion.s = 10
+    with pytest.raises(ValueError, match="other diffusion settings"):
+        train.train_and_evaluate(cfg, str(tmp_path / "c"), data_sources=_tiny_sources())
+
+
+def test_exported_student_samples_its_own_step_count(tmp_path, teacher):
+    from diffraw_jax import train, weights
+    from diffraw_jax.inference.pipeline import DiffRAWPipeline
+
+    wd = str(tmp_path / "student")
+    train.train_and_evaluate(_distill_config(teacher, 2), wd, data_sources=_tiny_sources())
+    out = str(tmp_path / "weights")
+    manifest = weights.export_weights(wd, out)
+    assert manifest["sampler"]["method"] == "dtdm_ddim" and manifest["sampler"]["num_steps"] == 2
+    assert "distilled" in manifest["sampler"]["label"]
+    assert json.load(open(os.path.join(out, "manifest.json")))["sampler"] == manifest["sampler"]
+    pipe = DiffRAWPipeline.from_checkpoint(out, color="classic", tile=32, overlap=8, batch=2)
+    assert (pipe.method, pipe.num_steps, pipe.num_evaluations) == ("dtdm_ddim", 2, 2)
+    # The tiled full-frame path with the student: 64 x 64 codes in 3 x 3 tiles of 32.
+    mosaic = np.random.default_rng(0).integers(63, 1020, (64, 64)).astype(np.uint16)
+    img = pipe(mosaic, seed=1)
+    assert img.shape == (64, 64, 3) and np.isfinite(img).all()
+    assert len(pipe.plan(64, 64).tiles) > 1
