@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-fast demo demo-train pretrained clean
+.PHONY: install test test-fast demo demo-train pretrained distill clean
 
 install: $(STAMP)
 
@@ -66,6 +66,20 @@ pretrained: install
 	$(BIN)/python main.py --config=configs/pretrained_isp.py --workdir=$(DEMO_WORK)/pretrained_isp
 	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/pretrained
 	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/pretrained --out pretrained/demo-new
+
+# Few-step DiffRAW (README "Few-step DiffRAW"): four rounds of progressive distillation of
+# pretrained/demo (DTDM-DDIM 16 -> 8 -> 4 -> 2 -> 1 steps; each round resumes if stopped),
+# the measurements in results/distill, and the shipped student's weights folder.
+DISTILL_SHIP ?= 2
+distill: install
+	test -d data/synthetic_zrr_pretrain/train || $(BIN)/python -m tfds_zrr.synthetic \
+		--out data/synthetic_zrr_pretrain --num_train 1024 --num_test 16 --size 448 --seed 0
+	$(BIN)/python -m tfds_zrr.build --manual_dir data/synthetic_zrr_pretrain --data_dir data/tfds_pretrain
+	for n in 8 4 2 1; do \
+		$(BIN)/python main.py --config=configs/distill.py:$$n --workdir=workdir/distill/student-$$n || exit 1; \
+	done
+	$(BIN)/python scripts/distill_report.py --out results/distill
+	$(BIN)/diffraw export-weights --checkpoint workdir/distill/student-$(DISTILL_SHIP) --out pretrained/distill-$(DISTILL_SHIP)-new
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

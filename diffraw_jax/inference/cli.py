@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import struct
 import sys
@@ -326,6 +327,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:
         _err(args.checkpoint, e)
         return 2
+    logging.getLogger(__name__).info("sampler %s: %d network evaluations per tile", pipe.label,
+                                     pipe.num_evaluations)
     try:
         os.makedirs(args.output, exist_ok=True)
     except OSError as e:
