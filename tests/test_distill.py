@@ -269,3 +269,37 @@ def test_exported_student_samples_its_own_step_count(tmp_path, teacher):
     img = pipe(mosaic, seed=1)
     assert img.shape == (64, 64, 3) and np.isfinite(img).all()
     assert len(pipe.plan(64, 64).tiles) > 1
+
+
+def test_distill_config_chains_the_rounds_and_trains(tmp_path, teacher):
+    """configs/distill.py:<n> for every round: the teacher is the previous round's workdir
+    (pretrained/demo for the first), the sampler is the student's, and the file trains
+    (one round, tiny overrides, 2 steps) through the trainer."""
+    import importlib
+
+    from diffraw_jax import train
+
+    distill_cfg = importlib.import_module("configs.distill")
+    chain = {}
+    for n in (8, 4, 2, 1):
+        cfg = distill_cfg.get_config(str(n))
+        train._validate_distill(cfg)
+        chain[n] = cfg.distill.teacher
+        assert (cfg.distill.teacher_steps, cfg.sample.num_steps, cfg.sample.method) == (2 * n, n, "dtdm_ddim")
+    assert chain == {8: "pretrained/demo", 4: "workdir/distill/student-8", 2: "workdir/distill/student-4",
+                     1: "workdir/distill/student-2"}
+    with pytest.raises(ValueError, match="takes n in"):
+        distill_cfg.get_config("3")
+    cfg = distill_cfg.get_config("2")
+    from configs import test as test_config
+
+    tiny = test_config.get_config()
+    for section in ("model", "diffusion", "data"):
+        cfg[section] = tiny[section]
+    cfg.model.dropout = 0.0
+    cfg.degradation.enabled = False
+    cfg.distill.teacher = teacher
+    cfg.train.num_train_steps = 2
+    cfg.color_net.workdir = ""
+    state = train.train_and_evaluate(cfg, str(tmp_path / "s2"), data_sources=_tiny_sources())
+    assert int(state.step) == 2
