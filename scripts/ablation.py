@@ -81,7 +81,7 @@ def main(argv=None):
     import jax
     import jax.numpy as jnp
 
-    from diffraw_jax import evaluate, input_pipeline, sampling, train, weights
+    from diffraw_jax import evaluate, sampling, train, weights
     from diffraw_jax.models import factory
 
     os.makedirs(a.out, exist_ok=True)
@@ -105,12 +105,7 @@ def main(argv=None):
     workdirs["dtdm_long"] = a.dtdm_workdir or workdirs["dtdm_w_c"]
 
     base = configs["dtdm_w_c"]
-    _, test_src = train.load_data_sources(base)
-    n = min(a.num_images, len(test_src))
-    batch = next(iter(input_pipeline.create_eval_loader([test_src[i] for i in range(n)], batch_size=n)))
-    batch = evaluate.center_crop(batch, a.crop)
-    w = jnp.asarray(batch["raw"])
-    y01 = np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"])))
+    w, y01, n = evaluate.first_test_images(base, a.num_images, a.crop)
     g = weights.find_color_net(base, workdirs["dtdm_w_c"])
     x = sampling.make_color_condition(*((g.model, g.params) if g else ()))(w)
     ref_hf = laplacian_energy(y01)

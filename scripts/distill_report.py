@@ -52,10 +52,9 @@ def main(argv=None):
 
     logs.setup()
     import jax
-    import jax.numpy as jnp
 
     from configs import pretrained
-    from diffraw_jax import evaluate, input_pipeline, sampling, train, weights
+    from diffraw_jax import evaluate, sampling, weights
     from diffraw_jax.metrics import compute_metrics
 
     student_steps = [int(v) for v in a.student_steps.split(",") if v]
@@ -69,12 +68,7 @@ def main(argv=None):
     teacher = weights.load_inference(a.teacher)  # with its G
     cfg = pretrained.get_config()
     cfg.data.data_dir = a.data_dir
-    _, test_src = train.load_data_sources(cfg)
-    n_img = min(a.num_images, len(test_src))
-    batch = next(iter(input_pipeline.create_eval_loader([test_src[i] for i in range(n_img)], batch_size=n_img)))
-    batch = evaluate.center_crop(batch, a.crop)
-    w = jnp.asarray(batch["raw"])
-    y01 = np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"])))
+    w, y01, n_img = evaluate.first_test_images(cfg, a.num_images, a.crop)
     g = teacher.color_net
     x = sampling.make_color_condition(*((g.model, g.params) if g else ()))(w)
     megapixels = n_img * y01.shape[1] * y01.shape[2] / 1e6
