@@ -194,7 +194,8 @@ def _is_closed_loop_callback(unraisable) -> bool:
 
 def _is_abandoned_tensorstore_read(record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
-    return (record.getMessage().startswith("Task exception was never retrieved")
+    return (record.getMessage().startswith(("Task exception was never retrieved",
+                                            "Future exception was never retrieved"))
             and exc is not None and "tensorstore_spec" in str(exc))
 
 
@@ -208,8 +209,8 @@ def ignore_reads_finishing_after_a_failed_restore() -> None:
     its event loop while tensorstore reads of other arrays are still in flight; as
     they finish, their callbacks hit the closed loop and Python prints
     "RuntimeError: Event loop is closed" tracebacks (unraisable exceptions), and
-    asyncio logs "Task exception was never retrieved" for the reads that failed
-    too, over the one error line the user should see. Only those are dropped:
+    asyncio logs "Task (or Future) exception was never retrieved" for the reads that
+    failed too, over the one error line the user should see. Only those are dropped:
     that exact unraisable exception, and asyncio records whose exception is a
     tensorstore read error; everything else still goes to the previous hook and
     to the asyncio logger's handlers."""
