@@ -70,7 +70,7 @@ pretrained: install
 # Few-step DiffRAW (README "Few-step DiffRAW"): four rounds of progressive distillation of
 # pretrained/demo (DTDM-DDIM 16 -> 8 -> 4 -> 2 -> 1 steps; each round resumes if stopped),
 # the measurements in results/distill, and the shipped student's weights folder.
-DISTILL_SHIP ?= 2
+DISTILL_SHIP ?= 1
 distill: install
 	test -d data/synthetic_zrr_pretrain/train || $(BIN)/python -m tfds_zrr.synthetic \
 		--out data/synthetic_zrr_pretrain --num_train 1024 --num_test 16 --size 448 --seed 0

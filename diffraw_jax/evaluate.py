@@ -67,10 +67,12 @@ def first_test_images(config, num_images: int, crop: int):
 
 
 def grid_png(path, rows, labels):
-    """rows: list of lists of [H, W, 3] float [0, 1] images; one row per example."""
+    """rows: list of lists of [H, W, 3] float [0, 1] images; one row per example.
+    PNG, or JPEG (quality 92) when ``path`` ends in .jpg / .jpeg (large grids for git)."""
     img = _grid(rows, labels)
+    jpeg = str(path).lower().endswith((".jpg", ".jpeg"))
     with as_path(path).open("wb") as f:  # local or gs://
-        img.save(f, format="PNG")
+        img.save(f, format="JPEG", quality=92) if jpeg else img.save(f, format="PNG")
 
 
 def grid_image(rows, labels) -> np.ndarray:

@@ -9,7 +9,7 @@ count, all from the same start point x_s. Scores PSNR / SSIM / LPIPS (AlexNet) /
 against the DSLR image and times every sampler after compiling it (seconds per
 image and per megapixel, the batch's wall time divided out). Writes
 ``distill.json``, ``distill.md`` (the table and the issue's goals), ``quality_vs_steps.png``
-and ``samples.png`` to ``--out``. Reads the models, never writes them.
+and ``samples.jpg`` to ``--out``. Reads the models, never writes them.
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def main(argv=None):
     names = ["x = G(w)", "teacher DTDM-100", "teacher DTDM-DDIM-1"] + [f"student {n}" for n in sorted(student_steps)]
     images["x = G(w)"] = np.asarray(sampling.to_unit_range(x))
     names = [k for k in names if k in images]
-    evaluate.grid_png(os.path.join(a.out, "samples.png"),
+    evaluate.grid_png(os.path.join(a.out, "samples.jpg"),
                       [[images[k][i] for k in names] + [y01[i]] for i in range(min(4, n_img))], names + ["DSLR"])
     print(open(os.path.join(a.out, "distill.md")).read())
     return 0
@@ -179,7 +179,7 @@ def write_markdown(report, path):
             cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Goals (issue #16)", ""] + [f"- {g}" for g in report["goals"]]
-    lines += ["", "![quality against steps](quality_vs_steps.png)", "", "![samples](samples.png)", ""]
+    lines += ["", "![quality against steps](quality_vs_steps.png)", "", "![samples](samples.jpg)", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 

@@ -47,3 +47,38 @@ def test_diffraw_runs_the_shipped_model_on_a_dng(tmp_path):
     ref = np.asarray(Image.open(tmp_path / "raw" / "synthetic_0_dslr.jpg")).astype(float)
     # A trained model: closer to the DSLR reference than a flat grey image is.
     assert np.abs(img - ref).mean() < np.abs(128 - ref).mean()
+
+
+STUDENT = os.path.join(REPO, "pretrained", "distill-1")
+
+
+def test_shipped_student_samples_in_one_step_through_diffraw(tmp_path):
+    """pretrained/distill-1: checks out, says one DTDM-DDIM step in its manifest, and diffraw
+    runs it on a DNG with no sampler options, logging that sampler."""
+    pytest.importorskip("pidng")
+    from diffraw_jax import weights
+
+    m = weights.load_inference(STUDENT)  # checks sha256 and every shape
+    manifest = json.load(open(os.path.join(STUDENT, "manifest.json")))
+    assert manifest["sampler"] == {"method": "dtdm_ddim", "num_steps": 1, "s": 100,
+                                   "label": "distilled DTDM-DDIM-1"}
+    assert m.sampler_settings().label == "distilled DTDM-DDIM-1" and m.num_params == 2_756_723
+    assert m.color_net is not None and weights.folder_bytes(STUDENT) < 15 * 2**20
+    assert os.path.isfile(os.path.join(STUDENT, "TRAINING.md"))
+
+    env = {**os.environ, "PYTHONPATH": REPO}
+    r = subprocess.run([sys.executable, "-m", "tfds_zrr.dng", "--out", str(tmp_path / "raw"), "--num", "1",
+                        "--height", "64", "--width", "96"], capture_output=True, text=True, cwd=REPO,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "diffraw_jax.inference.cli", "--checkpoint", STUDENT,
+                        "--input", str(tmp_path / "raw" / "synthetic_0.dng"), "--output", str(tmp_path / "out")],
+                       capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "processed 1, failed 0" in r.stdout
+    assert "sampler distilled DTDM-DDIM-1: 1 network evaluations per tile" in r.stdout + r.stderr
+    from PIL import Image
+
+    img = np.asarray(Image.open(tmp_path / "out" / "synthetic_0.png"))
+    ref = np.asarray(Image.open(tmp_path / "raw" / "synthetic_0_dslr.jpg")).astype(float)
+    assert img.shape == ref.shape and np.abs(img - ref).mean() < np.abs(128 - ref).mean()

@@ -100,7 +100,7 @@ RULES = {
     "python -m tfds_zrr.dng": "tests/test_pretrained.py::test_diffraw_runs_the_shipped_model_on_a_dng",
     "python -m benchmarks.profile_step": "tests/test_benchmarks.py::test_profile_step_attributes_the_time_to_op_kinds",
     "python -m benchmarks.loop_bench": "tests/test_benchmarks.py::test_loop_bench_times_the_loop_and_the_bare_step",
-    "make distill": "Makefile target, run by hand (made results/distill and pretrained/distill-2)",
+    "make distill": "Makefile target, run by hand (made results/distill and pretrained/distill-1)",
     "main.py configs/distill.py:8 train": "tests/test_distill.py::test_distill_config_chains_the_rounds_and_trains",
     "main.py configs/distill.py:4 train": "tests/test_distill.py::test_distill_config_chains_the_rounds_and_trains",
     "main.py configs/distill.py:2 train": "tests/test_distill.py::test_distill_config_chains_the_rounds_and_trains",

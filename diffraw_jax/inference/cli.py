@@ -327,8 +327,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:
         _err(args.checkpoint, e)
         return 2
-    logging.getLogger(__name__).info("sampler %s: %d network evaluations per tile", pipe.label,
-                                     pipe.num_evaluations)
+    # By name: run as ``python -m``, this module's __name__ is "__main__".
+    logging.getLogger("diffraw_jax.inference.cli").info(
+        "sampler %s: %d network evaluations per tile", pipe.label, pipe.num_evaluations)
     try:
         os.makedirs(args.output, exist_ok=True)
     except OSError as e:
