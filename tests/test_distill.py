@@ -303,3 +303,53 @@ def test_distill_config_chains_the_rounds_and_trains(tmp_path, teacher):
     cfg.color_net.workdir = ""
     state = train.train_and_evaluate(cfg, str(tmp_path / "s2"), data_sources=_tiny_sources())
     assert int(state.step) == 2
+
+
+COMPARE_DEVICES = """
+import jax, numpy as np
+from configs import test as tc
+from diffraw_jax import parallel, train
+from diffraw_jax.models import factory
+from tests.test_train import fixed_batch
+assert jax.device_count() == 8
+cfg = tc.get_config()
+cfg.distill.teacher, cfg.distill.teacher_steps = "unused: the teacher is given below", 4
+cfg.sample.method, cfg.sample.num_steps = "dtdm_ddim", 2
+cfg.model.dropout = 0.0
+train._validate_distill(cfg)
+def run(devices, fsdp):
+    mesh = parallel.create_mesh(fsdp, devices)
+    model, tx, sched = factory.create_model(cfg), train.create_optimizer(cfg), factory.create_schedule(cfg)
+    state = train.create_train_state(cfg, model, tx, mesh, jax.random.key(0))
+    sh = jax.tree.map(lambda x: x.sharding, state)
+    # A teacher whose output is not 0 (a new U-Net's last conv is zero): the student's
+    # parameters plus fixed noise, laid out like them.
+    rng = np.random.default_rng(1)
+    noisy = [np.asarray(p) + 0.05 * rng.standard_normal(p.shape).astype(np.float32)
+             for p in jax.tree.leaves(state.params)]
+    teacher = jax.device_put(jax.tree.unflatten(jax.tree.structure(state.params), noisy), sh.params)
+    step = train.make_train_step(cfg, model, tx, sched, mesh, sh, teacher)
+    batch = jax.device_put(fixed_batch(cfg), parallel.batch_sharding(mesh))
+    losses = []
+    for _ in range(3):
+        state, m = step(state, batch, jax.random.key(1))
+        losses.append(float(m["loss"]))
+    return losses, [np.asarray(x) for x in jax.tree.leaves(state.params)]
+l1, p1 = run(jax.devices()[:1], 1)
+assert all(np.isfinite(l1)) and l1[0] > 1e-4, l1
+for fsdp in (1, 4):
+    l8, p8 = run(jax.devices(), fsdp)
+    np.testing.assert_allclose(l8, l1, rtol=2e-4)
+    for a, b in zip(p1, p8):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+print("OK", l1)
+"""
+
+
+def test_distillation_step_is_the_same_on_one_and_eight_devices():
+    """The teacher's parameters are laid out like the student's (FSDP over 4 included);
+    D2, the student's t and noise are per example, so the layout changes nothing."""
+    from tests.test_train import run_py
+
+    out = run_py(COMPARE_DEVICES, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert "OK" in out
