@@ -15,6 +15,22 @@ import sys
 PROJECT_LOGGER = "diffraw_jax"
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stderr`` is at each line (as ``logging.lastResort``):
+    redirections made after ``setup`` (pytest's capture, a notebook) still get the lines."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
 def setup(verbose: bool = False) -> None:
     """Configures logging once per process (idempotent)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")
@@ -30,7 +46,7 @@ def setup(verbose: bool = False) -> None:
     ours = logging.getLogger(PROJECT_LOGGER)
     ours.setLevel(logging.INFO)
     if not any(getattr(h, "_diffraw", False) for h in ours.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
         handler._diffraw = True
         ours.addHandler(handler)

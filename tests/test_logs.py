@@ -1,5 +1,6 @@
 """diffraw_jax.logs: durations as a person reads them; library levels and the project's lines."""
 import logging
+import sys
 
 from diffraw_jax import logs
 
@@ -24,3 +25,18 @@ def test_setup_quiets_libraries_and_keeps_project_lines(capsys):
     logs.setup(verbose=True)
     assert logging.getLogger("absl").getEffectiveLevel() == logging.INFO
     logs.setup(verbose=False)
+
+
+def test_lines_follow_the_current_stderr(monkeypatch):
+    """The handler writes to whatever sys.stderr is when a line is logged (pytest's capture,
+    a notebook's redirect), not the stream that was current at setup: a handler made
+    earlier in the process (by another test, or an earlier cell) must not swallow lines."""
+    import io
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logs.setup(verbose=False)
+    monkeypatch.setattr(sys, "stderr", second)
+    logs.setup(verbose=False)
+    logging.getLogger("diffraw_jax.something").info("where does this go")
+    assert "where does this go" in second.getvalue() and first.getvalue() == ""
