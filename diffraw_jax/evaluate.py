@@ -53,15 +53,14 @@ def center_crop(batch, crop: int):
     return out
 
 
-def first_test_images(config, num_images: int, crop: int):
-    """(w, y01, n): the first ``num_images`` of the config's test split as one batch,
-    centre-cropped to ``crop`` px: packed RAW w [n, crop/2, crop/2, 4] in [0, 1] (jax) and
-    the DSLR image y01 [n, crop, crop, 3] in [0, 1] (numpy)."""
+def first_images(data_source, num_images: int, crop: int):
+    """(w, y01, n): the first ``num_images`` records of ``data_source`` (ZRR format) as one
+    batch, centre-cropped to ``crop`` px (``center_crop``): packed RAW w [n, crop/2, crop/2, 4]
+    in [0, 1] (jax) and the DSLR image y01 [n, crop, crop, 3] in [0, 1] (numpy)."""
     from diffraw_jax import input_pipeline
 
-    _, test_src = train.load_data_sources(config)
-    n = min(num_images, len(test_src))
-    batch = next(iter(input_pipeline.create_eval_loader([test_src[i] for i in range(n)], batch_size=n)))
+    n = min(num_images, len(data_source))
+    batch = next(iter(input_pipeline.create_eval_loader([data_source[i] for i in range(n)], batch_size=n)))
     batch = center_crop(batch, crop)
     return jnp.asarray(batch["raw"]), np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"]))), n
 

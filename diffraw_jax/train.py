@@ -205,25 +205,21 @@ def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx,
             l1 = jnp.sum(jnp.abs(pred - target) * mask) / (jnp.sum(mask) * 3)
             ssim = jnp.mean(dm_pix.ssim(pred * mask, target * mask, max_val=1.0))
             return l1 + config.isp.ssim_weight * (1.0 - ssim), {"l1": l1, "ssim": ssim}
-    elif distilling(config):
-        x = jax.vmap(lambda yy, kk: low_quality_image(config, yy, kk))(y, keys)
-        w_ = w
-
-        def teacher_fn(m, t):
-            return model.apply({"params": teacher_params}, m, w, x, t, train=False).astype(jnp.float32)
-
-        teacher_grid, _ = distill_lib.grids(config.diffusion.s, config.distill.teacher_steps)
-        m_t, t, target = distill_lib.distillation_example(
-            schedule, teacher_fn, y, x, jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys),
-            config.diffusion.s, teacher_grid)
-
-        def loss_fn(params):
-            f = model.apply({"params": params}, m_t, w_, x, t, train=True, rngs={"dropout": drop_key})
-            loss = jnp.mean((f.astype(jnp.float32) - target) ** 2)
-            return loss, {}
     else:
-        (m_t, w_, x, t), target = jax.vmap(
-            lambda yy, ww, kk: diffraw_example(config, schedule, yy, ww, kk))(y, w, keys)
+        if distilling(config):  # the student's examples: targets from the teacher's two steps
+            x = jax.vmap(lambda yy, kk: low_quality_image(config, yy, kk))(y, keys)
+
+            def teacher_fn(m, t):
+                return model.apply({"params": teacher_params}, m, w, x, t, train=False).astype(jnp.float32)
+
+            teacher_grid, _ = distill_lib.grids(config.diffusion.s, config.distill.teacher_steps)
+            m_t, t, target = distill_lib.distillation_example(
+                schedule, teacher_fn, y, x, jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys),
+                config.diffusion.s, teacher_grid)
+            w_ = w
+        else:
+            (m_t, w_, x, t), target = jax.vmap(
+                lambda yy, ww, kk: diffraw_example(config, schedule, yy, ww, kk))(y, w, keys)
 
         def loss_fn(params):
             f = model.apply({"params": params}, m_t, w_, x, t, train=True, rngs={"dropout": drop_key})
@@ -250,11 +246,12 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings, teacher_
     fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config)
     data = parallel.batch_sharding(mesh)
     rep = parallel.replicated(mesh)
+    in_sh = (state_shardings, {"raw": data, "dslr": data}, rep)
+    if teacher_params is not None:
+        in_sh += (state_shardings.params,)
+    jitted = jax.jit(fn, in_shardings=in_sh, out_shardings=(state_shardings, rep), donate_argnums=(0,))
     if teacher_params is None:
-        return jax.jit(fn, in_shardings=(state_shardings, {"raw": data, "dslr": data}, rep),
-                       out_shardings=(state_shardings, rep), donate_argnums=(0,))
-    jitted = jax.jit(fn, in_shardings=(state_shardings, {"raw": data, "dslr": data}, rep, state_shardings.params),
-                     out_shardings=(state_shardings, rep), donate_argnums=(0,))
+        return jitted
     return lambda state, batch, key: jitted(state, batch, key, teacher_params)
 
 
@@ -262,7 +259,7 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings, teacher_
 
 def distilling(config) -> bool:
     """True when ``distill.teacher`` names a teacher (progressive distillation)."""
-    return config.task == "diffraw" and bool(config.get("distill", {}).get("teacher", ""))
+    return config.task == "diffraw" and factory.is_distilled(config)
 
 
 def _validate_distill(config):

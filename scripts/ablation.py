@@ -105,7 +105,7 @@ def main(argv=None):
     workdirs["dtdm_long"] = a.dtdm_workdir or workdirs["dtdm_w_c"]
 
     base = configs["dtdm_w_c"]
-    w, y01, n = evaluate.first_test_images(base, a.num_images, a.crop)
+    w, y01, n = evaluate.first_images(train.load_data_sources(base)[1], a.num_images, a.crop)
     g = weights.find_color_net(base, workdirs["dtdm_w_c"])
     x = sampling.make_color_condition(*((g.model, g.params) if g else ()))(w)
     ref_hf = laplacian_energy(y01)

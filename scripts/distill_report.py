@@ -54,7 +54,7 @@ def main(argv=None):
     import jax
 
     from configs import pretrained
-    from diffraw_jax import evaluate, sampling, weights
+    from diffraw_jax import evaluate, sampling, train, weights
     from diffraw_jax.metrics import compute_metrics
 
     student_steps = [int(v) for v in a.student_steps.split(",") if v]
@@ -68,7 +68,7 @@ def main(argv=None):
     teacher = weights.load_inference(a.teacher)  # with its G
     cfg = pretrained.get_config()
     cfg.data.data_dir = a.data_dir
-    w, y01, n_img = evaluate.first_test_images(cfg, a.num_images, a.crop)
+    w, y01, n_img = evaluate.first_images(train.load_data_sources(cfg)[1], a.num_images, a.crop)
     g = teacher.color_net
     x = sampling.make_color_condition(*((g.model, g.params) if g else ()))(w)
     megapixels = n_img * y01.shape[1] * y01.shape[2] / 1e6

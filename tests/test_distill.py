@@ -174,6 +174,12 @@ def test_ideal_students_reproduce_the_teacher_with_half_the_steps():
 # ------------------------------------------------------------------------- trainer
 
 
+def _default_test_config():
+    from configs import test as test_config
+
+    return test_config.get_config()
+
+
 def _tiny_sources():
     from tests.test_train import tiny_source
 
@@ -260,7 +266,10 @@ def test_exported_student_samples_its_own_step_count(tmp_path, teacher):
     out = str(tmp_path / "weights")
     manifest = weights.export_weights(wd, out)
     assert manifest["sampler"]["method"] == "dtdm_ddim" and manifest["sampler"]["num_steps"] == 2
-    assert "distilled" in manifest["sampler"]["label"]
+    assert manifest["sampler"]["label"] == "distilled DTDM-DDIM-2"
+    from diffraw_jax.models import factory
+
+    assert factory.is_distilled(_distill_config(teacher)) and not factory.is_distilled(_default_test_config())
     assert json.load(open(os.path.join(out, "manifest.json")))["sampler"] == manifest["sampler"]
     pipe = DiffRAWPipeline.from_checkpoint(out, color="classic", tile=32, overlap=8, batch=2)
     assert (pipe.method, pipe.num_steps, pipe.num_evaluations) == ("dtdm_ddim", 2, 2)

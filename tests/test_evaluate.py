@@ -60,3 +60,19 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a diffraw-jax training workdir nor a weights"):
         evaluate.evaluate(test_config.get_config(), str(tmp_path), data_source=tiny_source(2))
     assert os.listdir(tmp_path) == []  # nothing written before the model loaded
+
+
+def test_first_images_are_the_centre_crops_of_the_first_records():
+    """evaluate.first_images against the records themselves: the RGGB mosaic packed by hand
+    (R, Gr, Gb, B) and normalised with ZRR's levels, the DSLR image / 255, the same even-offset
+    centre crop (16 px into a 64 px record for a 32 px crop)."""
+    src = tiny_source(5, size=64, seed=3)
+    w, y01, n = evaluate.first_images(src, 3, 32)
+    assert n == 3 and w.shape == (3, 16, 16, 4) and y01.shape == (3, 32, 32, 3)
+    for i in range(3):
+        mos = src[i]["raw"].astype(np.float64)
+        planes = np.stack([mos[0::2, 0::2], mos[0::2, 1::2], mos[1::2, 0::2], mos[1::2, 1::2]], -1)
+        want_w = np.clip((planes - 63) / (1020 - 63), 0, 1)[8:24, 8:24]
+        np.testing.assert_allclose(np.asarray(w[i]), want_w, atol=1e-6)
+        np.testing.assert_allclose(y01[i], src[i]["dslr"][16:48, 16:48] / 255.0, atol=1e-6)
+    assert evaluate.first_images(src, 99, 0)[2] == 5  # capped at the source's length; crop 0 = whole

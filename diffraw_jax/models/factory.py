@@ -104,6 +104,11 @@ def count_params(tree: Any) -> int:
     return int(sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree)))
 
 
+def is_distilled(config) -> bool:
+    """True for a progressively distilled student (``distill.teacher`` set; absent from older configs)."""
+    return bool(config.get("distill", {}).get("teacher", ""))
+
+
 class SamplerSettings(NamedTuple):
     """How a trained f is sampled: ``dtdm.sample(..., method, num_steps)`` from step ``s``."""
 
@@ -150,7 +155,7 @@ def sampler_settings(config, method: Optional[str] = None, num_steps: Optional[i
         label = f"DTDM-{s}" if num_steps is None else f"DTDM-{num_steps} (s={s})"
     elif method == "dtdm_ddim":
         label = f"DTDM-DDIM-{num_steps or s}"
-        if config.get("distill", {}).get("teacher", ""):  # a progressively distilled student
+        if is_distilled(config):
             label = f"distilled {label}"
     else:
         label = f"DDPM-{s}"
