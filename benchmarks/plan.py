@@ -246,9 +246,9 @@ def residual_bytes(config, model, batch: int, crop: int) -> int:
         f = model.apply({"params": p}, m_t, w, c, t, train=True, rngs={"dropout": jax.random.key(0)})
         return jnp.mean(f ** 2)
 
-    inputs = factory.model_inputs(config, batch, crop)
+    inputs = factory.model_inputs(model, batch, crop)
     closed = jax.make_jaxpr(lambda p, *a: jax.vjp(lambda q: loss(q, *a), p)[1])(
-        factory.abstract_params(config, model), *inputs)
+        factory.abstract_params(model), *inputs)
     seen = set(closed.jaxpr.invars)
     total = 0
     for v in closed.jaxpr.outvars:
@@ -285,9 +285,9 @@ def _block_calls(config, model, batch: int, crop: int) -> dict:
     def forward(p, *a):
         return model.apply({"params": p}, *a, train=True, rngs={"dropout": jax.random.key(0)})
 
-    params = factory.abstract_params(config, model)  # (its own trace: at another size)
+    params = factory.abstract_params(model)  # (its own trace: at another size)
     with nn.intercept_methods(intercept):
-        jax.eval_shape(forward, params, *factory.model_inputs(config, batch, crop))
+        jax.eval_shape(forward, params, *factory.model_inputs(model, batch, crop))
     return calls
 
 
@@ -377,7 +377,7 @@ def plan_sample(config, devices, batch: int) -> dict:
                                num_steps=steps, jit=False)
     param_sh = train.param_shardings(config, model, mesh)
     params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          factory.abstract_params(config, model), param_sh)
+                          factory.abstract_params(model), param_sh)
     data, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     crop = int(config.data.crop_size)
     img = jax.ShapeDtypeStruct((batch, crop, crop, 3), jnp.float32, sharding=data)

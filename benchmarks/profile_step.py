@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from diffraw_jax.models import unet
+    from diffraw_jax.models import factory, unet
 
     model = unet.make_unet(a.model)
     b, s = a.batch, a.crop
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     w = jnp.asarray(rng.uniform(0, 1, (b, s // 2, s // 2, 4)), jnp.float32)
     c = jnp.asarray(rng.uniform(-1, 1, (b, s, s, 3)), jnp.float32)
     t = jnp.arange(1, b + 1, dtype=jnp.int32)
-    params = nn.unbox(unet.init_variables(model, jax.random.key(0), s)["params"])
+    params = nn.unbox(factory.init_variables(model, jax.random.key(0), s)["params"])
     if a.forward:
         fn = jax.jit(lambda p: model.apply({"params": p}, m, w, c, t))
     else:

@@ -261,11 +261,12 @@ def _unet_and_params(model_name: str, crop: int, dtype: str, perturb: bool = Tru
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
+    from diffraw_jax.models import factory
     from diffraw_jax.models import unet as unet_lib
 
     dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
     model = unet_lib.make_unet(model_name, dtype=dt)
-    params = nn.unbox(unet_lib.init_variables(model, jax.random.key(0), crop)["params"])
+    params = nn.unbox(factory.init_variables(model, jax.random.key(0), crop)["params"])
     if perturb:  # zero-initialised layers would make the output identically 0
         import numpy as np
         rng = np.random.default_rng(2)  # numpy: threefry draws compile slowly on CPU

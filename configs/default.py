@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.dropout = -1.0            # < 0: the named config's value
 
     c.color_net = g = ml_collections.ConfigDict()
-    g.name = "default"          # diffraw_jax/models/isp.py: default (~9M) | tiny
+    g.name = "default"          # diffraw_jax/models/color_net.py: default (~9M) | tiny
     g.workdir = ""              # trained G's workdir: gives c_test = G(w) in eval/inference
 
     c.isp = i = ml_collections.ConfigDict()  # task "color_net" only

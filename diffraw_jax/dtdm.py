@@ -60,9 +60,11 @@ __all__ = [
     "sampling_timesteps",
     "sample",
     "METHODS",
+    "OBJECTIVES",
 ]
 
 METHODS = ("dtdm", "dtdm_ddim", "ddpm")
+OBJECTIVES = ("dtdm", "ddpm")  # training targets: eq. 19, or the plain epsilon (the Fig. 4 baseline)
 
 
 class Schedule(NamedTuple):
@@ -217,17 +219,32 @@ def predict_y(schedule: Schedule, m_t: Array, f: Array, t) -> Array:
     return (m_t - _bcast(_sqrt_1mab(schedule, t), m_t) * f) / _bcast(_sqrt_ab(schedule, t), m_t)
 
 
-def training_example(schedule: Schedule, y: Array, x: Array, key: Array, s):
-    """Lines 5-7 of Algorithm 1.
+def training_example(schedule: Schedule, y: Array, x: Array, key: Array, s, objective: str = "dtdm"):
+    """Lines 5-7 of Algorithm 1 for one example: the trainer's example (``train.train_step``).
 
-    Draws t ~ U{1..s} per example and eps ~ N(0, I), returns (m_t, t, target)
-    with m_t from eq. 18 and target = gamma_s (x - y) + eps (eq. 19).
-    t is int32 [B]; m_t and target have the shape of y.
+    Args:
+      y: [H, W, C] the clean target in [-1, 1].
+      x: the low-quality image, shape of y (D^2(y) in training, Algorithm 1 line 3).
+      key: this example's PRNG key. t is drawn with ``fold_in(key, 1)`` and eps
+        with ``fold_in(key, 2)`` (``fold_in(key, 0)`` is left to the trainer's D^2).
+      s: the truncation step (Python int or int32 scalar).
+      objective: "dtdm": t ~ U{1..s}, m_t from eq. 18 and target
+        gamma_s (x - y) + eps (eq. 19). "ddpm" (the Fig. 4 baseline):
+        t ~ U{1..T}, m_t = y_t = sqrt(ab_t) y + sqrt(1 - ab_t) eps, target eps.
+
+    Returns:
+      (m_t, t, target): t an int32 scalar, m_t and target float32 shaped like y.
+      ``jax.vmap`` it over a batch with one key per example.
     """
-    key_t, key_n = jax.random.split(key)
-    t = jax.random.randint(key_t, (y.shape[0],), 1, jnp.asarray(s, jnp.int32) + 1, dtype=jnp.int32)
-    noise = jax.random.normal(key_n, y.shape, dtype=jnp.float32)
-    return q_sample(schedule, y, x, t, noise, s), t, training_target(schedule, y, x, noise, s)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    k_t, k_eps = (jax.random.fold_in(key, i) for i in (1, 2))
+    eps = jax.random.normal(k_eps, y.shape, jnp.float32)
+    if objective == "dtdm":
+        t = jax.random.randint(k_t, (), 1, s + 1, dtype=jnp.int32)
+        return q_sample(schedule, y, x, t, eps, s), t, training_target(schedule, y, x, eps, s)
+    t = jax.random.randint(k_t, (), 1, schedule.num_timesteps + 1, dtype=jnp.int32)
+    return q_sample(schedule, y, y, t, eps, s), t, eps
 
 
 # ---------------------------------------------------------------------------

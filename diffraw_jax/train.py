@@ -7,8 +7,9 @@ annotations. Randomness is per example: example ``i`` of step ``n`` uses
 ``fold_in(fold_in(key, n), i)``, so results do not depend on the device count.
 
 Two tasks share the loop:
-  * ``diffraw``: the U-Net f(m_t, w, c, t). x = c = D2(y) on device; t ~ U{1..s};
-    m_t from ``dtdm.q_sample``; loss ||f - (gamma_s (x - y) + eps)||^2 (eq. 20).
+  * ``diffraw``: the U-Net f(m_t, w, c, t). x = c = D2(y) on device; t ~ U{1..s},
+    eps, m_t and the target from ``dtdm.training_example`` (Algorithm 1, lines 5-7);
+    loss ||f - (gamma_s (x - y) + eps)||^2 (eq. 20).
     ``diffusion.objective = "ddpm"`` trains the plain epsilon target on y_t,
     t ~ U{1..T} (the Fig. 4 baseline) with the same conditions.
   * ``color_net``: G(w) with L1 + ssim_weight (1 - SSIM) against the DSLR image,
@@ -96,7 +97,7 @@ def create_train_state(config, model, tx, mesh, key) -> TrainState:
     replicated, then resharded, so the values do not depend on the mesh.
     """
     def init(k):
-        params = nn.unbox(factory.init_variables(config, model, k)["params"])
+        params = nn.unbox(factory.init_variables(model, k)["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
@@ -108,7 +109,7 @@ def create_train_state(config, model, tx, mesh, key) -> TrainState:
 def param_shardings(config, model, mesh):
     """NamedShardings of the model's parameters from its logical-axis annotations."""
     rules = unet_lib.default_logical_axis_rules(*parallel.DATA_AXES)
-    return parallel.logical_shardings(factory.abstract_variables(config, model), mesh, rules)["params"]
+    return parallel.logical_shardings(factory.abstract_variables(model), mesh, rules)["params"]
 
 
 def train_state_shardings(config, model, tx, mesh, abstract_opt_state) -> TrainState:
@@ -130,34 +131,15 @@ def _step_keys(key, step, batch_size):
     return jax.vmap(lambda i: jax.random.fold_in(examples, i))(jnp.arange(batch_size)), dropout
 
 
-def low_quality_image(config, y, key):
-    """x = c = D2(y) (Algorithm 1, line 3) with ``fold_in(key, 0)``, or y with
-    ``degradation.enabled = False``. y: [H, W, 3] in [-1, 1]; x unclipped."""
+def low_quality_image(y, key, degrade: bool):
+    """x = c = D2(y) (Algorithm 1, line 3) with ``fold_in(key, 0)`` (``key``: the example's
+    key), or y when ``degrade`` is False (``degradation.enabled``). y: [H, W, 3] in [-1, 1];
+    x unclipped."""
     from diffraw_jax import degradation
 
-    if not config.degradation.enabled:
+    if not degrade:
         return y
     return degradation.degrade_single(sampling.to_unit_range(y), jax.random.fold_in(key, 0)) * 2.0 - 1.0
-
-
-def diffraw_example(config, schedule, y, w, key):
-    """One example of Algorithm 1, lines 3-7: returns (model inputs, target).
-
-    y: [H, W, 3] in [-1, 1]; w: [H/2, W/2, 4] in [0, 1].
-    """
-    k_t, k_eps = (jax.random.fold_in(key, i) for i in (1, 2))
-    x = low_quality_image(config, y, key)
-    s = config.diffusion.s
-    eps = jax.random.normal(k_eps, y.shape, jnp.float32)
-    if config.diffusion.objective == "dtdm":
-        t = jax.random.randint(k_t, (), 1, s + 1, dtype=jnp.int32)
-        m_t = dtdm.q_sample(schedule, y, x, t, eps, s)
-        target = dtdm.training_target(schedule, y, x, eps, s)
-    else:  # ddpm: y_t = sqrt(ab_t) y + sqrt(1 - ab_t) eps, t ~ U{1..T}, target eps
-        t = jax.random.randint(k_t, (), 1, schedule.num_timesteps + 1, dtype=jnp.int32)
-        m_t = dtdm.q_sample(schedule, y, y, t, eps, s)
-        target = eps
-    return (m_t, w, x, t), target
 
 
 def global_shift_align(pred, target, max_shift: int = 4):
@@ -180,8 +162,10 @@ def global_shift_align(pred, target, max_shift: int = 4):
 def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx, schedule, config):
     """One optimisation step. batch: {"raw": [B, h, w, 4] in [0, 1], "dslr": [B, H, W, 3] in [-1, 1]}.
 
-    ``teacher_params``: distillation (``distill.teacher`` set): the teacher's parameters;
-    the loss is then ||f - f*||^2 against the teacher's two DTDM-DDIM steps
+    The DiffRAW example of each image is Algorithm 1, lines 3-7: x = c = D2(y)
+    (``low_quality_image``), then ``dtdm.training_example`` (t, eps, m_t, target).
+    ``teacher_params``: given when distilling (``distill.teacher`` set): the teacher's
+    parameters; the loss is then ||f - f*||^2 against the teacher's two DTDM-DDIM steps
     (``diffraw_jax.distill``). Returns (new_state, metrics). A non-finite loss or
     gradient leaves the state unchanged and reports metrics["finite"] = False.
     """
@@ -206,23 +190,23 @@ def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx,
             ssim = jnp.mean(dm_pix.ssim(pred * mask, target * mask, max_val=1.0))
             return l1 + config.isp.ssim_weight * (1.0 - ssim), {"l1": l1, "ssim": ssim}
     else:
-        if distilling(config):  # the student's examples: targets from the teacher's two steps
-            x = jax.vmap(lambda yy, kk: low_quality_image(config, yy, kk))(y, keys)
+        s, degrade = config.diffusion.s, bool(config.degradation.enabled)
+        x = jax.vmap(lambda yy, kk: low_quality_image(yy, kk, degrade))(y, keys)  # x = c = D2(y)
+        if teacher_params is not None:  # the student's examples: targets from the teacher's two steps
 
             def teacher_fn(m, t):
                 return model.apply({"params": teacher_params}, m, w, x, t, train=False).astype(jnp.float32)
 
-            teacher_grid, _ = distill_lib.grids(config.diffusion.s, config.distill.teacher_steps)
+            teacher_grid, _ = distill_lib.grids(s, config.distill.teacher_steps)
             m_t, t, target = distill_lib.distillation_example(
-                schedule, teacher_fn, y, x, jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys),
-                config.diffusion.s, teacher_grid)
-            w_ = w
-        else:
-            (m_t, w_, x, t), target = jax.vmap(
-                lambda yy, ww, kk: diffraw_example(config, schedule, yy, ww, kk))(y, w, keys)
+                schedule, teacher_fn, y, x, jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys), s, teacher_grid)
+        else:  # Algorithm 1, lines 5-7
+            objective = config.diffusion.objective
+            m_t, t, target = jax.vmap(
+                lambda yy, xx, kk: dtdm.training_example(schedule, yy, xx, kk, s, objective))(y, x, keys)
 
         def loss_fn(params):
-            f = model.apply({"params": params}, m_t, w_, x, t, train=True, rngs={"dropout": drop_key})
+            f = model.apply({"params": params}, m_t, w, x, t, train=True, rngs={"dropout": drop_key})
             loss = jnp.mean((f.astype(jnp.float32) - target) ** 2)
             return loss, {}
 
@@ -283,7 +267,7 @@ def load_teacher(config, model, param_shardings_):
     if diff:
         raise ValueError(f"the teacher {config.distill.teacher} was trained with other diffusion settings "
                          f"(teacher, student): {diff}")
-    want = jax.tree_util.tree_flatten_with_path(factory.abstract_params(config, model))[0]
+    want = jax.tree_util.tree_flatten_with_path(factory.abstract_params(model))[0]
     have = dict(jax.tree_util.tree_flatten_with_path(teacher.params)[0])
     bad = [jax.tree_util.keystr(p) for p, a in want if p not in have or tuple(have[p].shape) != tuple(a.shape)]
     if bad or len(have) != len(want):

@@ -167,7 +167,7 @@ def _restore_orbax(config, model, workdir: str, use_ema: bool, step: Optional[in
         field = "ema_params" if use_ema else "params"
         sharding = jax.sharding.SingleDeviceSharding(_device())
         target = {field: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                                      factory.abstract_params(config, model))}
+                                      factory.abstract_params(model))}
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         mismatch = _shape_mismatch(directory, step, target)
         if mismatch:
@@ -284,7 +284,7 @@ def _restore_from_weights(config, model, path: str):
     if digest != manifest["sha256"][PARAMS_FILE]:
         raise ValueError(f"{file} is damaged: sha256 {digest[:12]}... does not match the manifest's "
                          f"{manifest['sha256'][PARAMS_FILE][:12]}...")
-    abstract = factory.abstract_params(config, model)
+    abstract = factory.abstract_params(model)
     with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
         stored = {k: arrays[k] for k in arrays.files}
     want = _flat_keys(abstract)

@@ -149,7 +149,8 @@ def test_vmap_over_examples_matches_batched():
 
 def test_training_example_algorithm1():
     y, x = pair((4096, 2, 2, 3))
-    m, t, target = jax.jit(lambda k: dtdm.training_example(PAPER, y, x, k, S))(jax.random.PRNGKey(0))
+    keys = jax.random.split(jax.random.PRNGKey(0), y.shape[0])  # one key per example, as the trainer
+    m, t, target = jax.jit(jax.vmap(lambda yy, xx, k: dtdm.training_example(PAPER, yy, xx, k, S)))(y, x, keys)
     t = np.asarray(t)
     assert t.dtype == np.int32 and t.min() >= 1 and t.max() <= S
     counts = np.bincount(t, minlength=S + 1)[1:]
@@ -408,7 +409,7 @@ def test_ddim_sampler_is_deterministic_given_the_start():
 def test_import_is_light():
     import subprocess, sys
     code = ("import sys, diffraw_jax, diffraw_jax.dtdm, diffraw_jax.sampling, diffraw_jax.raw, "
-            "diffraw_jax.isp_classic, diffraw_jax.degradation, diffraw_jax.models.unet, diffraw_jax.models.isp, "
+            "diffraw_jax.isp_classic, diffraw_jax.degradation, diffraw_jax.models.unet, diffraw_jax.models.color_net, "
             "diffraw_jax.tiling, diffraw_jax.models.factory; "
             "bad = [m for m in ('tensorflow', 'tensorflow_datasets', 'clu', 'grain', 'orbax', 'PIL', 'rawpy', "
             "'scipy', 'dm_pix') if m in sys.modules]; assert not bad, bad")

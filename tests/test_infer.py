@@ -563,18 +563,14 @@ def test_cli_colour_image(tmp_path, workdir, capsys):
 
 def test_colour_network_g_from_the_training_config(tmp_path, workdir, capsys):
     """--color g: G from config.color_net.workdir, run once on the whole (padded) frame."""
-    import jax.numpy as jnp
-
     from diffraw_jax import checkpointing
-    from diffraw_jax.models import init as init_lib
-    from diffraw_jax.models import isp
+    from diffraw_jax.models import color_net, factory
 
     gdir = tmp_path / "g"
     gcfg = test_config.get_config()
     gcfg.task = "color_net"
-    g_model = isp.ColorNet(**isp.color_net_config("tiny"))
-    g_params = init_lib.init_variables(g_model, (jax.ShapeDtypeStruct((1, 16, 16, 4), jnp.float32),),
-                                       jax.random.key(1))["params"]
+    g_model = color_net.ColorNet(**color_net.color_net_config("tiny"))
+    g_params = factory.init_variables(g_model, jax.random.key(1), 32)["params"]
     manager = checkpointing.create_manager(str(gdir))
     checkpointing.save(manager, 1, {"params": g_params, "ema_params": g_params}, force=True)
     manager.wait_until_finished()

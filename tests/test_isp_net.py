@@ -1,6 +1,6 @@
-"""Tests for the colour network G (diffraw_jax/models/isp.py).
+"""Tests for the colour network G (diffraw_jax/models/color_net.py).
 
-Parameters are drawn with ``diffraw_jax.models.init.init_variables`` (jitted
+Parameters are drawn with ``diffraw_jax.models.factory.init_variables`` (jitted
 ``model.init`` seeded through the "rbg" PRNG: compiling threefry for every
 shape costs tens of seconds on a CPU-only machine). The default (~9M) network
 is only ever shape-evaluated.
@@ -11,19 +11,18 @@ import numpy as np
 import optax
 import pytest
 
-from diffraw_jax.models import init as init_lib
-from diffraw_jax.models.isp import (
+from diffraw_jax.models import factory
+from diffraw_jax.models.color_net import (
     ChannelAttention,
     ColorNet,
     color_net_config,
     coordinate_map,
-    count_params,
     haar_dwt,
     haar_idwt,
     pixel_shuffle,
 )
 
-DEFAULT_PARAMS = 8_978_051  # documented in the isp.py docstring
+DEFAULT_PARAMS = 8_978_051  # documented in the color_net.py docstring
 TINY_PARAMS = 71_587
 LITEISPNET_PARAMS = 9.04e6
 N_STEPS, LEARN_FACTOR = 100, 4.0  # measured: 0.621 -> 0.064 (9.8x)
@@ -37,8 +36,14 @@ def _compile(fn, *args):
 
 def _init_params(net, input_shape, seed=0):
     """Initial ``params`` of ``net`` from the project's init path (packed input [B, h, w, 4])."""
-    w = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    return init_lib.init_variables(net, (w,), jax.random.key(seed))["params"]
+    _, h, w, _ = input_shape
+    return factory.init_variables(net, jax.random.key(seed), (2 * h, 2 * w))["params"]
+
+
+def count_params(name, image_size, **overrides):
+    """Trainable parameters of the named ColorNet, shape-evaluated at ``image_size`` (H or (H, W))."""
+    net = ColorNet(**color_net_config(name, **overrides))
+    return factory.count_params(factory.abstract_params(net, image_size))
 
 
 def _rand(shape, seed=0, lo=0.0, hi=1.0):

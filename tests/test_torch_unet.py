@@ -19,20 +19,25 @@ import numpy as np  # noqa: E402
 
 from benchmarks import torch_unet as TU  # noqa: E402
 from diffraw_jax import raw  # noqa: E402
+from diffraw_jax.models import factory  # noqa: E402
 from diffraw_jax.models import unet as U  # noqa: E402
+
+
+def _n_params(name: str, **overrides) -> int:
+    return factory.count_params(factory.abstract_params(U.make_unet(name, **overrides)))
 
 
 def _perturbed_params(model: U.UNet, seed: int = 0, sigma: float = 0.05, init: bool = True):
     """Flax parameters plus N(0, sigma) noise on every leaf (the zero-initialised
     layers would otherwise make the output exactly 0). ``init``: start from
-    ``init_variables`` (a real Flax init); otherwise fill the eval_shape'd
+    ``factory.init_variables`` (a real Flax init); otherwise fill the eval_shape'd
     tree on the host (kernels U(-1, 1) / sqrt(fan_in), biases 0, GroupNorm
     scales 1): no init compile, which keeps the variant tests fast."""
     rng = np.random.default_rng(seed)
     if init:
-        params = nn.unbox(U.init_variables(model, jax.random.key(seed), image_size=32))["params"]
+        params = nn.unbox(factory.init_variables(model, jax.random.key(seed), 32))["params"]
     else:
-        abstract = nn.unbox(U.abstract_variables(model, 32))["params"]
+        abstract = factory.abstract_params(model, 32)
         params = jax.tree_util.tree_map_with_path(
             lambda path, s: np.full(s.shape, 1.0 if path[-1].key == "scale" else 0.0, np.float32)
             + (rng.uniform(-1, 1, s.shape) / np.sqrt(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.0),
@@ -83,14 +88,14 @@ def test_param_counts_match_jax(name):
         tmodel = TU.make_torch_unet(U.unet_config(name))
     n = TU.count_params(tmodel)
     assert n == U.PARAM_COUNTS[name]
-    assert n == U.count_params(name)
+    assert n == _n_params(name)
 
 
 @pytest.mark.parametrize("overrides", [dict(use_c=False), dict(use_w=False, downsample="avgpool")])
 def test_param_counts_match_jax_variants(overrides):
     with torch.device("meta"):
         tmodel = TU.make_torch_unet("tiny", **overrides)
-    assert TU.count_params(tmodel) == U.count_params("tiny", **overrides)
+    assert TU.count_params(tmodel) == _n_params("tiny", **overrides)
 
 
 def test_depth_to_space_matches_raw():
@@ -121,7 +126,7 @@ def test_fresh_torch_model_outputs_zero():
 
 def test_load_flax_params_rejects_bad_trees():
     cfg = U.unet_config("tiny")
-    abstract = nn.unbox(U.abstract_variables(U.UNet(**cfg), 16))["params"]
+    abstract = factory.abstract_params(U.UNet(**cfg), 16)
     params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), abstract)
     tmodel = TU.make_torch_unet(cfg)
     TU.load_flax_params(tmodel, params)  # a complete tree loads

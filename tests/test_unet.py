@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 
 from diffraw_jax import parallel
+from diffraw_jax.models import factory
 from diffraw_jax.models import unet as U
 from diffraw_jax.models.unet import (
     LOGICAL_AXES,
     PARAM_COUNTS,
     SubPixelStem,
     UNet,
-    abstract_variables,
-    count_params,
     default_logical_axis_rules,
     depth_to_space,
     make_unet,
@@ -31,6 +30,12 @@ from diffraw_jax.models.unet import (
 )
 
 PSpec = jax.sharding.PartitionSpec
+abstract_variables = factory.abstract_variables
+
+
+def count_params(name, image_size=64, **overrides):
+    """Parameters of the named U-Net, shape-evaluated at ``image_size`` (H or (H, W))."""
+    return factory.count_params(factory.abstract_params(make_unet(name, **overrides), image_size))
 
 
 # ----------------------------------------------------------------------------
@@ -188,9 +193,12 @@ def test_real_init_zero_output_and_annotations():
     model = make_unet("tiny")
     m_t, raw, c, t = _inputs(2, 16, 16)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
-    variables = U.init_variables(model, jax.random.key(0), (16, 16), batch=2, mesh=mesh)
-    k = variables["params"]["down_0_res_0"]["conv1"]["conv"]["kernel"]
-    assert k.value.sharding == jax.sharding.NamedSharding(mesh, PSpec(None, None, None, "fsdp"))
+    variables = factory.init_variables(model, jax.random.key(0), (16, 16))
+    # laid out on the mesh as the trainer does (train.param_shardings): draw, then reshard
+    shardings = parallel.logical_shardings(factory.abstract_variables(model), mesh, default_logical_axis_rules())
+    laid_out = jax.device_put(nn.unbox(variables), shardings)
+    k = laid_out["params"]["down_0_res_0"]["conv1"]["conv"]["kernel"]
+    assert k.sharding == jax.sharding.NamedSharding(mesh, PSpec(None, None, None, "fsdp"))
     params = variables["params"]
     # boxed with logical names
     assert isinstance(params["conv_in"]["conv"]["kernel"], nn.LogicallyPartitioned)
@@ -691,7 +699,6 @@ def test_remat_and_attention_settings():
         _init_shape(make_unet("tiny", attention_impl="flash"), (1, 16, 16, 3), (1, 8, 8, 4))
     # the config: model.remat_policy, or the older boolean model.remat (configs saved before it)
     from configs import default
-    from diffraw_jax.models import factory
 
     cfg = default.get_config()
     assert factory.remat_policy(cfg) == "none" and factory.create_model(cfg).remat == "none"
@@ -720,7 +727,7 @@ def test_zrr_attention_only_in_the_middle_block():
     assert abstract["mid_attn"]["qkv"]["kernel"].shape == (512, 1536)
     assert model._heads(512) == 16
     # the middle block's input at 448 px: [1, 56, 56, 512] = 3,136 positions
-    args = U._dummy_inputs(model, 1, 448, 448)
+    args = factory.model_inputs(model, 1, 448)
     _, inter = jax.eval_shape(
         lambda p, *a: model.apply({"params": p}, *a, capture_intermediates=lambda m, _: m.name == "mid_attn",
                                   mutable=["intermediates"]), abstract, *args)

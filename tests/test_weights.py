@@ -55,7 +55,7 @@ def trained(tmp_path_factory):
     gcfg.task = "color_net"
     gcfg.optim.ema_decay = 0.0
     g_model = factory.create_model(gcfg)
-    g_params = nn.unbox(factory.init_variables(gcfg, g_model, jax.random.key(1)))["params"]
+    g_params = nn.unbox(factory.init_variables(g_model, jax.random.key(1)))["params"]
     manager = checkpointing.create_manager(str(gdir))
     checkpointing.save(manager, 5, {"step": np.int32(5), "params": g_params, "ema_params": g_params}, force=True)
     manager.wait_until_finished()

@@ -2,8 +2,12 @@
 
 Training, evaluation and inference all build f (the DiffRAW U-Net), G (the
 colour network) and the diffusion schedule through these functions, so a
-config means the same model everywhere. Imports only jax, flax, numpy and the
-project's core modules.
+config means the same model everywhere. The model helpers live here once:
+``create_model`` (config -> module), ``model_inputs`` (the abstract call
+arguments, None for an input the model does not use), ``abstract_variables`` /
+``abstract_params`` (``jax.eval_shape``, no memory), ``init_variables`` (the
+jitted init with the "rbg" PRNG) and ``count_params``. Imports only jax, flax,
+numpy and the project's core modules.
 """
 from __future__ import annotations
 
@@ -15,8 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffraw_jax import dtdm
-from diffraw_jax.models import init as init_lib
-from diffraw_jax.models import isp as isp_lib
+from diffraw_jax.models import color_net as color_net_lib
 from diffraw_jax.models import unet as unet_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -29,7 +32,7 @@ def create_model(config) -> nn.Module:
     if dtype is None:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
     if config.task == "color_net":
-        return isp_lib.ColorNet(**isp_lib.color_net_config(config.color_net.name), dtype=dtype)
+        return color_net_lib.ColorNet(**color_net_lib.color_net_config(config.color_net.name), dtype=dtype)
     if config.task != "diffraw":
         raise ValueError(f"task must be one of {TASKS}, got {config.task!r}")
     overrides = dict(dtype=dtype, remat=remat_policy(config),
@@ -57,50 +60,87 @@ def create_schedule(config) -> dtdm.Schedule:
     d = config.diffusion
     if not 1 <= d.s <= d.num_timesteps:
         raise ValueError(f"diffusion.s={d.s} must be in [1, num_timesteps={d.num_timesteps}]")
-    if d.objective not in ("dtdm", "ddpm"):
-        raise ValueError(f"diffusion.objective must be 'dtdm' or 'ddpm', got {d.objective!r}")
+    if d.objective not in dtdm.OBJECTIVES:
+        raise ValueError(f"diffusion.objective must be one of {dtdm.OBJECTIVES}, got {d.objective!r}")
     return dtdm.make_schedule(d.num_timesteps, d.beta_start, d.beta_end, d.schedule)
 
 
-def model_inputs(config, batch_size: int, crop_size: Optional[int] = None):
-    """Abstract inputs (``jax.ShapeDtypeStruct``) for init: (m_t, w, c, t) for f, (w,) for G.
+def model_inputs(model: nn.Module, batch_size: int = 1, crop_size=64) -> tuple:
+    """Abstract positional inputs (``jax.ShapeDtypeStruct``, float32) of ``model``'s call.
 
-    ``crop_size`` (mosaic pixels, even): default ``config.data.crop_size``;
-    parameter shapes do not depend on it.
+    ``crop_size``: the full-resolution size H (or (H, W)), even; the packed RAW
+    planes are H/2 x W/2. Parameter shapes do not depend on it, so the default
+    (64, which every named model accepts) serves init and ``jax.eval_shape``.
+
+    * G (``color_net.ColorNet``): ``(w,)``, w [B, H/2, W/2, 4].
+    * f (``unet.UNet``): ``(m_t, w, c, t)``: m_t [B, H, W, out_channels],
+      w [B, H/2, W/2, 4], c [B, H, W, 3], t int32 [B]; w (c) is None when the
+      U-Net does not use it (``use_w`` / ``use_c`` off), as the model is called.
     """
-    h = int(crop_size or config.data.crop_size)
+    h, wd = (crop_size, crop_size) if np.isscalar(crop_size) else tuple(crop_size)
+    h, wd = int(h), int(wd)
+    if h % 2 or wd % 2:
+        raise ValueError(f"crop_size must be even, got {h}x{wd}")
     f32 = jnp.float32
-    w = jax.ShapeDtypeStruct((batch_size, h // 2, h // 2, 4), f32)
-    if config.task == "color_net":
+    w = jax.ShapeDtypeStruct((batch_size, h // 2, wd // 2, 4), f32)
+    if isinstance(model, color_net_lib.ColorNet):
         return (w,)
-    return (jax.ShapeDtypeStruct((batch_size, h, h, 3), f32), w,
-            jax.ShapeDtypeStruct((batch_size, h, h, 3), f32),
+    if not isinstance(model, unet_lib.UNet):
+        raise TypeError(f"model must be a UNet or a ColorNet, got {type(model).__name__}")
+    return (jax.ShapeDtypeStruct((batch_size, h, wd, model.out_channels), f32),
+            w if model.use_w else None,
+            jax.ShapeDtypeStruct((batch_size, h, wd, 3), f32) if model.use_c else None,
             jax.ShapeDtypeStruct((batch_size,), jnp.int32))
 
 
-def abstract_variables(config, model: Optional[nn.Module] = None) -> Any:
-    """``jax.eval_shape`` of ``model.init`` (boxed: logical partitioning kept); no memory."""
-    model = model or create_model(config)
-    # A small crop that every named model accepts: parameters do not depend on it.
-    inputs = model_inputs(config, 1, crop_size=64)
+def abstract_variables(model: nn.Module, crop_size=64) -> Any:
+    """``jax.eval_shape`` of ``model.init`` on ``model_inputs``: the boxed variable tree
+    (``nn.LogicallyPartitioned`` leaves keep the logical axes), no memory allocated."""
+    inputs = model_inputs(model, 1, crop_size)
     return jax.eval_shape(lambda k, *a: model.init(k, *a), jax.random.key(0), *inputs)
 
 
-def abstract_params(config, model: Optional[nn.Module] = None) -> Any:
-    """The unboxed ``params`` tree of ``ShapeDtypeStruct`` leaves the config's model has."""
-    return nn.unbox(abstract_variables(config, model))["params"]
+def abstract_params(model: nn.Module, crop_size=64) -> Any:
+    """The unboxed ``params`` tree (``ShapeDtypeStruct`` leaves) of ``model``."""
+    return nn.unbox(abstract_variables(model, crop_size))["params"]
 
 
-def init_variables(config, model: nn.Module, key, *, out_shardings=None) -> Any:
-    """``model.init`` (boxed variables) for ``config``'s inputs, jitted, drawn with the fast
-    "rbg" PRNG seeded from ``key`` (``models.init.init_variables``); the values do not
-    depend on ``out_shardings`` (the mesh)."""
-    return init_lib.init_variables(model, model_inputs(config, 1, crop_size=64), key,
-                                   out_shardings=out_shardings)
+def init_variables(model: nn.Module, key, crop_size=64, *, fast_rng: bool = True) -> Any:
+    """``model.init`` on zeros shaped like ``model_inputs(model, 1, crop_size)``, jitted:
+    the one way parameters are drawn (the trainer, tests, benchmarks). The draw is not
+    sharded: ``train.create_train_state`` lays the parameters out on a mesh
+    (``train.param_shardings``), so the values never depend on the mesh.
+
+    Args:
+      model: the U-Net f or the colour network G.
+      key: a PRNG key (any impl: ``jax.random.key`` or ``jax.random.PRNGKey``).
+      crop_size: H or (H, W) of the dummy inputs; the values do not depend on it.
+      fast_rng: draw the parameters with the "rbg" PRNG seeded from ``key``
+        (``jax.random.bits(key, (4,), uint32)``, one threefry call). On CPU,
+        XLA compiles a threefry-based init very slowly (~40 s for the tiny
+        U-Net on 2 cores, minutes for larger nets); rbg compiles in a few
+        seconds. Values are deterministic for a given key, backend and JAX
+        version, but (unlike threefry) not guaranteed across platforms.
+        ``fast_rng=False`` uses ``key`` directly.
+
+    Returns:
+      The variables as ``model.init`` returns them (boxed
+      ``nn.LogicallyPartitioned`` leaves where the model annotates them;
+      ``nn.unbox`` them or pass them straight to ``model.apply``).
+    """
+    inputs = model_inputs(model, 1, crop_size)
+
+    def init(k):
+        if fast_rng:
+            k = jax.random.wrap_key_data(jax.random.bits(k, (4,), jnp.uint32), impl="rbg")
+        return model.init(k, *[None if a is None else jnp.zeros(a.shape, a.dtype) for a in inputs])
+
+    return jax.jit(init)(key)
 
 
 def count_params(tree: Any) -> int:
-    """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs)."""
+    """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs), e.g.
+    ``count_params(abstract_params(model))`` for a model's trainable parameters."""
     return int(sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree)))
 
 

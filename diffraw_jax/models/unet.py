@@ -28,9 +28,9 @@ Architecture (the "guided diffusion" family used by SR3 and Palette)
 * Initialisation: kernels U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's
   default, which guided diffusion uses), biases 0, GroupNorm scale 1; the last
   conv of every res block, every attention output projection and the final
-  conv are zero-initialised. ``init_variables`` runs a jitted init through
-  ``diffraw_jax.models.init.init_variables`` (optionally straight into FSDP
-  shardings); ``abstract_variables`` / ``count_params`` use ``jax.eval_shape``
+  conv are zero-initialised. Parameters are drawn with
+  ``diffraw_jax.models.factory.init_variables`` (the one init path);
+  ``factory.abstract_variables`` / ``factory.count_params`` use ``jax.eval_shape``
   and allocate nothing.
 * Levels are indexed from 0 (full resolution) to ``len(channel_mults) - 1``
   (resolution H / 2**(levels-1)); ``attention_levels`` uses these indices, so a
@@ -88,7 +88,8 @@ mult, 3 * C for qkv, 2 * C for scale-shift, 4 * stem_channels, time_mlp_dim)
 must be divisible by the fsdp axis size.
 
 Named configurations (``UNET_CONFIGS`` / ``unet_config(name)``), parameter
-counts from ``count_params`` (independent of the crop size):
+counts from ``factory.count_params(factory.abstract_params(make_unet(name)))``
+(independent of the crop size):
 
   "tiny":  8 ch, mults (1, 2), 1 res block, attention at level 1 (2 heads)
            + middle, GroupNorm 4, stem 4 ch, no dropout    ->     49,787 params
@@ -119,8 +120,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import parallel
-from diffraw_jax.models import init as init_lib
 from diffraw_jax.raw import depth_to_space, space_to_depth  # noqa: F401  (re-exported)
 
 Array = jax.Array
@@ -144,9 +143,6 @@ __all__ = [
     "UNET_CONFIGS",
     "unet_config",
     "make_unet",
-    "count_params",
-    "abstract_variables",
-    "init_variables",
     "PARAM_COUNTS",
 ]
 
@@ -802,53 +798,3 @@ def unet_config(name: str, **overrides) -> dict[str, Any]:
 
 def make_unet(name: str, **overrides) -> UNet:
     return UNet(**unet_config(name, **overrides))
-
-
-def _dummy_inputs(model: UNet, batch: int, h: int, w: int):
-    m_t = jax.ShapeDtypeStruct((batch, h, w, model.out_channels), jnp.float32)
-    wr = jax.ShapeDtypeStruct((batch, h // 2, w // 2, 4), jnp.float32) if model.use_w else None
-    c = jax.ShapeDtypeStruct((batch, h, w, 3), jnp.float32) if model.use_c else None
-    t = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    return m_t, wr, c, t
-
-
-def abstract_variables(model: UNet, image_size=64, batch: int = 1):
-    """eval_shape of model.init: the (boxed) variable tree, no memory allocated."""
-    h, w = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
-    args = _dummy_inputs(model, batch, h, w)
-    return jax.eval_shape(lambda k, *a: model.init(k, *a), jax.random.key(0), *args)
-
-
-def init_variables(model: UNet, key, image_size=64, batch: int = 1, *, fast_rng: bool = True, mesh=None, rules=None):
-    """Jitted ``model.init`` on dummy inputs of the given crop size
-    (``diffraw_jax.models.init.init_variables``, which documents ``fast_rng``).
-
-    Args:
-      model: the UNet.
-      key: a PRNG key (any impl).
-      image_size: int or (H, W); parameter shapes do not depend on it.
-      batch: dummy batch size.
-      fast_rng: draw the parameters with the "rbg" PRNG seeded from ``key``
-        (fast to compile on CPU); False uses ``key`` directly.
-      mesh, rules: if a mesh is given, parameters are created already sharded
-        (out_shardings from ``parallel.logical_shardings(..., mesh, rules)``;
-        ``rules`` default to ``default_logical_axis_rules()``).
-
-    Returns:
-      The boxed variables (``nn.LogicallyPartitioned`` leaves; ``nn.unbox`` them
-      or pass them straight to ``model.apply``).
-    """
-    h, w = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
-    out_shardings = None
-    if mesh is not None:
-        rules = default_logical_axis_rules() if rules is None else rules
-        out_shardings = parallel.logical_shardings(abstract_variables(model, (h, w), batch), mesh, rules)
-    return init_lib.init_variables(model, _dummy_inputs(model, batch, h, w), key, fast_rng=fast_rng,
-                                   out_shardings=out_shardings)
-
-
-def count_params(config_name: str, image_size=64, **overrides) -> int:
-    """Number of parameters of a named config (via jax.eval_shape, no allocation)."""
-    model = make_unet(config_name, **overrides)
-    variables = nn.unbox(abstract_variables(model, image_size))
-    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(variables["params"])))

@@ -1,4 +1,4 @@
-"""Colour extraction network G(w; Theta_G) of DiffRAW eq. 8 (LiteISPNet-style).
+"""The colour network G(w; Theta_G) of DiffRAW eq. 8: ``ColorNet``.
 
 G maps packed, normalised RAW planes to an sRGB image at full resolution. It is a
 reconstruction of LiteISPNet (Zhang et al., "Learning RAW-to-sRGB Mappings with
@@ -56,7 +56,8 @@ Layer design (C = ``width`` = 64 by default, s = packed size h; all convs
     RCAG(c)  : x + conv c->c (RCAB(c)^n_blocks (x))
     DWT/IDWT : fixed orthonormal +-0.5 Haar (reshapes and adds, no params)
 
-Parameter counts (exact, from ``count_params``; coordinate map off)
+Parameter counts (exact, ``factory.count_params(factory.abstract_params(net))``;
+coordinate map off)
 -------------------------------------------------------------------
 * ``"default"`` (width 64, 4 RCABs per group, reduction 16):
   **8,978,051** trainable parameters (LiteISPNet reports ~9.04M: -0.7%).
@@ -66,14 +67,13 @@ Parameter counts (exact, from ``count_params``; coordinate map off)
 Initialisation: kernels use PyTorch's default Conv2d scale
 (uniform on +-1/sqrt(fan_in), variance 1/(3 fan_in)), biases are zero. Draw
 initial parameters with the project's one init path,
-``diffraw_jax.models.init.init_variables(model, (w_spec,), key)["params"]``
-(``w_spec`` a ``jax.ShapeDtypeStruct`` [B, h, w, 4]; its "rbg" PRNG keeps the
-CPU compile short, where threefry for every parameter shape takes many seconds
-even for the tiny net).
+``diffraw_jax.models.factory.init_variables(net, key)["params"]`` (its "rbg"
+PRNG keeps the CPU compile short, where threefry for every parameter shape
+takes many seconds even for the tiny net).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -94,7 +94,6 @@ __all__ = [
     "ColorNet",
     "COLOR_NET_CONFIGS",
     "color_net_config",
-    "count_params",
 ]
 
 # PyTorch's default Conv2d kernel init (kaiming_uniform with a=sqrt(5)):
@@ -273,7 +272,7 @@ class RCAGroup(nn.Module):
 # Network
 # ---------------------------------------------------------------------------
 class ColorNet(nn.Module):
-    """LiteISPNet-style colour network G: packed RAW [B,h,w,4] -> sRGB [B,2h,2w,3].
+    """The colour network G (a LiteISPNet reconstruction): packed RAW [B,h,w,4] -> sRGB [B,2h,2w,3].
 
     See the module docstring for the layer design and parameter counts.
     """
@@ -362,25 +361,3 @@ def color_net_config(name: str = "default", **overrides: Any) -> dict:
     cfg = dict(COLOR_NET_CONFIGS[name])
     cfg.update(overrides)
     return cfg
-
-
-def count_params(name: Union[str, dict] = "default",
-                 image_size: Union[int, Sequence[int]] = 448, **overrides: Any) -> int:
-    """Trainable parameter count of a named (or given kwargs) ColorNet.
-
-    ``image_size`` is the full RAW/sRGB size H (or (H, W)); the packed input is
-    H/2 x W/2. Uses ``jax.eval_shape``: no memory is allocated and nothing is
-    computed. (The count does not depend on the size; it only has to be valid.)
-    """
-    cfg = color_net_config(name, **overrides) if isinstance(name, str) else {**name, **overrides}
-    if isinstance(image_size, int):
-        hh, ww = image_size, image_size
-    else:
-        hh, ww = image_size
-    if hh % 2 or ww % 2:
-        raise ValueError(f"image_size must be even, got {hh}x{ww}")
-    model = ColorNet(**cfg)
-    w = jax.ShapeDtypeStruct((1, hh // 2, ww // 2, 4), jnp.float32)
-    shapes = jax.eval_shape(lambda k, x: model.init(k, x), jax.random.PRNGKey(0), w)
-    return int(sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(shapes["params"])))
-
