@@ -100,3 +100,27 @@ def test_configs_is_not_an_installed_package():
     found = setuptools.find_packages(REPO, include=include)
     assert "diffraw_jax" in found and "tfds_zrr" in found
     assert not [p for p in found if p.split(".")[0] == "configs"], found
+
+
+def test_loading_a_saved_config_needs_no_configs_folder(tmp_path):
+    """The installed `diffraw` has no configs/: the schema it upgrades with is in the package."""
+    import subprocess
+    import sys
+
+    code = """
+import importlib.abc, sys
+
+class NoConfigs(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "configs":
+            raise ImportError("configs/ is not installed")
+
+sys.meta_path.insert(0, NoConfigs())
+from diffraw_jax import weights
+c = weights.load_config(sys.argv[1])
+assert (c.color_net.ssim_weight, c.model.attention_impl) == (0.15, "auto")
+print("OK")
+"""
+    r = subprocess.run([sys.executable, "-c", code, os.path.join(REPO, "pretrained/demo")], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
