@@ -76,7 +76,9 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["diffraw_jax", "diffraw_jax.*", "tfds_zrr", "tfds_zrr.*", "configs"]),
+    # configs/ is the repository's (main.py loads a config file by path), not an installed
+    # package: the schema and its defaults are diffraw_jax.configuration.
+    packages=setuptools.find_packages(include=["diffraw_jax", "diffraw_jax.*", "tfds_zrr", "tfds_zrr.*"]),
     install_requires=CORE,
     extras_require={"train": TRAIN, "test": TEST, "bench": BENCH, "all": TRAIN + TEST},
     entry_points={"console_scripts": ["diffraw = diffraw_jax.inference.cli:main"]},

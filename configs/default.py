@@ -1,100 +1,14 @@
 """Base configuration: every field the trainer reads, with the paper's values.
 
-Other configs start from `get_config()` here and change what they need.
-Override any field on the command line: `--config.optim.learning_rate=2e-4`.
+The schema itself is ``diffraw_jax.configuration.default_config`` (in the package,
+so that loading a saved config needs no configs/ folder). Other configs start
+from `get_config()` here and change what they need. Override any field on the
+command line: `--config.optim.learning_rate=2e-4`.
 """
 import ml_collections
 
+from diffraw_jax import configuration
+
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    # "diffraw": the DiffRAW U-Net f(m_t, w, c, t) (Algorithm 1).
-    # "color_net": the colour network G of eq. 8 (configs/isp.py).
-    c.task = "diffraw"
-
-    c.data = d = ml_collections.ConfigDict()
-    d.name = "zrr/patches"       # TFDS name
-    d.data_dir = ""             # TFDS data_dir (required)
-    d.manual_dir = ""           # a ZRR-layout folder; if set, the dataset is built from it first
-    d.crop_size = 448           # RAW mosaic / DSLR crop, even; packed planes are crop/2
-    d.global_batch_size = 32
-    d.eval_batch_size = 8
-    d.worker_count = 0          # Grain worker processes (0: in the main process)
-    d.prefetch_to_device = 2    # training batches kept in flight to the devices
-    d.augment = True
-    d.black_level = 63
-    d.white_level = 1020
-
-    c.model = m = ml_collections.ConfigDict()
-    m.name = "zrr"              # named U-Net: tiny | demo | zrr (diffraw_jax/models/unet.py)
-    m.dtype = "float32"         # compute dtype: float32 | bfloat16 (params stay float32)
-    m.remat = False             # True: remat_policy "full" (kept for older configs)
-    m.remat_policy = "none"     # recompute inside U-Net blocks on the backward pass: none | full |
-                                # dots_saveable | dots_with_no_batch_dims_saveable (unet.REMAT_POLICIES)
-    m.attention_impl = "auto"   # auto (chunked above 1024 positions, else JAX's choice) | xla | chunked |
-                                # cudnn (flash attention: NVIDIA GPUs, bfloat16); unet.dot_product_attention
-    m.use_w = True
-    m.use_c = True
-    m.dropout = -1.0            # < 0: the named config's value
-
-    c.color_net = g = ml_collections.ConfigDict()
-    g.name = "default"          # diffraw_jax/models/color_net.py: default (~9M) | tiny
-    g.workdir = ""              # trained G's workdir: gives c_test = G(w) in eval/inference
-
-    c.isp = i = ml_collections.ConfigDict()  # task "color_net" only
-    i.ssim_weight = 0.15        # loss = L1 + ssim_weight * (1 - SSIM), as LiteISPNet
-    i.align = True              # align the DSLR target to G's output before the loss
-
-    c.diffusion = df = ml_collections.ConfigDict()
-    df.objective = "dtdm"       # dtdm (eq. 20) | ddpm (plain epsilon target; the Fig. 4 baseline)
-    df.num_timesteps = 2000     # T
-    df.beta_start = 1e-6
-    df.beta_end = 1e-2
-    df.schedule = "linear"
-    df.s = 100                  # DTDM length
-
-    c.degradation = ml_collections.ConfigDict()
-    c.degradation.enabled = True  # x = c = D2(y) on device (Algorithm 1, line 3)
-
-    c.optim = o = ml_collections.ConfigDict()
-    o.learning_rate = 1e-4
-    o.warmup_steps = 10_000
-    o.b1 = 0.9
-    o.b2 = 0.999
-    o.grad_clip_norm = 1.0      # <= 0: off
-    o.ema_decay = 0.9999
-    o.weight_decay = 0.0
-    o.decay_every_steps = 0     # > 0: multiply the rate by decay_factor every this many steps
-    o.decay_factor = 0.5        #   after warm-up (LiteISPNet: halved every 40 epochs)
-
-    c.train = t = ml_collections.ConfigDict()
-    t.num_train_steps = 1_000_000
-    t.log_every_steps = 100
-    t.checkpoint_every_steps = 5_000
-    t.keep_checkpoints = 3
-    t.profile = False
-    t.eval_every_steps = 0      # > 0: sample train.eval_num_images test images with the EMA
-    t.eval_num_images = 4       #   parameters every this many steps (TensorBoard scalars + grid)
-
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.fsdp = 1             # devices along the parameter-sharding axis; the rest is "data"
-
-    c.eval = e = ml_collections.ConfigDict()
-    e.crop_size = 0             # centre crop (mosaic pixels) for CPU-sized evaluation; 0: whole image
-    e.num_images = -1           # < 0: the whole split
-    e.ddim_steps = 10           # the DTDM-DDIM row; 0: off
-    e.grid_images = 8
-    e.fid_inception_weights = ""  # .npz of Inception-v3 FID weights (not available offline)
-    e.model = ""                # model to evaluate: a weights folder or workdir (default: --workdir itself);
-                                # results go to <workdir>/eval/<split> either way
-
-    c.distill = ds = ml_collections.ConfigDict()  # progressive distillation (configs/distill.py)
-    ds.teacher = ""             # weights folder or workdir of the teacher; "" = ordinary training
-    ds.teacher_steps = 0        # the teacher's DTDM-DDIM steps; the student makes half as many
-
-    c.sample = sm = ml_collections.ConfigDict()
-    sm.method = "dtdm"          # dtdm | dtdm_ddim | ddpm
-    sm.num_steps = -1           # < 0: s
-    sm.use_ema = True
-    return c
+    return configuration.default_config()

@@ -1,31 +1,55 @@
-"""Orbax checkpoints of the train state and the Grain iterator.
+"""Orbax checkpoints, all of them: the trainer's (train state and Grain iterator)
+and the read-only restore of a model's parameters for evaluation and inference.
 
-Layout: ``<workdir>/checkpoints/<step>/{state,data}``. Saves are asynchronous;
-the last ``keep`` are kept. ``restore_latest`` (the trainer's resume) walks back
-from the newest step when a checkpoint is unreadable (partial write,
-corruption), reporting each one it skips and moving it to
-``checkpoints_unreadable/``, so a damaged latest checkpoint never ends a run
-that has an older one. Only the trainer calls it: evaluation and inference load
-through ``diffraw_jax.weights.load_inference``, which never changes a workdir.
-The workdir may be local or ``gs://`` (``diffraw_jax.paths``).
+Layout: ``<workdir>/checkpoints/<step>/{state,data}`` (``checkpoint_dir``). The
+workdir may be local or ``gs://`` (``diffraw_jax.paths``).
+
+Two contracts:
+
+* **The trainer's** (``create_manager``, ``save``, ``restore_latest``): saves are
+  asynchronous; the last ``keep`` are kept. ``restore_latest`` (the resume) walks
+  back from the newest step when a checkpoint is unreadable (partial write,
+  corruption), reporting each one it skips and moving it to
+  ``checkpoints_unreadable/``, so a damaged latest checkpoint never ends a run
+  that has an older one.
+* **Read-only** (``restore_params``, what ``diffraw_jax.weights.load_inference``
+  calls for a workdir): the parameter subtree of one step only (never the Adam
+  moments), onto one local device, whatever mesh wrote it. It never writes,
+  creates, cleans up or moves anything: an unreadable checkpoint is an error
+  naming its step.
+
+Both install ``ignore_reads_finishing_after_a_failed_restore`` (a known asyncio
+noise of orbax's failed restores). Imports jax, orbax, etils and, of diffraw_jax,
+only ``logs`` and ``paths`` (never ``weights``: weights imports this module, and only
+when it reads a workdir, so a weights folder loads without orbax).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+import sys
+from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from diffraw_jax import weights
+from diffraw_jax import logs
+from diffraw_jax.paths import as_path
 
 log = logging.getLogger(__name__)
 
+CHECKPOINTS_DIR = "checkpoints"
 UNREADABLE_NOTE = "README.txt"  # in checkpoints_unreadable/
 
 
-checkpoint_dir = weights.checkpoint_dir  # <workdir>/checkpoints
+def checkpoint_dir(workdir: str) -> str:
+    """``<workdir>/checkpoints``: absolute if local, ``gs://...`` as it is."""
+    return os.fspath(as_path(workdir) / CHECKPOINTS_DIR)
+
+
+# ---------------------------------------------------------------------------
+# The trainer's: save, resume, set damaged checkpoints aside.
 
 
 def create_manager(workdir: str, keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
@@ -79,10 +103,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     """
     if getattr(getattr(manager, "_options", None), "read_only", False):
         raise ValueError("restore_latest is the trainer's resume (it may move damaged checkpoints "
-                         "aside); load read-only with diffraw_jax.weights.load_inference")
+                         "aside); load read-only with restore_params (diffraw_jax.weights.load_inference)")
     steps = sorted(manager.all_steps(), reverse=True)
     unreadable = []
-    weights.ignore_reads_finishing_after_a_failed_restore()
+    ignore_reads_finishing_after_a_failed_restore()
     for step in steps:
         items = {"state": ocp.args.StandardRestore(abstract_state)}  # None: as saved
         if data_iterator is not None:
@@ -101,3 +125,129 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     if steps:
         raise RuntimeError(f"no readable checkpoint among steps {steps} in {manager.directory}")
     return None, None
+
+
+# ---------------------------------------------------------------------------
+# Read-only: the parameters of one step, for evaluation and inference.
+
+
+def restore_params(workdir: str, abstract_params: Any, *, use_ema: bool, step: Optional[int] = None,
+                   device=None) -> tuple[Any, int]:
+    """Read-only: ``(params, step)`` from ``<workdir>/checkpoints/<step>/state``.
+
+    Args:
+      workdir: a training workdir (local or ``gs://``).
+      abstract_params: the model's ``params`` tree (``jax.ShapeDtypeStruct`` or array
+        leaves: only shapes and dtypes are used), e.g. ``models.factory.abstract_params``.
+      use_ema: the ``ema_params`` subtree, else ``params``.
+      step: a saved step (default: the newest).
+      device: where the arrays go (default: the first local device).
+
+    Raises FileNotFoundError (no checkpoint, or not that step), ValueError (saved
+    shapes that differ from ``abstract_params``, the first one named) and
+    RuntimeError (an unreadable checkpoint, naming the step and an older one to
+    load). Nothing under ``workdir`` is ever written, created or moved.
+    """
+    with logs.quiet_libraries():  # orbax's read-only notices are not the user's concern
+        return _restore_params(workdir, abstract_params, use_ema, step, device or jax.local_devices()[0])
+
+
+def _restore_params(workdir: str, abstract_params: Any, use_ema: bool, step: Optional[int], device):
+    directory = checkpoint_dir(workdir)
+    # Before any read: a damaged step fails the metadata read as well as the restore.
+    ignore_reads_finishing_after_a_failed_restore()
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False, enable_async_checkpointing=False,
+        cleanup_tmp_directories=False))
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise FileNotFoundError(f"no checkpoint of step {step} in {directory} (steps: {steps})")
+        field = "ema_params" if use_ema else "params"
+        sharding = jax.sharding.SingleDeviceSharding(device)
+        target = {field: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                                      abstract_params)}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        mismatch = _shape_mismatch(directory, step, target)
+        if mismatch:
+            raise ValueError(f"the checkpoint of step {step} in {directory} does not match the "
+                             f"configured model ({mismatch})")
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True)))
+        except Exception as e:  # noqa: BLE001 -- orbax raises many types for damaged files
+            older = [s for s in steps if s < step]
+            hint = f"; load an earlier step with step={older[-1]} (--step {older[-1]})" if older else ""
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RuntimeError(f"the checkpoint of step {step} in {directory} is unreadable "
+                               f"({type(e).__name__}: {first[:300]}); nothing was changed{hint}") from e
+        return restored["state"][field], int(step)
+    finally:
+        manager.close()
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+    exc = unraisable.exc_value
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _is_abandoned_tensorstore_read(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return (record.getMessage().startswith(("Task exception was never retrieved",
+                                            "Future exception was never retrieved"))
+            and exc is not None and "tensorstore_spec" in str(exc))
+
+
+class _DropAbandonedTensorstoreReads(logging.Filter):
+    def filter(self, record):
+        return not _is_abandoned_tensorstore_read(record)
+
+
+def ignore_reads_finishing_after_a_failed_restore() -> None:
+    """Silences one known noise: when a restore fails on a damaged file, orbax closes
+    its event loop while tensorstore reads of other arrays are still in flight; as
+    they finish, their callbacks hit the closed loop and Python prints
+    "RuntimeError: Event loop is closed" tracebacks (unraisable exceptions), and
+    asyncio logs "Task (or Future) exception was never retrieved" for the reads that
+    failed too, over the one error line the user should see. Only those are dropped:
+    that exact unraisable exception, and asyncio records whose exception is a
+    tensorstore read error; everything else still goes to the previous hook and
+    to the asyncio logger's handlers."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropAbandonedTensorstoreReads) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_DropAbandonedTensorstoreReads())
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable):
+        if not _is_closed_loop_callback(unraisable):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
+
+
+def _shape_mismatch(directory: str, step: int, target) -> str:
+    """A description of the first leaf whose saved shape differs from ``target``, or ''."""
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            meta = checkpointer.metadata(epath.Path(directory) / str(step) / "state")
+        tree = getattr(meta, "item_metadata", None)
+        tree = getattr(tree, "tree", tree) if tree is not None else getattr(meta, "tree", meta)
+        saved = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in
+                 jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+                 if hasattr(m, "shape")}
+    except Exception:  # noqa: BLE001 -- unreadable metadata: not a shape problem we can name
+        return ""
+    for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+        k = jax.tree_util.keystr(p)
+        if k not in saved:
+            return f"{k} is missing" if saved else ""
+        if saved[k] != tuple(leaf.shape):
+            return f"{k}: saved {saved[k]}, model {tuple(leaf.shape)}"
+    return ""

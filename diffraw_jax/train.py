@@ -12,7 +12,7 @@ Two tasks share the loop:
     loss ||f - (gamma_s (x - y) + eps)||^2 (eq. 20).
     ``diffusion.objective = "ddpm"`` trains the plain epsilon target on y_t,
     t ~ U{1..T} (the Fig. 4 baseline) with the same conditions.
-  * ``color_net``: G(w) with L1 + ssim_weight (1 - SSIM) against the DSLR image,
+  * ``color_net``: G(w) with L1 + color_net.ssim_weight (1 - SSIM) against the DSLR image,
     which is first aligned to G's output by a global integer shift found by
     phase correlation (we have no PWC-Net weights; LiteISPNet uses its flow).
 """
@@ -63,7 +63,7 @@ def learning_rate_schedule(config) -> optax.Schedule:
     o = config.optim
     if o.learning_rate <= 0 or o.warmup_steps < 0:
         raise ValueError("optim.learning_rate must be > 0 and optim.warmup_steps >= 0")
-    if o.get("decay_every_steps", 0) > 0:
+    if o.decay_every_steps > 0:
         if not 0 < o.decay_factor <= 1:
             raise ValueError(f"optim.decay_factor must be in (0, 1], got {o.decay_factor}")
         after_warmup = optax.exponential_decay(o.learning_rate, o.decay_every_steps, o.decay_factor,
@@ -182,13 +182,13 @@ def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx,
 
         def loss_fn(params):
             pred = model.apply({"params": params}, w, train=True)
-            if config.isp.align:
+            if config.color_net.align:
                 target, mask = jax.vmap(global_shift_align)(jax.lax.stop_gradient(pred), y01)
             else:
                 target, mask = y01, jnp.ones(y01.shape[:3] + (1,), pred.dtype)
             l1 = jnp.sum(jnp.abs(pred - target) * mask) / (jnp.sum(mask) * 3)
             ssim = jnp.mean(dm_pix.ssim(pred * mask, target * mask, max_val=1.0))
-            return l1 + config.isp.ssim_weight * (1.0 - ssim), {"l1": l1, "ssim": ssim}
+            return l1 + config.color_net.ssim_weight * (1.0 - ssim), {"l1": l1, "ssim": ssim}
     else:
         s, degrade = config.diffusion.s, bool(config.degradation.enabled)
         x = jax.vmap(lambda yy, kk: low_quality_image(yy, kk, degrade))(y, keys)  # x = c = D2(y)
@@ -411,7 +411,7 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
     # flight; the iterator's checkpointed position is that of the batches trained on.
     data_iter = input_pipeline.DevicePrefetch(
         iter(loader), lambda b: input_pipeline.to_global_batch({"raw": b["raw"], "dslr": b["dslr"]}, data_sh),
-        size=config.data.get("prefetch_to_device", 2))
+        size=config.data.prefetch_to_device)
 
     from diffraw_jax import checkpointing  # orbax: only the training loop needs it
 
@@ -433,7 +433,7 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
     hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer)]
     if config.train.profile and jax.process_index() == 0:
         hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
-    eval_every = config.train.get("eval_every_steps", 0) if config.task == "diffraw" else 0
+    eval_every = config.train.eval_every_steps if config.task == "diffraw" else 0
     periodic_eval = None
     if eval_every > 0:
         from diffraw_jax.periodic_eval import PeriodicEval

@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import os
-import sys
 import uuid
 from typing import Any, Optional
 
@@ -38,7 +37,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from diffraw_jax import logs
+from diffraw_jax import configuration
 from diffraw_jax.paths import as_path
 from diffraw_jax.models import factory
 
@@ -48,7 +47,6 @@ CONFIG_FILE = "config.json"      # the training config (workdirs and weights fol
 MANIFEST_FILE = "manifest.json"  # weights folders only
 PARAMS_FILE = "params.npz"
 COLOR_NET_DIR = "color_net"
-CHECKPOINTS_DIR = "checkpoints"
 FORMAT = "diffraw-jax-weights"
 FORMAT_VERSION = 1
 
@@ -92,26 +90,24 @@ def is_weights_folder(path: str) -> bool:
     return (epath.Path(path) / MANIFEST_FILE).is_file()
 
 
-def checkpoint_dir(workdir: str) -> str:
-    """``<workdir>/checkpoints``: absolute if local, ``gs://...`` as it is."""
-    return os.fspath(as_path(workdir) / CHECKPOINTS_DIR)
-
-
 def load_config(path: str):
-    """The ConfigDict of a workdir or weights folder (its ``config.json``)."""
-    import ml_collections
-
+    """The ConfigDict of a workdir or weights folder: its ``config.json``, upgraded to the
+    current schema (``configuration.upgrade``: defaults for fields it lacks, renamed fields
+    moved). ValueError for a field the schema does not know."""
     file = epath.Path(path) / CONFIG_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{file} not found: {path} is neither a diffraw-jax training "
                                 "workdir nor a weights folder")
-    return ml_collections.ConfigDict(json.loads(file.read_text()))
+    try:
+        return configuration.upgrade(json.loads(file.read_text()))
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from e
 
 
 def resolve_color_net_path(config, base: str) -> str:
     """``config.color_net.workdir`` as a path: as given (relative to the current
     directory, or a ``gs://`` URI), else relative to ``base`` (the model path) or its parent."""
-    path = config.color_net.get("workdir", "") or ""
+    path = config.color_net.workdir
     if not path or epath.Path(path).is_absolute() or epath.Path(path).is_dir():
         return path
     base = as_path(base)
@@ -123,7 +119,11 @@ def resolve_color_net_path(config, base: str) -> str:
 
 
 def _is_model_path(path: str) -> bool:
-    return bool(path) and (is_weights_folder(path) or epath.Path(checkpoint_dir(path)).is_dir())
+    if not path or is_weights_folder(path):
+        return bool(path)
+    from diffraw_jax import checkpointing  # orbax: only a workdir needs it
+
+    return epath.Path(checkpointing.checkpoint_dir(path)).is_dir()
 
 
 def color_net_config(config):
@@ -142,114 +142,11 @@ def _device():
 
 
 def _restore_from_workdir(config, model, workdir: str, use_ema: bool, step: Optional[int]):
-    """(params, step) from an orbax checkpoint, read-only, parameters only."""
-    with logs.quiet_libraries():  # orbax's read-only notices are not the user's concern
-        return _restore_orbax(config, model, workdir, use_ema, step)
+    """(params, step) from a workdir's orbax checkpoint, read-only, parameters only."""
+    from diffraw_jax import checkpointing  # orbax: only a workdir needs it
 
-
-def _restore_orbax(config, model, workdir: str, use_ema: bool, step: Optional[int]):
-    import orbax.checkpoint as ocp
-
-    directory = checkpoint_dir(workdir)
-    # Before any read: a damaged step fails the metadata read as well as the restore.
-    ignore_reads_finishing_after_a_failed_restore()
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        read_only=True, create=False, enable_async_checkpointing=False,
-        cleanup_tmp_directories=False))
-    try:
-        steps = sorted(manager.all_steps())
-        if not steps:
-            raise FileNotFoundError(f"no checkpoint in {directory}")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise FileNotFoundError(f"no checkpoint of step {step} in {directory} (steps: {steps})")
-        field = "ema_params" if use_ema else "params"
-        sharding = jax.sharding.SingleDeviceSharding(_device())
-        target = {field: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                                      factory.abstract_params(model))}
-        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        mismatch = _shape_mismatch(directory, step, target)
-        if mismatch:
-            raise ValueError(f"the checkpoint of step {step} in {directory} does not match the "
-                             f"configured model ({mismatch})")
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                item=target, restore_args=restore_args, partial_restore=True)))
-        except Exception as e:  # noqa: BLE001 -- orbax raises many types for damaged files
-            older = [s for s in steps if s < step]
-            hint = f"; load an earlier step with step={older[-1]} (--step {older[-1]})" if older else ""
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise RuntimeError(f"the checkpoint of step {step} in {directory} is unreadable "
-                               f"({type(e).__name__}: {first[:300]}); nothing was changed{hint}") from e
-        return restored["state"][field], int(step)
-    finally:
-        manager.close()
-
-
-def _is_closed_loop_callback(unraisable) -> bool:
-    exc = unraisable.exc_value
-    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-
-
-def _is_abandoned_tensorstore_read(record: logging.LogRecord) -> bool:
-    exc = record.exc_info[1] if record.exc_info else None
-    return (record.getMessage().startswith(("Task exception was never retrieved",
-                                            "Future exception was never retrieved"))
-            and exc is not None and "tensorstore_spec" in str(exc))
-
-
-class _DropAbandonedTensorstoreReads(logging.Filter):
-    def filter(self, record):
-        return not _is_abandoned_tensorstore_read(record)
-
-
-def ignore_reads_finishing_after_a_failed_restore() -> None:
-    """Silences one known noise: when a restore fails on a damaged file, orbax closes
-    its event loop while tensorstore reads of other arrays are still in flight; as
-    they finish, their callbacks hit the closed loop and Python prints
-    "RuntimeError: Event loop is closed" tracebacks (unraisable exceptions), and
-    asyncio logs "Task (or Future) exception was never retrieved" for the reads that
-    failed too, over the one error line the user should see. Only those are dropped:
-    that exact unraisable exception, and asyncio records whose exception is a
-    tensorstore read error; everything else still goes to the previous hook and
-    to the asyncio logger's handlers."""
-    asyncio_log = logging.getLogger("asyncio")
-    if not any(isinstance(f, _DropAbandonedTensorstoreReads) for f in asyncio_log.filters):
-        asyncio_log.addFilter(_DropAbandonedTensorstoreReads())
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_closed_loop_callbacks", False):
-        return
-
-    def hook(unraisable):
-        if not _is_closed_loop_callback(unraisable):
-            previous(unraisable)
-
-    hook.drops_closed_loop_callbacks = True
-    sys.unraisablehook = hook
-
-
-def _shape_mismatch(directory: str, step: int, target) -> str:
-    """A description of the first leaf whose saved shape differs from ``target``, or ''."""
-    try:
-        import orbax.checkpoint as ocp
-
-        with ocp.PyTreeCheckpointer() as checkpointer:
-            meta = checkpointer.metadata(epath.Path(directory) / str(step) / "state")
-        tree = getattr(meta, "item_metadata", None)
-        tree = getattr(tree, "tree", tree) if tree is not None else getattr(meta, "tree", meta)
-        saved = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in
-                 jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-                 if hasattr(m, "shape")}
-    except Exception:  # noqa: BLE001 -- unreadable metadata: not a shape problem we can name
-        return ""
-    for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
-        k = jax.tree_util.keystr(p)
-        if k not in saved:
-            return f"{k} is missing" if saved else ""
-        if saved[k] != tuple(leaf.shape):
-            return f"{k}: saved {saved[k]}, model {tuple(leaf.shape)}"
-    return ""
+    return checkpointing.restore_params(workdir, factory.abstract_params(model), use_ema=use_ema,
+                                        step=step, device=_device())
 
 
 def _flat_keys(tree) -> dict:
@@ -321,8 +218,8 @@ def _load_one(path: str, config, *, use_ema: bool, step: Optional[int]) -> Loade
 def load_color_net(path: str) -> LoadedModel:
     """G from a G workdir or weights folder (``config.json`` fixes its architecture)."""
     config = load_config(path)
-    if config.get("task") != "color_net":
-        raise ValueError(f"{path} holds a {config.get('task')!r} model, not a colour network")
+    if config.task != "color_net":
+        raise ValueError(f"{path} holds a {config.task!r} model, not a colour network")
     return _load_one(path, config, use_ema=bool(config.optim.ema_decay > 0), step=None)
 
 
@@ -347,11 +244,10 @@ def load_inference(path: str, *, use_ema: Optional[bool] = None, step: Optional[
     if not epath.Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such model folder")
     config = load_config(path)
-    task = config.get("task", "diffraw")
-    if task == "color_net":
+    if config.task == "color_net":
         return load_color_net(path)
     if use_ema is None:
-        use_ema = bool(config.get("sample", {}).get("use_ema", True))
+        use_ema = bool(config.sample.use_ema)
     loaded = _load_one(path, config, use_ema=use_ema, step=step)
     if color_net:
         loaded.color_net = find_color_net(config, path)
@@ -365,7 +261,7 @@ def find_color_net(config, path: str) -> Optional[LoadedModel]:
     weights folder in ``config.color_net.workdir`` (relative to the current
     directory, to ``path`` or to its parent).
     """
-    if is_weights_folder(path) and not config.color_net.get("workdir"):
+    if is_weights_folder(path) and not config.color_net.workdir:
         return None
     gpath = (os.fspath(epath.Path(path) / COLOR_NET_DIR) if is_weights_folder(path)
              else resolve_color_net_path(config, path))

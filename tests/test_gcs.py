@@ -243,11 +243,11 @@ def test_gs_workdir_trains_resumes_loads_evaluates(gcs_env, tmp_path):
 
 def test_a_gs_path_is_never_made_local(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert weights.checkpoint_dir("gs://b/x") == "gs://b/x/checkpoints"
-    assert weights.checkpoint_dir("gs://b/x/") == "gs://b/x/checkpoints"
+    assert checkpointing.checkpoint_dir("gs://b/x") == "gs://b/x/checkpoints"
+    assert checkpointing.checkpoint_dir("gs://b/x/") == "gs://b/x/checkpoints"
     assert os.fspath(paths.as_path("gs://b/x") / "eval") == "gs://b/x/eval"
     # Local paths: absolute against the current directory, as before.
-    assert weights.checkpoint_dir("run") == os.path.join(str(tmp_path), "run", "checkpoints")
-    assert weights.checkpoint_dir("a/../run") == os.path.join(str(tmp_path), "run", "checkpoints")
+    assert checkpointing.checkpoint_dir("run") == os.path.join(str(tmp_path), "run", "checkpoints")
+    assert checkpointing.checkpoint_dir("a/../run") == os.path.join(str(tmp_path), "run", "checkpoints")
     assert os.fspath(paths.as_path("/abs/run")) == "/abs/run"
     assert os.listdir(tmp_path) == []

@@ -307,8 +307,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed the usage error
         return int(e.code or 0)
+    # --method/--steps: checked with the model's s by factory.sampler_settings (the one check).
     for flag, value, lo in (("--batch", args.batch, 1), ("--tile", args.tile, 0),
-                            ("--overlap", args.overlap, 0), ("--steps", args.steps, 1)):
+                            ("--overlap", args.overlap, 0)):
         if value is not None and value < lo:
             parser.print_usage(sys.stderr)
             print(f"diffraw: error: {flag} must be >= {lo}", file=sys.stderr)

@@ -36,7 +36,7 @@ def create_model(config) -> nn.Module:
     if config.task != "diffraw":
         raise ValueError(f"task must be one of {TASKS}, got {config.task!r}")
     overrides = dict(dtype=dtype, remat=remat_policy(config),
-                     attention_impl=config.model.get("attention_impl", "auto"),  # absent from older configs
+                     attention_impl=config.model.attention_impl,
                      use_w=bool(config.model.use_w), use_c=bool(config.model.use_c))
     if config.model.dropout >= 0:
         overrides["dropout"] = float(config.model.dropout)
@@ -46,11 +46,11 @@ def create_model(config) -> nn.Module:
 def remat_policy(config) -> str:
     """The U-Net's rematerialisation (``unet.REMAT_CHOICES``) from ``config.model``:
     ``remat_policy`` when set (not "" / "none"), else "full" if the older boolean
-    ``remat`` is true, else "none". Configs saved before ``remat_policy`` existed
-    have only ``remat``."""
+    ``remat`` is true, else "none" (configs saved before ``remat_policy`` existed
+    set only ``remat``)."""
     m = config.model
-    policy = m.get("remat_policy", "") or "none"
-    if policy == "none" and m.get("remat", False):
+    policy = m.remat_policy or "none"
+    if policy == "none" and m.remat:
         policy = "full"
     return unet_lib.remat_name(policy)
 
@@ -145,8 +145,8 @@ def count_params(tree: Any) -> int:
 
 
 def is_distilled(config) -> bool:
-    """True for a progressively distilled student (``distill.teacher`` set; absent from older configs)."""
-    return bool(config.get("distill", {}).get("teacher", ""))
+    """True for a progressively distilled student (``distill.teacher`` set)."""
+    return bool(config.distill.teacher)
 
 
 class SamplerSettings(NamedTuple):
@@ -170,18 +170,17 @@ def sampler_settings(config, method: Optional[str] = None, num_steps: Optional[i
     ValueError for a sampler that does not fit the objective (a DTDM sampler on
     an epsilon network, or the reverse) or a step count outside [1, s].
     """
-    objective = config.diffusion.get("objective", "dtdm")
+    objective = config.diffusion.objective
     s = int(config.diffusion.s)
-    sample = config.get("sample", {})
     if method is None:
-        method = "ddpm" if objective == "ddpm" else sample.get("method", "dtdm")
+        method = "ddpm" if objective == "ddpm" else config.sample.method
     if method not in dtdm.METHODS:
         raise ValueError(f"unknown sampling method {method!r}; expected one of {dtdm.METHODS}")
     if (objective == "ddpm") != (method == "ddpm"):
         raise ValueError(f"a network trained with diffusion.objective={objective!r} cannot be sampled "
                          f"with method {method!r}; use {'ddpm' if objective == 'ddpm' else 'dtdm or dtdm_ddim'}")
     if num_steps is None:
-        n = int(sample.get("num_steps", -1))
+        n = int(config.sample.num_steps)
         num_steps = n if n > 0 else None
     if num_steps is not None:
         num_steps = int(num_steps)
