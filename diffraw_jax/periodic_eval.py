@@ -1,15 +1,16 @@
 """Evaluation during training: a few test images every ``train.eval_every_steps``.
 
 ``PeriodicEval(config, model, schedule, test_source, workdir)`` picks the first
-``train.eval_num_images`` test images once (centre crop ``eval.crop_size``,
-mosaic pixels; 0: whole images), computes their condition c = x = G(w) with the
-trained G that ``color_net.workdir`` names (the classical ISP if there is none),
-and compiles one sampler: DTDM-DDIM with ``eval.ddim_steps`` steps (10 if 0),
-or DDPM for a ``diffusion.objective = "ddpm"`` model. Each call samples the
-images with the current EMA parameters (whatever their sharding), writes PSNR,
-SSIM and LPIPS-Alex (LiteISPNet's protocol on 8-bit images, "original" GT) as
-scalars and a sample grid (classical ISP | c = G(w) | DiffRAW | DSLR) as an
-image summary to the metric writer (TensorBoard), and logs one line.
+``train.eval_num_images`` test images once (``input_pipeline.first_images``: centre
+crop ``eval.crop_size``, mosaic pixels, 0: whole images; the config's black/white
+levels), computes their condition c = x = G(w) with the trained G that
+``color_net.workdir`` names (``weights.find_color_net``; the classical ISP if there
+is none), and compiles one sampler: DTDM-DDIM with ``eval.ddim_steps`` steps (10 if
+0), or DDPM for a ``diffusion.objective = "ddpm"`` model. Each call samples the
+images with the current EMA parameters (whatever their sharding), writes PSNR, SSIM
+and LPIPS-Alex (``metrics.compute_metrics``: LiteISPNet's protocol on 8-bit images,
+"original" GT) as scalars and a sample grid (classical ISP | c = G(w) | DiffRAW |
+DSLR) as an image summary to the metric writer (TensorBoard), and logs one line.
 
 Its cost is one sampler call on a handful of images, i.e. the share a user
 picks with ``eval_every_steps`` and ``eval_num_images``; it returns the
