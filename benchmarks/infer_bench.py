@@ -85,6 +85,7 @@ def main(argv=None):
 
     from diffraw_jax import sampling
     from diffraw_jax.inference.pipeline import DiffRAWPipeline
+    from diffraw_jax.models import factory
 
     workdir = args.checkpoint
     tmp = None
@@ -107,9 +108,9 @@ def main(argv=None):
     for run in args.runs:
         method, steps = run.split(":")
         steps = min(int(steps), base.s)
-        pipe = DiffRAWPipeline(base.model, base.params, base.schedule, base.s, method=method,
-                                  num_steps=steps, color="classic", tile=base.tile,
-                                  overlap=base.overlap, batch=base.batch)
+        pipe = DiffRAWPipeline(base.model, base.params, base.schedule,
+                               factory.sampler_settings(base.config, method, steps), color="classic",
+                               tile=base.tile, overlap=base.overlap, batch=base.batch)
         first, per_call, cpu = bench(pipe, planes, cond, args.repeats)
         print(f"{method + '-' + str(steps):<16}{first:>16.1f}{per_call:>10.2f}{cpu:>12.2f}{per_call / mp:>10.1f}"
               f"{1000 * per_call / mp / steps:>12.0f}", flush=True)

@@ -371,10 +371,9 @@ def plan_sample(config, devices, batch: int) -> dict:
 
     mesh = parallel.create_mesh(int(config.mesh.fsdp), devices)
     model = factory.create_model(config)
-    settings = factory.sampler_settings(config)
-    steps = None if settings.method == "ddpm" else 1
-    fn = sampling.make_sampler(model, factory.create_schedule(config), settings.s, method=settings.method,
-                               num_steps=steps, jit=False)
+    method = factory.sampler_settings(config).method
+    one_step = factory.sampler_settings(config, method, None if method == "ddpm" else 1)
+    fn = sampling.make_sampler(model, factory.create_schedule(config), one_step, jit=False)
     param_sh = train.param_shardings(config, model, mesh)
     params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           factory.abstract_params(model), param_sh)

@@ -318,6 +318,7 @@ def run_sample(c: dict) -> dict:
     import jax
     import jax.numpy as jnp
     from diffraw_jax import dtdm, sampling
+    from diffraw_jax.models import factory
 
     model, params = _unet_and_params(c["model"], c["crop"], c["dtype"])
     m_t, w, cond, _ = _model_inputs(c["batch"], c["crop"])
@@ -331,8 +332,9 @@ def run_sample(c: dict) -> dict:
             traces.append(1)
             return model.apply(*a, **k)
 
-    sampler = sampling.make_sampler(Counting(), schedule, 100, method=c["method"],
-                                    num_steps=c["num_steps"])
+    settings = factory.SamplerSettings(method=c["method"], num_steps=c["num_steps"], s=100,
+                                       label=f"{c['method']}-{c['num_steps'] or 100}")
+    sampler = sampling.make_sampler(Counting(), schedule, settings)
     t0 = time.perf_counter()
     sampler.lower(params, w, cond, cond, jax.random.key(0)).compile()  # AOT: leaves the jit cache empty
     compile_s = time.perf_counter() - t0

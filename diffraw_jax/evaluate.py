@@ -26,43 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import isp_classic, sampling, train, weights
+from diffraw_jax import input_pipeline, isp_classic, sampling, weights
 from diffraw_jax.models import factory
 from diffraw_jax.paths import as_path
 
 log = logging.getLogger(__name__)
-
-
-def psnr_ssim(pred01, target01):
-    """Per-image PSNR and SSIM of 8-bit-quantised [B, H, W, 3] images in [0, 1] (LiteISPNet's protocol)."""
-    from diffraw_jax.metrics import image
-
-    p, t = image.quantize(np.asarray(pred01)), image.quantize(np.asarray(target01))
-    return np.asarray(image.psnr(p, t)), np.asarray(image.ssim(p, t))
-
-
-def center_crop(batch, crop: int):
-    """Even-offset centre crop of mosaic-resolution size ``crop`` (0: whole image)."""
-    h = batch["dslr"].shape[1]
-    if not crop or crop >= h:
-        return batch
-    o = ((h - crop) // 2) & ~1
-    out = dict(batch)
-    out["dslr"] = batch["dslr"][:, o:o + crop, o:o + crop]
-    out["raw"] = batch["raw"][:, o // 2:(o + crop) // 2, o // 2:(o + crop) // 2]
-    return out
-
-
-def first_images(data_source, num_images: int, crop: int):
-    """(w, y01, n): the first ``num_images`` records of ``data_source`` (ZRR format) as one
-    batch, centre-cropped to ``crop`` px (``center_crop``): packed RAW w [n, crop/2, crop/2, 4]
-    in [0, 1] (jax) and the DSLR image y01 [n, crop, crop, 3] in [0, 1] (numpy)."""
-    from diffraw_jax import input_pipeline
-
-    n = min(num_images, len(data_source))
-    batch = next(iter(input_pipeline.create_eval_loader([data_source[i] for i in range(n)], batch_size=n)))
-    batch = center_crop(batch, crop)
-    return jnp.asarray(batch["raw"]), np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"]))), n
 
 
 def grid_png(path, rows, labels):
@@ -146,7 +114,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     """Samples ``split`` and writes metrics; returns the summary dict."""
     from tqdm import tqdm
 
-    from diffraw_jax import input_pipeline, metrics as M
+    from diffraw_jax import metrics as M
 
     e = config.eval
     out_dir = as_path(workdir) / "eval" / split  # local (absolute) or gs://
@@ -157,29 +125,26 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     run_cfg = loaded.config.copy_and_resolve_references()
     run_cfg.sample = config.sample
     main = factory.sampler_settings(run_cfg)
-    s = main.s
 
-    color_fn = sampling.make_color_condition()  # classical ISP
     g_fn, g_note = None, "G: needs a trained colour network (color_net.workdir)"
-    g = (weights.find_color_net(config, workdir) if config.color_net.workdir and not e.get("model")
-         else weights.find_color_net(loaded.config, model_path))
+    # G: the one this run's config names for its own workdir, else the model's own.
+    g_config = config if config.color_net.workdir and not e.get("model") else loaded.config
+    g = weights.find_color_net(g_config, model_path)
     if g is not None:
-        g_fn, g_note = sampling.make_color_condition(g.model, g.params), None
+        g_fn, g_note = sampling.color_condition(g), None
     else:
         log.warning("no trained colour network at %r: DiffRAW rows use the classical ISP as c",
                     config.color_net.workdir)
-    cond_fn = g_fn or color_fn
+    cond_fn = g_fn or sampling.color_condition(None)  # else the classical ISP
 
-    methods = {f"DiffRAW {main.label}": sampling.make_sampler(
-        model, schedule, s, method=main.method, num_steps=main.num_steps)}
+    methods = {f"DiffRAW {main.label}": sampling.make_sampler(model, schedule, main)}
     k = e.ddim_steps
     if k > 0 and main.method != "ddpm":
         ddim = factory.sampler_settings(run_cfg, "dtdm_ddim", k)
-        methods.setdefault(f"DiffRAW {ddim.label}", sampling.make_sampler(
-            model, schedule, s, method="dtdm_ddim", num_steps=k))
+        methods.setdefault(f"DiffRAW {ddim.label}", sampling.make_sampler(model, schedule, ddim))
     out_dir.mkdir(parents=True, exist_ok=True)
     if data_source is None:
-        data_source = train.load_data_sources(config)[1 if split == "test" else 0]
+        data_source = input_pipeline.load_data_sources(config)[1 if split == "test" else 0]
     n = len(data_source) if e.num_images <= 0 else min(e.num_images, len(data_source))
     if n == 0:
         raise ValueError(f"the {split} split is empty")
@@ -201,7 +166,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     t0 = time.time()
     bar = tqdm(total=n, desc=f"eval {split}", unit="img")
     for b, batch in enumerate(loader):
-        batch = center_crop(batch, e.crop_size)
+        batch = input_pipeline.center_crop(batch, e.crop_size)
         mask = np.asarray(batch["mask"]).astype(bool)
         w = jnp.asarray(batch["raw"])
         y01 = sampling.to_unit_range(jnp.asarray(batch["dslr"]))

@@ -409,6 +409,74 @@ def create_eval_loader(data_source, *, batch_size: int, worker_count: int = 0,
         shard_options=shard_options, read_options=read_options or DEFAULT_READ_OPTIONS)
 
 
+# ----------------------------------------------------------------- data sources
+
+def load_data_sources(config):
+    """(train, test) TFDS array_record data sources of ``config.data``; builds the dataset
+    from ``data.manual_dir`` if it is not built yet (single-host, local ``data_dir`` only)."""
+    import tensorflow_datasets as tfds
+    import tfds_zrr  # noqa: F401  registers "zrr"
+
+    if not config.data.data_dir:
+        raise ValueError("config.data.data_dir is empty: set --config.data.data_dir=DIR")
+    builder = tfds.builder(config.data.name, data_dir=config.data.data_dir, file_format="array_record")
+    if not builder.is_prepared():
+        if jax.process_count() > 1:
+            raise FileNotFoundError(
+                f"dataset {config.data.name} is not built in {config.data.data_dir}; on a multi-host run "
+                "build it once beforehand (python -m tfds_zrr.build) on storage every host can read")
+        if not config.data.manual_dir:
+            raise FileNotFoundError(
+                f"dataset {config.data.name} is not built in {config.data.data_dir}; set "
+                "--config.data.manual_dir=ZRR_ROOT to build it, or run python -m tfds_zrr.build")
+        if "://" in str(config.data.data_dir):
+            raise ValueError(
+                f"dataset {config.data.name} is not built in {config.data.data_dir}, and it cannot be "
+                "built there (the array_record writer opens only local files): build it locally with "
+                "python -m tfds_zrr.build and copy the folder to the bucket (gsutil -m cp -r)")
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=config.data.manual_dir))
+    sources = builder.as_data_source()
+    return sources["train"], sources["test"]
+
+
+def center_crop(batch, crop: int):
+    """Even-offset centre crop of a model-input batch (``create_eval_loader``) to ``crop``
+    mosaic pixels: "dslr" [B, crop, crop, 3], "raw" [B, crop/2, crop/2, 4] (the offset is
+    even, so the mosaic stays RGGB); other keys unchanged. ``crop`` 0 or >= the height:
+    the batch as it is."""
+    h = batch["dslr"].shape[1]
+    if not crop or crop >= h:
+        return batch
+    o = ((h - crop) // 2) & ~1
+    out = dict(batch)
+    out["dslr"] = batch["dslr"][:, o:o + crop, o:o + crop]
+    out["raw"] = batch["raw"][:, o // 2:(o + crop) // 2, o // 2:(o + crop) // 2]
+    return out
+
+
+def first_images(config, num_images: int, crop: int, data_source=None):
+    """(w, y01, n): the first ``n = min(num_images, len(data_source))`` records of
+    ``data_source`` (default: the test split of ``load_data_sources(config)``) as one
+    batch, normalised with ``config.data.black_level``/``white_level`` and centre-cropped
+    to ``crop`` px (``center_crop``; 0: whole images). w: packed RAW float32
+    [n, crop/2, crop/2, 4] in [0, 1] (jax); y01: the DSLR image float32 [n, crop, crop, 3]
+    in [0, 1] (numpy)."""
+    import jax.numpy as jnp
+
+    from diffraw_jax import sampling
+
+    if data_source is None:
+        data_source = load_data_sources(config)[1]
+    n = min(int(num_images), len(data_source))
+    if n < 1:
+        raise ValueError(f"no images to take: num_images={num_images}, {len(data_source)} records")
+    loader = create_eval_loader([data_source[i] for i in range(n)], batch_size=n,
+                                black_level=config.data.black_level, white_level=config.data.white_level)
+    batch = center_crop(next(iter(loader)), crop)
+    return jnp.asarray(batch["raw"]), np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"]))), n
+
+
 # ----------------------------------------------------------------- global arrays
 
 def to_global_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:

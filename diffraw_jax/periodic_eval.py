@@ -1,15 +1,16 @@
 """Evaluation during training: a few test images every ``train.eval_every_steps``.
 
 ``PeriodicEval(config, model, schedule, test_source, workdir)`` picks the first
-``train.eval_num_images`` test images once (centre crop ``eval.crop_size``,
-mosaic pixels; 0: whole images), computes their condition c = x = G(w) with the
-trained G that ``color_net.workdir`` names (the classical ISP if there is none),
-and compiles one sampler: DTDM-DDIM with ``eval.ddim_steps`` steps (10 if 0),
-or DDPM for a ``diffusion.objective = "ddpm"`` model. Each call samples the
-images with the current EMA parameters (whatever their sharding), writes PSNR,
-SSIM and LPIPS-Alex (LiteISPNet's protocol on 8-bit images, "original" GT) as
-scalars and a sample grid (classical ISP | c = G(w) | DiffRAW | DSLR) as an
-image summary to the metric writer (TensorBoard), and logs one line.
+``train.eval_num_images`` test images once (``input_pipeline.first_images``: centre
+crop ``eval.crop_size``, mosaic pixels, 0: whole images; the config's black/white
+levels), computes their condition c = x = G(w) with the trained G that
+``color_net.workdir`` names (``weights.find_color_net``; the classical ISP if there
+is none), and compiles one sampler: DTDM-DDIM with ``eval.ddim_steps`` steps (10 if
+0), or DDPM for a ``diffusion.objective = "ddpm"`` model. Each call samples the
+images with the current EMA parameters (whatever their sharding), writes PSNR, SSIM
+and LPIPS-Alex (``metrics.compute_metrics``: LiteISPNet's protocol on 8-bit images,
+"original" GT) as scalars and a sample grid (classical ISP | c = G(w) | DiffRAW |
+DSLR) as an image summary to the metric writer (TensorBoard), and logs one line.
 
 Its cost is one sampler call on a handful of images, i.e. the share a user
 picks with ``eval_every_steps`` and ``eval_num_images``; it returns the
@@ -23,33 +24,28 @@ import time
 import jax
 import numpy as np
 
-from diffraw_jax import evaluate, isp_classic, sampling, weights
+from diffraw_jax import evaluate, input_pipeline, isp_classic, metrics, sampling, weights
 from diffraw_jax.models import factory
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DDIM_STEPS = 10
 LABELS = ["classical ISP", "c = G(w)", "DiffRAW", "DSLR"]
+SCORES = ("psnr", "ssim", "lpips")
 
 
 class PeriodicEval:
     """Samples a fixed set of test images with the training run's EMA parameters."""
 
     def __init__(self, config, model, schedule, test_source, workdir: str):
-        from diffraw_jax import input_pipeline
-
-        n = min(int(config.train.eval_num_images), len(test_source))
-        if n < 1:
+        n = int(config.train.eval_num_images)
+        if min(n, len(test_source)) < 1:
             raise ValueError("evaluation during training needs train.eval_num_images >= 1 and a "
                              "non-empty test split")
-        loader = input_pipeline.create_eval_loader(
-            [test_source[i] for i in range(n)], batch_size=n,
-            black_level=config.data.black_level, white_level=config.data.white_level)
-        batch = evaluate.center_crop(next(iter(loader)), config.eval.crop_size)
-        self.w = np.asarray(batch["raw"])
-        self.y01 = np.asarray(sampling.to_unit_range(np.asarray(batch["dslr"])))
-        g = weights.find_color_net(config, workdir) if config.color_net.get("workdir") else None
-        self.x = np.asarray(sampling.make_color_condition(*((g.model, g.params) if g else ()))(self.w))
+        w, y01, _ = input_pipeline.first_images(config, n, config.eval.crop_size, test_source)
+        self.w, self.y01 = np.asarray(w), y01
+        g = weights.find_color_net(config, workdir)
+        self.x = np.asarray(sampling.color_condition(g)(self.w))
         self.x01 = np.asarray(sampling.to_unit_range(self.x))  # the grid's c column, once
         self.classic = np.asarray(isp_classic.process(self.w))
         if config.diffusion.get("objective", "dtdm") == "ddpm":
@@ -58,24 +54,18 @@ class PeriodicEval:
             settings = factory.sampler_settings(config, "dtdm_ddim",
                                                 config.eval.ddim_steps or DEFAULT_DDIM_STEPS)
         self.label = settings.label
-        self.sample = sampling.make_sampler(model, schedule, settings.s, method=settings.method,
-                                            num_steps=settings.num_steps)
+        self.sample = sampling.make_sampler(model, schedule, settings)
         self.key = jax.random.key(config.seed + 2)
-        self.grid_images = max(1, min(n, int(config.eval.grid_images)))
+        self.grid_images = max(1, min(len(self.w), int(config.eval.grid_images)))
         self.color_note = "G" if g is not None else "classical ISP (no trained G)"
 
     def __call__(self, step: int, params, writer) -> float:
         """Samples, writes scalars and the grid at ``step``; returns the seconds taken."""
-        from diffraw_jax.metrics.lpips_alex import lpips
-
         t0 = time.perf_counter()
         out = self.sample(params, self.w, self.x, self.x, self.key)
         out01 = np.clip(np.asarray(sampling.to_unit_range(out)), 0.0, 1.0)
-        psnr, ssim = evaluate.psnr_ssim(out01, self.y01)
-        lp = np.asarray(lpips(out01, self.y01, value_range=(0.0, 1.0)))
-        scalars = {f"eval/{self.label}/psnr": float(np.mean(psnr)),
-                   f"eval/{self.label}/ssim": float(np.mean(ssim)),
-                   f"eval/{self.label}/lpips": float(np.mean(lp))}
+        scores = metrics.mean_scores(metrics.compute_metrics(out01, self.y01, metrics=SCORES))
+        scalars = {f"eval/{self.label}/{m}": scores[m] for m in SCORES}
         seconds = time.perf_counter() - t0
         if jax.process_index() == 0:
             writer.write_scalars(step, {**scalars, "eval/seconds": seconds})

@@ -5,19 +5,24 @@ Imports only jax, flax, numpy and the project's core modules.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from diffraw_jax import dtdm, isp_classic, tiling
 
+if TYPE_CHECKING:  # annotations only
+    from diffraw_jax.models import factory
 
-def make_sampler(model, schedule: dtdm.Schedule, s: int, *, method: str = "dtdm",
-                 num_steps: Optional[int] = None, eta: float = 0.0,
-                 plan: Optional[tiling.TilePlan] = None, on_step: Optional[Callable[[], Any]] = None,
-                 jit: bool = True) -> Callable:
+
+def make_sampler(model, schedule: dtdm.Schedule, settings: "factory.SamplerSettings", *,
+                 eta: float = 0.0, plan: Optional[tiling.TilePlan] = None,
+                 on_step: Optional[Callable[[], Any]] = None, jit: bool = True) -> Callable:
     """``fn(params, w, c, x, key) -> y_hat`` (``dtdm.sample`` with the U-Net as denoiser).
+
+    ``settings``: the validated sampler (``factory.sampler_settings``): ``dtdm.sample``
+    with its ``method`` and ``num_steps`` from step ``s``.
 
     w: packed RAW [B, H/2, W/2, 4] in [0, 1]; c, x: [B, H, W, 3] in [-1, 1]
     (x = c = G(w) at test time, Algorithm 2 lines 1-2); y_hat: [B, H, W, 3]
@@ -27,8 +32,7 @@ def make_sampler(model, schedule: dtdm.Schedule, s: int, *, method: str = "dtdm"
     after every network evaluation of the frame (a progress bar). Jitted unless
     ``jit=False`` (for ``jax.export`` or an outer jit); compiles once per input shape.
     """
-    if method not in dtdm.METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {dtdm.METHODS}")
+    method, num_steps, s = settings.method, settings.num_steps, settings.s
 
     def sample_fn(params, w, c, x, key):
         def apply(m, w_, c_, t):
@@ -73,3 +77,11 @@ def make_color_condition(color_model=None, color_params: Any = None) -> Callable
         return jax.jit(lambda w, wb_gains=None, ccm=None: to_model_range(isp_classic.process(w, wb_gains, ccm)))
     return jax.jit(lambda w, wb_gains=None, ccm=None: to_model_range(
         color_model.apply({"params": color_params}, w)))
+
+
+def color_condition(color_net=None) -> Callable:
+    """``make_color_condition`` of a loaded G: ``color_net`` is a ``weights.LoadedModel``
+    of G (anything with ``.model`` and ``.params``), or None for the classical ISP."""
+    if color_net is None:
+        return make_color_condition()
+    return make_color_condition(color_net.model, color_net.params)

@@ -281,34 +281,6 @@ def load_teacher(config, model, param_shardings_):
 
 # --------------------------------------------------------------------- the loop
 
-def load_data_sources(config):
-    """(train, test) TFDS array_record data sources; builds from data.manual_dir if needed."""
-    import tensorflow_datasets as tfds
-    import tfds_zrr  # noqa: F401  registers "zrr"
-
-    if not config.data.data_dir:
-        raise ValueError("config.data.data_dir is empty: set --config.data.data_dir=DIR")
-    builder = tfds.builder(config.data.name, data_dir=config.data.data_dir, file_format="array_record")
-    if not builder.is_prepared():
-        if jax.process_count() > 1:
-            raise FileNotFoundError(
-                f"dataset {config.data.name} is not built in {config.data.data_dir}; on a multi-host run "
-                "build it once beforehand (python -m tfds_zrr.build) on storage every host can read")
-        if not config.data.manual_dir:
-            raise FileNotFoundError(
-                f"dataset {config.data.name} is not built in {config.data.data_dir}; set "
-                "--config.data.manual_dir=ZRR_ROOT to build it, or run python -m tfds_zrr.build")
-        if "://" in str(config.data.data_dir):
-            raise ValueError(
-                f"dataset {config.data.name} is not built in {config.data.data_dir}, and it cannot be "
-                "built there (the array_record writer opens only local files): build it locally with "
-                "python -m tfds_zrr.build and copy the folder to the bucket (gsutil -m cp -r)")
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=config.data.manual_dir))
-    sources = builder.as_data_source()
-    return sources["train"], sources["test"]
-
-
 def _validate(config):
     d = config.data
     if d.crop_size % 2 or d.crop_size < 8:
@@ -401,7 +373,7 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
                  config.model.name if config.task == "diffraw" else "G " + config.color_net.name,
                  f"{factory.count_params(state.params):,}", wd / PARAMETERS_FILE)
 
-    train_src, test_src = data_sources if data_sources is not None else load_data_sources(config)
+    train_src, test_src = data_sources if data_sources is not None else input_pipeline.load_data_sources(config)
     loader = input_pipeline.create_train_loader(
         train_src, global_batch_size=config.data.global_batch_size, crop_size=config.data.crop_size,
         seed=config.seed, augment=config.data.augment, worker_count=config.data.worker_count,

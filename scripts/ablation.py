@@ -79,9 +79,8 @@ def main(argv=None):
     logs.setup()
 
     import jax
-    import jax.numpy as jnp
 
-    from diffraw_jax import evaluate, sampling, train, weights
+    from diffraw_jax import evaluate, input_pipeline, metrics, sampling, train, weights
     from diffraw_jax.models import factory
 
     os.makedirs(a.out, exist_ok=True)
@@ -105,18 +104,16 @@ def main(argv=None):
     workdirs["dtdm_long"] = a.dtdm_workdir or workdirs["dtdm_w_c"]
 
     base = configs["dtdm_w_c"]
-    w, y01, n = evaluate.first_images(train.load_data_sources(base)[1], a.num_images, a.crop)
+    w, y01, n = input_pipeline.first_images(base, a.num_images, a.crop)
     g = weights.find_color_net(base, workdirs["dtdm_w_c"])
-    x = sampling.make_color_condition(*((g.model, g.params) if g else ()))(w)
+    x = sampling.color_condition(g)(w)
     ref_hf = laplacian_energy(y01)
-    from diffraw_jax.metrics.lpips_alex import lpips
 
     def score(out01):
         out01 = np.asarray(out01)
-        p_, s_ = evaluate.psnr_ssim(jnp.asarray(out01), jnp.asarray(y01))
-        return {"PSNR": float(np.mean(p_)), "SSIM": float(np.mean(s_)),
-                "LPIPS": float(np.mean(lpips(out01, y01, value_range=(0.0, 1.0)))),
-                "HF ratio": float(np.mean(laplacian_energy(out01) / ref_hf))}
+        m = metrics.mean_scores(metrics.compute_metrics(out01, y01, metrics=("psnr", "ssim", "lpips")))
+        return {k.upper(): v for k, v in m.items()} | {
+            "HF ratio": float(np.mean(laplacian_energy(out01) / ref_hf))}
 
     key = jax.random.key(a.seed)
     sched = factory.create_schedule(base)
@@ -125,7 +122,8 @@ def main(argv=None):
     def run(name, method, s, num_steps=None):
         loaded = weights.load_inference(workdirs[name], color_net=False)
         model, params = loaded.model, loaded.params
-        fn = sampling.make_sampler(model, sched, s, method=method, num_steps=num_steps)
+        settings = factory.SamplerSettings(method=method, num_steps=num_steps, s=s, label=method)
+        fn = sampling.make_sampler(model, sched, settings)
         t0 = time.time()
         out = sampling.to_unit_range(fn(params, w, x, x, key))
         r = score(out)

@@ -54,8 +54,7 @@ def main(argv=None):
     import jax
 
     from configs import pretrained
-    from diffraw_jax import evaluate, sampling, train, weights
-    from diffraw_jax.metrics import compute_metrics
+    from diffraw_jax import evaluate, input_pipeline, metrics, sampling, weights
 
     student_steps = [int(v) for v in a.student_steps.split(",") if v]
     paths = {n: a.students.format(n=n) for n in student_steps}
@@ -68,21 +67,19 @@ def main(argv=None):
     teacher = weights.load_inference(a.teacher)  # with its G
     cfg = pretrained.get_config()
     cfg.data.data_dir = a.data_dir
-    w, y01, n_img = evaluate.first_images(train.load_data_sources(cfg)[1], a.num_images, a.crop)
-    g = teacher.color_net
-    x = sampling.make_color_condition(*((g.model, g.params) if g else ()))(w)
+    w, y01, n_img = input_pipeline.first_images(cfg, a.num_images, a.crop)
+    x = sampling.color_condition(teacher.color_net)(w)
     megapixels = n_img * y01.shape[1] * y01.shape[2] / 1e6
     key = jax.random.key(a.seed)
 
     def score(out01):
-        m = compute_metrics(np.asarray(out01), y01, metrics=("psnr", "ssim", "lpips", "niqe"))
-        return {k.upper(): float(np.mean(v)) for k, v in m.items()}
+        m = metrics.compute_metrics(np.asarray(out01), y01, metrics=("psnr", "ssim", "lpips", "niqe"))
+        return {k.upper(): v for k, v in metrics.mean_scores(m).items()}
 
     rows, images = [], {}
 
     def run(name, loaded, method, steps, kind):
-        fn = sampling.make_sampler(loaded.model, loaded.schedule, loaded.sampler_settings().s,
-                                   method=method, num_steps=steps)
+        fn = sampling.make_sampler(loaded.model, loaded.schedule, loaded.sampler_settings(method, steps))
         compiled = fn.lower(loaded.params, w, x, x, key).compile()
         t0 = time.perf_counter()
         out = jax.block_until_ready(compiled(loaded.params, w, x, x, key))

@@ -218,8 +218,7 @@ def score(out01, gt01, metrics=SCORES) -> dict:
     """The project's full-reference scores ("original" protocol, 8-bit) plus ``diagnostics``, one image."""
     from diffraw_jax.metrics import image, registry
 
-    res = registry.compute_metrics(out01, gt01, metrics=metrics)
-    row = {m: (v if isinstance(v, str) else float(np.asarray(v).reshape(-1)[0])) for m, v in res.items()}
+    row = registry.mean_scores(registry.compute_metrics(out01, gt01, metrics=metrics))  # one image
     row.update(diagnostics(image.quantize(np.asarray(out01, np.float32)),
                            image.quantize(np.asarray(gt01, np.float32))))
     return row

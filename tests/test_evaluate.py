@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from diffraw_jax import evaluate, train
+from diffraw_jax import evaluate, input_pipeline, metrics, train
 from tests.test_train import tiny_source
 
 
@@ -16,10 +16,14 @@ def test_psnr_matches_the_formula():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (2, 16, 16, 3)) / 255.0
     b = np.clip(a + rng.integers(-3, 4, a.shape) / 255.0, 0, 1)
-    p, s = evaluate.psnr_ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    def psnr_ssim(x, y):  # the one scorer (metrics.compute_metrics)
+        r = metrics.compute_metrics(x, y, metrics=("psnr", "ssim"))
+        return r["psnr"], r["ssim"]
+
+    p, s = psnr_ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
     want = 10 * np.log10(1 / ((a - b) ** 2).mean(axis=(1, 2, 3)))
     np.testing.assert_allclose(p, want, rtol=1e-5)
-    p2, s2 = evaluate.psnr_ssim(jnp.asarray(a, jnp.float32), jnp.asarray(a, jnp.float32))
+    p2, s2 = psnr_ssim(jnp.asarray(a, jnp.float32), jnp.asarray(a, jnp.float32))
     assert np.all(np.asarray(s2) > 0.9999) and np.all(np.asarray(s) < 1) and np.all(np.asarray(p2) > 100)
 
 
@@ -63,11 +67,12 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_first_images_are_the_centre_crops_of_the_first_records():
-    """evaluate.first_images against the records themselves: the RGGB mosaic packed by hand
+    """input_pipeline.first_images against the records themselves: the RGGB mosaic packed by hand
     (R, Gr, Gb, B) and normalised with ZRR's levels, the DSLR image / 255, the same even-offset
     centre crop (16 px into a 64 px record for a 32 px crop)."""
     src = tiny_source(5, size=64, seed=3)
-    w, y01, n = evaluate.first_images(src, 3, 32)
+    cfg = test_config.get_config()  # data.black_level 63, white_level 1020 (ZRR's)
+    w, y01, n = input_pipeline.first_images(cfg, 3, 32, src)
     assert n == 3 and w.shape == (3, 16, 16, 4) and y01.shape == (3, 32, 32, 3)
     for i in range(3):
         mos = src[i]["raw"].astype(np.float64)
@@ -75,4 +80,4 @@ def test_first_images_are_the_centre_crops_of_the_first_records():
         want_w = np.clip((planes - 63) / (1020 - 63), 0, 1)[8:24, 8:24]
         np.testing.assert_allclose(np.asarray(w[i]), want_w, atol=1e-6)
         np.testing.assert_allclose(y01[i], src[i]["dslr"][16:48, 16:48] / 255.0, atol=1e-6)
-    assert evaluate.first_images(src, 99, 0)[2] == 5  # capped at the source's length; crop 0 = whole
+    assert input_pipeline.first_images(cfg, 99, 0, src)[2] == 5  # capped at the source's length; crop 0 = whole

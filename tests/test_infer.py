@@ -140,10 +140,9 @@ def pipe(workdir):
 
 def variant(p, **kw):
     """The same model with other pipeline options."""
-    opts = dict(method=p.method, num_steps=p.num_steps, color="classic", tile=p.tile,
-                overlap=p.overlap, batch=p.batch)
+    opts = dict(color="classic", tile=p.tile, overlap=p.overlap, batch=p.batch)
     opts.update(kw)
-    return DiffRAWPipeline(p.model, p.params, p.schedule, p.s, **opts)
+    return DiffRAWPipeline(p.model, p.params, p.schedule, p.settings, **opts)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -337,7 +336,7 @@ def test_one_tile_equals_untiled_and_batch_does_not_matter(pipe):
     # ... and both are exactly dtdm.sample on the whole frame with key(seed).
     planes = camera.prepare_frame(camera.BayerFrame(m)).planes[None]
     c = sampling.make_color_condition()(planes)  # the classical ISP, in [-1, 1]
-    fn = sampling.make_sampler(pipe.model, pipe.schedule, pipe.s, method="dtdm_ddim", num_steps=STEPS)
+    fn = sampling.make_sampler(pipe.model, pipe.schedule, pipe.settings)  # DTDM-DDIM-STEPS
     ref = fn(pipe.params, planes, c, c, jax.random.key(5))
     np.testing.assert_allclose(one, np.asarray(sampling.to_unit_range(ref))[0], atol=1e-5)
     # Tiled (3 x 3 tiles): the batch size only groups the network calls.
@@ -370,8 +369,7 @@ def test_exported_sampler_reproduces_the_in_process_sampler(tmp_path, pipe):
     exported = load_exported(path)
     assert exported.tile_shape == (TILE, TILE) and exported.batch == b
     got = np.asarray(exported(w, c, c, kd))
-    fn = sampling.make_sampler(pipe.model, pipe.schedule, pipe.s, method=pipe.method,
-                               num_steps=pipe.num_steps)
+    fn = sampling.make_sampler(pipe.model, pipe.schedule, pipe.settings)
     want = np.asarray(fn(pipe.params, w, c, c, jax.random.key(3)))
     assert got.shape == (b, TILE, TILE, 3)
     np.testing.assert_allclose(got, want, atol=1e-5)

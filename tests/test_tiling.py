@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from diffraw_jax import dtdm, sampling, tiling
+from diffraw_jax.models import factory
 
 SIGMA = 0.25
 S = 100
@@ -60,9 +61,14 @@ def band_ratio(img, plan):
     return lap[cover > 1].mean() / lap[cover == 1].mean()
 
 
-def per_tile_then_blend(model, schedule, plan, c, key, **kw):
+def settings(method, num_steps):
+    """The sampler ``method`` with ``num_steps`` (None: all) from step S."""
+    return factory.SamplerSettings(method=method, num_steps=num_steps, s=S, label=f"{method}-{num_steps or S}")
+
+
+def per_tile_then_blend(model, schedule, plan, c, key, st):
     """The previous scheme (for the control): every tile an independent sample, blended at the end."""
-    fn = sampling.make_sampler(model, schedule, S, **kw)
+    fn = sampling.make_sampler(model, schedule, st)
     th, tw = plan.tile
     acc = np.zeros((plan.height, plan.width, 3))
     for i, (t, win) in enumerate(zip(plan.tiles, plan.windows())):
@@ -89,9 +95,9 @@ def test_overlap_bands_keep_their_texture(setting, method, steps):
     assert len(plan.tiles) == 16
     key = jax.random.key(0)
     w = jnp.zeros((1, 96, 96, 4))
-    kw = dict(method=method, num_steps=steps)
-    tiled = np.asarray(sampling.make_sampler(model, schedule, S, plan=plan, **kw)(None, w, x, x, key))[0]
-    whole = np.asarray(sampling.make_sampler(model, schedule, S, **kw)(None, w, x, x, key))[0]
+    st = settings(method, steps)
+    tiled = np.asarray(sampling.make_sampler(model, schedule, st, plan=plan)(None, w, x, x, key))[0]
+    whole = np.asarray(sampling.make_sampler(model, schedule, st)(None, w, x, x, key))[0]
     # The sampler draws the texture it should: y - x has standard deviation sigma
     # (DTDM-DDIM with 10 deterministic steps comes out about 13% low: discretisation).
     assert abs(np.std(whole - np.asarray(x[0])) / SIGMA - 1) < (0.05 if method == "dtdm" else 0.2)
@@ -101,7 +107,7 @@ def test_overlap_bands_keep_their_texture(setting, method, steps):
     assert abs(r_tiled - 1) < 0.05 and abs(r_whole - 1) < 0.05, (r_tiled, r_whole)
     # Control: independent per-tile samples blended at the end lose texture in the bands
     # (measured 0.85 for both samplers): the ratio above is able to fail.
-    old = per_tile_then_blend(model, schedule, plan, x, key, **kw)
+    old = per_tile_then_blend(model, schedule, plan, x, key, st)
     assert band_ratio(old, plan) < 0.9, band_ratio(old, plan)
 
 
@@ -111,7 +117,7 @@ def test_tile_batch_does_not_change_the_sample(setting):
     outs = []
     for batch in (1, 3, 16):
         p = tiling.TilePlan.make(192, 192, (64, 64), 16, batch=batch)
-        fn = sampling.make_sampler(model, schedule, S, method="dtdm_ddim", num_steps=5, plan=p)
+        fn = sampling.make_sampler(model, schedule, settings("dtdm_ddim", 5), plan=p)
         outs.append(np.asarray(fn(None, w, x, x, jax.random.key(3))))
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
     np.testing.assert_allclose(outs[0], outs[2], atol=1e-6)

@@ -36,8 +36,7 @@ def export_sampler(pipe, tile_shape, path: str, *, batch: Optional[int] = None,
     default the current backend. Returns ``path``."""
     th, tw = as_tile_shape(tile_shape)
     pipe._check_tile((th, tw))
-    fn = sampling.make_sampler(pipe.model, pipe.schedule, pipe.s, method=pipe.method,
-                               num_steps=pipe.num_steps, eta=pipe.eta, jit=False)
+    fn = sampling.make_sampler(pipe.model, pipe.schedule, pipe.settings, eta=pipe.eta, jit=False)
     params = pipe.params
     exported = jax.export.export(
         jax.jit(lambda w, c, x, k: fn(params, w, c, x, jax.random.wrap_key_data(k))),

@@ -36,7 +36,8 @@ from diffraw_jax.models import factory
 class DiffRAWPipeline:
     """RAW mosaic -> sRGB with a trained DiffRAW U-Net.
 
-    Build with ``from_checkpoint`` (or directly from a model and parameters).
+    Build with ``from_checkpoint`` (or directly from a model, its parameters and
+    ``settings``, the sampler that ``factory.sampler_settings`` validated).
     ``tile``: tile side or (H, W) in output pixels, a multiple of the U-Net's
     2**(levels-1); None / 0: the whole frame in one piece. ``overlap``: minimum
     overlap of neighbouring tiles (even). ``batch``: tiles per network call.
@@ -44,26 +45,19 @@ class DiffRAWPipeline:
     (an sRGB colour condition given per call).
     """
 
-    def __init__(self, model, params, schedule: dtdm.Schedule, s: int, *, method: str = "dtdm",
-                 num_steps: Optional[int] = None, eta: float = 0.0, color: str = "classic",
-                 color_model=None, color_params=None, tile=448, overlap: int = 64,
-                 batch: int = 4, config=None, step: Optional[int] = None, label: Optional[str] = None):
+    def __init__(self, model, params, schedule: dtdm.Schedule, settings: factory.SamplerSettings, *,
+                 eta: float = 0.0, color: str = "classic", color_model=None, color_params=None,
+                 tile=448, overlap: int = 64, batch: int = 4, config=None, step: Optional[int] = None):
         if color not in ("g", "classic", "image"):
             raise ValueError(f"color must be 'g', 'classic' or 'image', got {color!r}")
         if color == "g" and color_model is None:
             raise ValueError("color 'g' needs color_model and color_params")
-        if method not in dtdm.METHODS:
-            raise ValueError(f"unknown method {method!r}; expected one of {dtdm.METHODS}")
-        if num_steps is not None and not 1 <= int(num_steps) <= int(s):
-            raise ValueError(f"num_steps must be in [1, s={s}], got {num_steps}")
-        if method == "ddpm" and num_steps not in (None, s):
-            raise ValueError("method 'ddpm' runs s steps; num_steps must be None or s")
         if int(batch) < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
-        self.model, self.params, self.schedule, self.s = model, params, schedule, int(s)
-        self.method, self.eta = method, float(eta)
-        self.num_steps = None if num_steps is None else int(num_steps)
-        self.label = label or method
+        self.model, self.params, self.schedule = model, params, schedule
+        self.settings, self.eta = settings, float(eta)
+        self.s, self.method, self.num_steps = settings.s, settings.method, settings.num_steps
+        self.label = settings.label
         self.color, self.color_model, self.color_params = color, color_model, color_params
         self.tile = tiling.as_tile_shape(tile)
         self.overlap, self.batch = int(overlap), int(batch)
@@ -111,11 +105,9 @@ class DiffRAWPipeline:
             raise ValueError(f"color 'g' needs a trained colour network G, but {path} names none "
                              f"(color_net.workdir {loaded.config.color_net.get('workdir', '')!r}); "
                              "use color 'classic' or an image")
-        return cls(loaded.model, loaded.params, loaded.schedule, settings.s, method=settings.method,
-                   num_steps=settings.num_steps, eta=eta, color=color,
+        return cls(loaded.model, loaded.params, loaded.schedule, settings, eta=eta, color=color,
                    color_model=g.model if g else None, color_params=g.params if g else None,
-                   tile=tile, overlap=overlap, batch=batch, config=loaded.config, step=loaded.step,
-                   label=settings.label)
+                   tile=tile, overlap=overlap, batch=batch, config=loaded.config, step=loaded.step)
 
     def _check_tile(self, tile: Tuple[int, int]) -> None:
         th, tw = tile
@@ -166,8 +158,7 @@ class DiffRAWPipeline:
         fn = self._samplers.get(plan)
         if fn is None:
             fn = self._samplers[plan] = sampling.make_sampler(
-                self.model, self.schedule, self.s, method=self.method, num_steps=self.num_steps,
-                eta=self.eta, plan=plan, on_step=self._tick)
+                self.model, self.schedule, self.settings, eta=self.eta, plan=plan, on_step=self._tick)
         return fn
 
     def _tick(self):

@@ -21,7 +21,7 @@ from diffraw_jax.metrics.fid import (FIDAccumulator, FIDWeightsMissing, compute_
                                      fid_from_features, frechet_distance)
 from diffraw_jax.metrics.image import from_uint8, psnr, quantize, ssim, to_uint8
 from diffraw_jax.metrics.registry import (ALL_METRICS, DEFAULT_METRICS, NEEDS_WEIGHTS, SplitMetrics,
-                                          available_metrics, compute_metrics)
+                                          available_metrics, compute_metrics, mean_scores)
 
 _LAZY = {
     # name: (module, attribute)
@@ -45,7 +45,7 @@ _LAZY = {
 
 __all__ = ["psnr", "ssim", "quantize", "to_uint8", "from_uint8", "frechet_distance", "feature_stats",
            "fid_from_features", "compute_fid", "FIDAccumulator", "FIDWeightsMissing", "available_metrics",
-           "compute_metrics", "SplitMetrics", "NEEDS_WEIGHTS", "ALL_METRICS", "DEFAULT_METRICS",
+           "compute_metrics", "mean_scores", "SplitMetrics", "NEEDS_WEIGHTS", "ALL_METRICS", "DEFAULT_METRICS",
            *_LAZY]
 
 

@@ -1,4 +1,6 @@
-"""Which metrics can run here, and one call that scores a batch (or a split) with all of them.
+"""Which metrics can run here, and the one scorer: :func:`compute_metrics` scores a batch
+(output and ground truth -> per-image rows), :class:`SplitMetrics` a split with it.
+Evaluation, the evaluation during training and every script score through it.
 
 Metric names: ``psnr``, ``ssim``, ``lpips`` (full-reference, per image), ``niqe``,
 ``musiq``, ``clipiqa`` (no-reference, on the output only, per image) and ``fid``
@@ -20,7 +22,7 @@ import os
 import numpy as np
 
 __all__ = ["NEEDS_WEIGHTS", "ALL_METRICS", "DEFAULT_METRICS", "available_metrics", "compute_metrics",
-           "SplitMetrics", "prepare_pair"]
+           "mean_scores", "SplitMetrics", "prepare_pair"]
 
 NEEDS_WEIGHTS = "needs weights"
 ALL_METRICS = ("psnr", "ssim", "lpips", "fid", "niqe", "musiq", "clipiqa")
@@ -136,6 +138,11 @@ def compute_metrics(output, gt=None, *, metrics=DEFAULT_METRICS, protocol: str =
             except MetricNeedsWeights:
                 res[m] = NEEDS_WEIGHTS
     return res
+
+
+def mean_scores(scores: dict) -> dict:
+    """``{name: float mean over the batch | "needs weights"}`` of a :func:`compute_metrics` result."""
+    return {m: v if isinstance(v, str) else float(np.mean(v)) for m, v in scores.items()}
 
 
 class SplitMetrics:
