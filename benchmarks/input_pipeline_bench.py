@@ -3,7 +3,7 @@
     python -m benchmarks.input_pipeline_bench [--num_pairs 32] [--batches 40]
         [--data_dir DIR]  (reuse/keep a built dataset)
 
-Writes ``num_pairs`` synthetic 448x448 training pairs (tfds_zrr.synthetic),
+Writes ``num_pairs`` synthetic 448x448 training pairs (diffraw_jax.synthetic_zrr),
 builds the TFDS "zrr" dataset (array_record) and times
 ``create_train_loader`` (global batch 8, augmentation on) at crop 64 and 448
 with worker_count 0 and 2. Each row: time to the first batch (includes worker
@@ -23,12 +23,12 @@ def build_dataset(data_dir: str, num_pairs: int):
     import tensorflow_datasets as tfds
 
     import tfds_zrr  # noqa: F401  registers "zrr"
-    from tfds_zrr import synthetic
+    from diffraw_jax import synthetic_zrr
 
     manual = os.path.join(data_dir, "manual")
     if not os.path.isdir(os.path.join(manual, "train")):
-        synthetic.generate(manual, num_train=num_pairs, num_test=1, size=448,
-                           workers=min(2, os.cpu_count() or 1), progress=False)
+        synthetic_zrr.generate(manual, num_train=num_pairs, num_test=1, size=448,
+                               workers=min(2, os.cpu_count() or 1), progress=False)
     b = tfds.builder("zrr", data_dir=os.path.join(data_dir, "tfds"), file_format="array_record")
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
     return b.as_data_source()["train"]

@@ -78,8 +78,8 @@ strictly consistent with y. Finally the image is rounded to 8 bits (as
 Real-ESRGAN does) and, with ``strength < 1``, blended with y
 (``y + strength * (D2(y) - y)``; ``strength = 0`` is the identity).
 
-Also here: ``gaussian_lowpass``, ``srgb_to_lab`` (D65, CIE 1976) and
-``delta_e76``, used by the tests and the evaluation code.
+Also here: ``gaussian_lowpass`` (the low-pass of ``color_fix``; the tests compare
+colour with it and ``diffraw_jax.color``'s CIELAB Delta E).
 """
 from __future__ import annotations
 
@@ -91,6 +91,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from diffraw_jax import color
 
 Array = jax.Array
 _HI = lax.Precision.HIGHEST   # no TF32 on GPUs: colour must not drift
@@ -116,8 +118,6 @@ __all__ = [
     "jpeg_compress",
     "color_fix",
     "gaussian_lowpass",
-    "srgb_to_lab",
-    "delta_e76",
     "BILINEAR",
     "BICUBIC",
     "AREA",
@@ -458,9 +458,6 @@ def resize_down_up(img: Array, scale, down_mode=BILINEAR, up_mode=BILINEAR,
 # Noise
 # ----------------------------------------------------------------------------
 
-_LUMA = (0.299, 0.587, 0.114)
-
-
 def _hash32(x: Array) -> Array:
     """Integer avalanche hash of uint32 (the "lowbias32" xorshift-multiply)."""
     x = x ^ (x >> 16)
@@ -494,7 +491,7 @@ def _noise_from(img: Array, z: Array, poisson, gray, sigma, poisson_scale,
                 levels: float, clip: bool) -> Array:
     z = jnp.where(gray, jnp.broadcast_to(z[..., :1], img.shape), z)
     pos = jnp.clip(img, 0.0, 1.0)
-    luma = jnp.sum(pos * jnp.asarray(_LUMA, img.dtype), axis=-1, keepdims=True)
+    luma = color.luma(pos)[..., None]
     signal = jnp.where(gray, jnp.broadcast_to(luma, img.shape), pos)
     std = jnp.where(poisson, poisson_scale * jnp.sqrt(signal / levels), sigma)
     out = img + std * z
@@ -648,33 +645,6 @@ def color_fix(out: Array, ref: Array, sigma: float = 3.0, iters: int = 3) -> Arr
     for _ in range(iters):
         out = jnp.clip(out + ref_lp - gaussian_lowpass(out, sigma), 0.0, 1.0)
     return out
-
-
-_SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                         [0.2126729, 0.7151522, 0.0721750],
-                         [0.0193339, 0.1191920, 0.9503041]], np.float64)
-_WHITE_D65 = _SRGB_TO_XYZ.sum(axis=1)      # XYZ of sRGB white (D65), Y = 1
-
-
-def srgb_to_lab(rgb: Array) -> Array:
-    """sRGB in [0, 1] (..., 3) -> CIELAB (D65 white), L in [0, 100]."""
-    rgb = jnp.clip(jnp.asarray(rgb, jnp.float32), 0.0, 1.0)
-    lin = jnp.where(rgb <= 0.04045, rgb / 12.92,
-                    jnp.power((rgb + 0.055) / 1.055, 2.4))
-    m = jnp.asarray(_SRGB_TO_XYZ / _WHITE_D65[:, None], jnp.float32)
-    t = jnp.einsum("...c,kc->...k", lin, m, precision=_HI)
-    eps = (6.0 / 29.0) ** 3
-    f = jnp.where(t > eps, jnp.cbrt(jnp.maximum(t, eps)),
-                  t / (3 * (6.0 / 29.0) ** 2) + 4.0 / 29.0)
-    lum = 116.0 * f[..., 1] - 16.0
-    a = 500.0 * (f[..., 0] - f[..., 1])
-    b = 200.0 * (f[..., 1] - f[..., 2])
-    return jnp.stack([lum, a, b], axis=-1)
-
-
-def delta_e76(lab1: Array, lab2: Array) -> Array:
-    """CIE76 colour difference (Euclidean distance in CIELAB), shape (...)."""
-    return jnp.sqrt(jnp.sum(jnp.square(lab1 - lab2), axis=-1))
 
 
 # ----------------------------------------------------------------------------

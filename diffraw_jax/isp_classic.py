@@ -10,7 +10,7 @@ Pipeline (``process``)::
       -> demosaic (Malvar-He-Cutler 2004, or bilinear) -> linear camera RGB
          [..., 2h, 2w, 3]
       -> 3x3 colour matrix (camera RGB -> linear sRGB; identity if None)
-      -> clip to [0, 1] -> sRGB tone curve (IEC 61966-2-1)
+      -> clip to [0, 1] -> sRGB tone curve (IEC 61966-2-1, ``color.linear_to_srgb``)
     -> sRGB [..., 2h, 2w, 3] float32 in [0, 1]
 
 White balance is applied before demosaicking, as in camera pipelines:
@@ -30,14 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import color
 from .raw import unpack
 
 __all__ = [
     "MALVAR_KERNELS",
     "BILINEAR_KERNELS",
     "DEMOSAIC_METHODS",
-    "srgb_to_linear",
-    "linear_to_srgb",
     "gray_world_gains",
     "white_balance",
     "demosaic",
@@ -108,26 +107,6 @@ _PLAN = {
     1: ("G", None, None, "G"),  # green
     2: ("D", "V", "H", None),   # blue
 }
-
-
-# ---------------------------------------------------------------------------
-# sRGB transfer function (IEC 61966-2-1).
-# ---------------------------------------------------------------------------
-
-def linear_to_srgb(x: Array) -> Array:
-    """Linear [0, 1] -> sRGB-encoded: 12.92 x for x <= 0.0031308, else
-    1.055 x**(1/2.4) - 0.055. Elementwise float32; does not clip."""
-    x = jnp.asarray(x, jnp.float32)
-    hi = 1.055 * jnp.power(jnp.maximum(x, 0.0031308), 1.0 / 2.4) - 0.055
-    return jnp.where(x <= 0.0031308, 12.92 * x, hi)
-
-
-def srgb_to_linear(v: Array) -> Array:
-    """sRGB-encoded [0, 1] -> linear: v / 12.92 for v <= 0.04045, else
-    ((v + 0.055) / 1.055)**2.4. Elementwise float32; does not clip."""
-    v = jnp.asarray(v, jnp.float32)
-    hi = jnp.power((jnp.maximum(v, 0.04045) + 0.055) / 1.055, 2.4)
-    return jnp.where(v <= 0.04045, v / 12.92, hi)
 
 
 # ---------------------------------------------------------------------------
@@ -255,7 +234,7 @@ def process(planes: Array, wb_gains: Optional[Array] = None,
     rgb = _run_demosaic(white_balance(x, gains), demosaic)
     if ccm is not None:
         rgb = apply_ccm(rgb, ccm)
-    return linear_to_srgb(jnp.clip(rgb, 0.0, 1.0))
+    return color.linear_to_srgb(jnp.clip(rgb, 0.0, 1.0))
 
 
 #: ``process`` jitted with ``demosaic`` static.

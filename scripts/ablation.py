@@ -34,9 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def laplacian_energy(img01):
     """Mean squared Laplacian of the luma, per image. img01: [B, H, W, 3] in [0, 1]."""
-    y = img01 @ np.array([0.299, 0.587, 0.114])
-    lap = (-4 * y[:, 1:-1, 1:-1] + y[:, :-2, 1:-1] + y[:, 2:, 1:-1] + y[:, 1:-1, :-2] + y[:, 1:-1, 2:])
-    return (lap ** 2).mean(axis=(1, 2))
+    from diffraw_jax import color
+
+    return (color.luma_laplacian(np.asarray(img01)) ** 2).mean(axis=(1, 2))
 
 
 def variant_config(config_name, data_dir, color_workdir, train_steps, **changes):

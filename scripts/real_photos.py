@@ -7,13 +7,13 @@ unprocessed to RAW with another camera's calibration, rendered three ways and sc
 The photographs (no download): scikit-image's ``astronaut``, ``chelsea``, ``coffee``,
 ``rocket``, ``motorcycle_left`` and matplotlib's ``grace_hopper`` (``PHOTOS``; a path
 to any RGB image works too). Each is centre-cropped to ``--size`` px and unprocessed
-with the project's own generator, ``tfds_zrr.synthetic.unprocess``, but with a camera
+with the project's own generator, ``diffraw_jax.synthetic_zrr.unprocess``, but with a camera
 the training data never shows (``CAMERA``):
 
 * colour matrix: the Canon EOS 5D Mark III's, built from dcraw's ``adobe_coeff``
   table the way dcraw (and ``diffraw_jax.inference.camera``) does,
-  ``inv(rownorm(cam_xyz @ XYZ_FROM_SRGB))``. Its entries differ from
-  ``synthetic.BASE_CCM`` by up to 0.52; training perturbs BASE_CCM by N(0, 0.06) per entry;
+  ``diffraw_jax.color.srgb_matrix_from_cam_xyz``. Its entries differ from
+  ``synthetic_zrr.BASE_CCM`` by up to 0.52; training perturbs BASE_CCM by N(0, 0.06) per entry;
 * white balance gains (1.4, 1, 2.5) (a warm, tungsten-like light): training draws
   R ~ U(1.6, 2.4) and B ~ U(1.4, 2.0), so both lie outside the training range;
 * no misalignment warp (the photo stays the pixel-aligned reference), optics blur
@@ -60,6 +60,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from diffraw_jax import color  # noqa: E402  (numpy only until given JAX arrays)
+
 # name -> (package, file inside the package folder)
 PHOTOS = {
     "astronaut": ("skimage", "data/astronaut.png"),
@@ -74,20 +76,11 @@ DEFAULT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left",
 
 # dcraw's adobe_coeff for the Canon EOS 5D Mark III: XYZ (D65) -> camera RGB, x 10000.
 CANON_5D3_CAM_XYZ = np.array([[6722, -635, -963], [-4287, 12460, 2028], [-908, 2162, 5668]]) / 10000.0
-XYZ_FROM_SRGB = np.array([[0.412453, 0.357580, 0.180423],  # as diffraw_jax.inference.camera
-                          [0.212671, 0.715160, 0.072169],
-                          [0.019334, 0.119193, 0.950227]])
-
-
-def ccm_from_cam_xyz(cam_xyz) -> np.ndarray:
-    """dcraw's camera RGB -> linear sRGB matrix: ``inv(rownorm(cam_xyz @ XYZ_FROM_SRGB))`` (rows sum to 1)."""
-    cam_rgb = np.asarray(cam_xyz, np.float64) @ XYZ_FROM_SRGB
-    return np.linalg.inv(cam_rgb / cam_rgb.sum(axis=1, keepdims=True))
 
 
 CAMERA = {
     "name": "Canon EOS 5D Mark III colour matrix (dcraw adobe_coeff), tungsten-like white balance",
-    "ccm": ccm_from_cam_xyz(CANON_5D3_CAM_XYZ),
+    "ccm": color.srgb_matrix_from_cam_xyz(CANON_5D3_CAM_XYZ),
     "gains": np.array([1.4, 1.0, 2.5]),
     "blur_sigma": 1.0,
     "exposure": 0.75,
@@ -96,7 +89,7 @@ CAMERA = {
 }
 # The control: the same photos and degradations through the training camera (BASE_CCM,
 # the centres of the training gain ranges), to split the gap into camera colour and content.
-TRAINING_CAMERA = dict(CAMERA, name="training camera (synthetic.BASE_CCM, gains at the centre of the training "
+TRAINING_CAMERA = dict(CAMERA, name="training camera (synthetic_zrr.BASE_CCM, gains at the centre of the training "
                                     "ranges)", ccm=None, gains=np.array([2.0, 1.0, 1.7]))
 LOWPASS_SIGMA = 16.0
 METHODS = ("Classical ISP (true calibration)", "G", "DiffRAW")
@@ -137,13 +130,13 @@ def load_photo(name: str, size: int) -> np.ndarray:
 
 def unprocess_photo(photo01: np.ndarray, index: int, seed: int = 0, camera: dict = CAMERA):
     """The photo as a RAW of ``camera`` (no warp): (raw uint16 [H, W], info)."""
-    from tfds_zrr import synthetic
+    from diffraw_jax import synthetic_zrr
 
     rng = np.random.default_rng([seed, 7, index])  # only the noise is random
     params = {k: camera[k] for k in ("ccm", "gains", "blur_sigma", "exposure", "shot", "read")}
     if params["ccm"] is None:
-        params["ccm"] = synthetic.BASE_CCM
-    return synthetic.unprocess(photo01, rng, warp=False, **params)
+        params["ccm"] = synthetic_zrr.BASE_CCM
+    return synthetic_zrr.unprocess(photo01, rng, warp=False, **params)
 
 
 def synthetic_scene_pair(index: int, size: int, seed: int = 0):
@@ -153,12 +146,12 @@ def synthetic_scene_pair(index: int, size: int, seed: int = 0):
     exposure and noise are drawn from the training distribution (``unprocess``
     defaults); only the warp is off, so the reference is aligned as for the photos.
     """
-    from tfds_zrr import synthetic
+    from diffraw_jax import synthetic_zrr
 
-    rng = np.random.default_rng([seed, synthetic.SPLIT_IDS["test"], index])
+    rng = np.random.default_rng([seed, synthetic_zrr.SPLIT_IDS["test"], index])
     margin = 8
-    scene = synthetic.render_scene(rng, size + 2 * margin)
-    raw, info = synthetic.unprocess(scene, rng, margin=margin, warp=False)
+    scene = synthetic_zrr.render_scene(rng, size + 2 * margin)
+    raw, info = synthetic_zrr.unprocess(scene, rng, margin=margin, warp=False)
     dslr = np.round(scene[margin:margin + size, margin:margin + size] * 255) / 255.0
     return raw, dslr, info
 
@@ -169,22 +162,6 @@ def _gauss_blur(img, sigma):
     from scipy.ndimage import gaussian_filter
 
     return gaussian_filter(np.asarray(img, np.float64), sigma=(sigma, sigma, 0), mode="reflect")
-
-
-def srgb_to_lab(img01) -> np.ndarray:
-    """sRGB [..., 3] in [0, 1] -> CIELAB (D65)."""
-    x = np.clip(np.asarray(img01, np.float64), 0.0, 1.0)
-    lin = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-    xyz = lin @ XYZ_FROM_SRGB.T / np.array([0.950456, 1.0, 1.088754])
-    d = 6.0 / 29.0
-    f = np.where(xyz > d**3, np.cbrt(xyz), xyz / (3 * d * d) + 4.0 / 29.0)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
-
-
-def laplacian(img01) -> np.ndarray:
-    """5-point Laplacian of the luma of [H, W, 3] (interior pixels)."""
-    y = np.asarray(img01, np.float64) @ np.array([0.299, 0.587, 0.114])
-    return -4 * y[1:-1, 1:-1] + y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:]
 
 
 def color_fixed_psnr(out01, gt01) -> float:
@@ -202,11 +179,11 @@ def diagnostics(out01, gt01, sigma: float = LOWPASS_SIGMA) -> dict:
     o, g = np.asarray(out01, np.float64), np.asarray(gt01, np.float64)
     lo, lg = _gauss_blur(o, sigma), _gauss_blur(g, sigma)
     mse = np.mean((o - g) ** 2)
-    lap_o, lap_g = laplacian(o), laplacian(g)
+    lap_o, lap_g = color.luma_laplacian(o), color.luma_laplacian(g)
     e_g = np.mean(lap_g ** 2)
     corr = np.corrcoef(lap_o.ravel(), lap_g.ravel())[0, 1] if lap_o.std() > 0 and lap_g.std() > 0 else 0.0
     return {
-        "lowpass_delta_e": float(np.mean(np.linalg.norm(srgb_to_lab(lo) - srgb_to_lab(lg), axis=-1))),
+        "lowpass_delta_e": float(np.mean(color.delta_e76(color.srgb_to_lab(lo), color.srgb_to_lab(lg)))),
         "lowband_share": float(np.mean((lo - lg) ** 2) / mse) if mse > 0 else 0.0,
         "psnr_color_fixed": color_fixed_psnr(o, g),
         "hf_ratio": float(np.mean(lap_o ** 2) / e_g) if e_g > 0 else float("nan"),
@@ -316,7 +293,7 @@ def _table(rows: dict, methods, first_col="Photo"):
 
 
 def _camera_text(cam):
-    ccm = "synthetic.BASE_CCM" if cam.get("ccm") is None else str(np.round(np.asarray(cam["ccm"]), 3).tolist())
+    ccm = "synthetic_zrr.BASE_CCM" if cam.get("ccm") is None else str(np.round(np.asarray(cam["ccm"]), 3).tolist())
     return (f"{cam['name']}: matrix {ccm}, gains {np.round(np.asarray(cam['gains'], float), 3).tolist()}, "
             f"no warp, blur sigma {cam['blur_sigma']} px, exposure {cam['exposure']}, noise shot "
             f"{cam['shot']} / read {cam['read']} codes")
@@ -337,7 +314,7 @@ def write_summary(summary: dict, out_dir: str) -> str:
              f"{summary['tile']} px. Scores against the photo crop: 8-bit PSNR (dB), SSIM, LPIPS-Alex "
              "(`diffraw_jax.metrics.compute_metrics`, original protocol). \"ISP\" is the classical ISP "
              "given the true calibration (white balance gains / exposure, the true matrix).", "",
-             f"RAW by `tfds_zrr.synthetic.unprocess` through a camera unseen in training: "
+             f"RAW by `diffraw_jax.synthetic_zrr.unprocess` through a camera unseen in training: "
              f"{_camera_text(summary['camera'])}. Training: BASE_CCM + N(0, 0.06) per entry, "
              "R gain in [1.6, 2.4], B gain in [1.4, 2.0].", "",
              "## Photos through the unseen camera", ""]

@@ -121,7 +121,8 @@ class NoEvents(metric_writers.MultiWriter):
 metric_writers.SummaryWriter = NoEvents
 
 from etils import epath
-from tfds_zrr import build, synthetic
+from diffraw_jax import synthetic_zrr
+from tfds_zrr import build
 
 REPO, BUCKET, MAIN_ARGV = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 WD, DATA = f"gs://{BUCKET}/run", f"gs://{BUCKET}/tfds"
@@ -142,7 +143,7 @@ def same(a, b):
 
 
 # 1. A tiny dataset, built locally, copied to the bucket.
-synthetic.generate("zrr", 4, 2, size=448, workers=1, progress=False)
+synthetic_zrr.generate("zrr", 4, 2, size=448, workers=1, progress=False)
 local = epath.Path(build.build("zrr", "tfds_local").data_dir).parent.parent.parent  # tfds_local/
 for root, _, files in local.walk():
     for f in files:

@@ -20,7 +20,7 @@ from diffraw_jax.inference import camera, cli
 from diffraw_jax.inference.export import export_sampler, load_exported
 from diffraw_jax.inference.pipeline import DiffRAWPipeline
 from tests.test_train import tiny_source
-from tfds_zrr import dng
+from diffraw_jax import dng_writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 64, 96            # canonical frame of the synthetic scene
@@ -31,7 +31,7 @@ WHITE = 1020
 # reordering of rawpy's per-channel levels changes the normalised data.
 BLACK = np.array([60, 61, 62, 64])
 NEUTRAL = (0.5, 1.0, 1.0 / 3.0)  # as-shot neutral: camera R = G/2, B = G/3 for gray
-CFA_CODES = dng.CFA_CODES  # DNG CFAPattern codes (0 R, 1 G, 2 B) per layout
+CFA_CODES = dng_writer.CFA_CODES  # DNG CFAPattern codes (0 R, 1 G, 2 B) per layout
 # TIFF Orientation -> (LibRaw sizes.flip, k of np.rot90 that turns the sensor image into the
 # output, where the sensor's top-left corner ends up: 1 top-right, 2 bottom-left, 3 bottom-right).
 ORIENTATIONS = {6: (6, -1, 1), 8: (5, 1, 2), 3: (3, 2, 3)}
@@ -74,12 +74,12 @@ def frame_for(pattern, img):
 
 
 def write_dng(path, data, pattern="RGGB", *, black=BLACK, white=WHITE, neutral=NEUTRAL, **kw):
-    """A DNG via pidng (``tfds_zrr.dng.write_dng``); ``black`` per canonical plane (R, Gr, Gb, B),
+    """A DNG via pidng (``diffraw_jax.dng_writer.write_dng``); ``black`` per canonical plane (R, Gr, Gb, B),
     written per position of the 2x2 cell. Other keywords (orientation, cfa_dim, cfa_codes,
     linear) go to ``write_dng``."""
     top, left = raw.cfa_offset(pattern)
     cell = [int(black[((r - top) % 2) * 2 + (c - left) % 2]) for r in (0, 1) for c in (0, 1)]
-    dng.write_dng(str(path), data, cfa=pattern, black=cell, white=white, neutral=neutral, **kw)
+    dng_writer.write_dng(str(path), data, cfa=pattern, black=cell, white=white, neutral=neutral, **kw)
     return path
 
 

@@ -109,12 +109,12 @@ def one_process(i=0, n=1):
 @pytest.fixture(scope="module")
 def zrr_source(tmp_path_factory):
     tfds = pytest.importorskip("tensorflow_datasets")
-    from tfds_zrr import synthetic
+    from diffraw_jax import synthetic_zrr
     import tfds_zrr  # noqa: F401  registers "zrr"
 
     root = str(tmp_path_factory.mktemp("zrr_manual"))
     data_dir = str(tmp_path_factory.mktemp("zrr_data"))
-    synthetic.generate(root, num_train=4, num_test=3, size=448, workers=1, progress=False)
+    synthetic_zrr.generate(root, num_train=4, num_test=3, size=448, workers=1, progress=False)
     b = tfds.builder("zrr", data_dir=data_dir, file_format="array_record")
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
     return b.as_data_source()

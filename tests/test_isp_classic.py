@@ -1,10 +1,12 @@
-"""Tests for diffraw_jax.isp_classic: demosaic, white balance, CCM, sRGB curve."""
+"""Tests for diffraw_jax.isp_classic: demosaic, white balance, CCM, and the sRGB curve it ends with
+(diffraw_jax.color)."""
 import numpy as np
 import pytest
 
 import jax
 import jax.numpy as jnp
 
+from diffraw_jax import color
 from diffraw_jax import isp_classic as isp
 
 
@@ -139,20 +141,20 @@ def test_white_balance_gains_per_plane():
 
 def test_srgb_curve_known_points_and_roundtrip():
     pts = np.array([0.0, 0.0031308, 0.18, 0.5, 1.0], np.float32)
-    enc = np.asarray(isp.linear_to_srgb(pts))
+    enc = np.asarray(color.linear_to_srgb(pts))
     np.testing.assert_allclose(enc, [0.0, 0.04045, 0.46135613, 0.73535698, 1.0], atol=2e-6)
     np.testing.assert_allclose(enc, _srgb_ref(pts), atol=1e-6)
-    dec = np.asarray(isp.srgb_to_linear(np.array([0.0, 0.04045, 0.5, 1.0], np.float32)))
+    dec = np.asarray(color.srgb_to_linear(np.array([0.0, 0.04045, 0.5, 1.0], np.float32)))
     np.testing.assert_allclose(dec, [0.0, 0.04045 / 12.92, 0.21404114, 1.0], atol=1e-7)
     # linear segment slope and the IEC formula on a dense grid
-    assert float(isp.linear_to_srgb(np.float32(0.001))) == pytest.approx(0.01292, rel=1e-6)
+    assert float(color.linear_to_srgb(np.float32(0.001))) == pytest.approx(0.01292, rel=1e-6)
     v = np.linspace(0, 1, 2001).astype(np.float32)
     ref = np.where(v <= 0.04045, v / 12.92, ((v.astype(np.float64) + 0.055) / 1.055) ** 2.4)
-    np.testing.assert_allclose(np.asarray(isp.srgb_to_linear(v)), ref, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(isp.linear_to_srgb(isp.srgb_to_linear(v))), v, atol=2e-6)
-    np.testing.assert_allclose(np.asarray(isp.srgb_to_linear(isp.linear_to_srgb(v))), v, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(color.srgb_to_linear(v)), ref, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(color.linear_to_srgb(color.srgb_to_linear(v))), v, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(color.srgb_to_linear(color.linear_to_srgb(v))), v, atol=2e-6)
     # gradients are finite at 0 (no NaN from the unused power branch)
-    g = jax.grad(lambda x: isp.linear_to_srgb(x).sum())(jnp.zeros(3))
+    g = jax.grad(lambda x: color.linear_to_srgb(x).sum())(jnp.zeros(3))
     assert np.all(np.isfinite(np.asarray(g)))
 
 

@@ -29,7 +29,7 @@ def test_diffraw_runs_the_shipped_model_on_a_dng(tmp_path):
     from PIL import Image
 
     env = {**os.environ, "PYTHONPATH": REPO}
-    r = subprocess.run([sys.executable, "-m", "tfds_zrr.dng", "--out", str(tmp_path / "raw"), "--num", "1",
+    r = subprocess.run([sys.executable, "-m", "diffraw_jax.dng_writer", "--out", str(tmp_path / "raw"), "--num", "1",
                         "--height", "64", "--width", "96", "--orientation", "6"],
                        capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -67,7 +67,7 @@ def test_shipped_student_samples_in_one_step_through_diffraw(tmp_path):
     assert os.path.isfile(os.path.join(STUDENT, "TRAINING.md"))
 
     env = {**os.environ, "PYTHONPATH": REPO}
-    r = subprocess.run([sys.executable, "-m", "tfds_zrr.dng", "--out", str(tmp_path / "raw"), "--num", "1",
+    r = subprocess.run([sys.executable, "-m", "diffraw_jax.dng_writer", "--out", str(tmp_path / "raw"), "--num", "1",
                         "--height", "64", "--width", "96"], capture_output=True, text=True, cwd=REPO,
                        timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""tfds_zrr.synthetic.unprocess (make_pair unchanged by the refactor, inverted by the classical
+"""diffraw_jax.synthetic_zrr.unprocess (make_pair unchanged by the refactor, inverted by the classical
 ISP) and the scoring, diagnostics and tables of scripts/real_photos.py on made-up arrays."""
 import hashlib
 import importlib.util
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tfds_zrr import synthetic
+from diffraw_jax import synthetic_zrr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ MAKE_PAIR_SHA256 = {
 
 @pytest.mark.parametrize("split,index", sorted(MAKE_PAIR_SHA256))
 def test_make_pair_bit_identical_to_before_the_refactor(split, index):
-    raw, dslr = synthetic.make_pair(0, split, index, 32)
+    raw, dslr = synthetic_zrr.make_pair(0, split, index, 32)
     assert raw.dtype == np.uint16 and raw.shape == (32, 32)
     assert dslr.dtype == np.uint8 and dslr.shape == (32, 32, 3)
     assert hashlib.sha256(raw.tobytes() + dslr.tobytes()).hexdigest() == MAKE_PAIR_SHA256[(split, index)]
@@ -53,8 +53,8 @@ def test_unprocess_given_calibration_is_inverted_by_the_classical_isp():
 
     img = _smooth_image()
     ccm, gains, exposure = rp.CAMERA["ccm"], np.array([1.4, 1.0, 2.5]), 0.75
-    raw, info = synthetic.unprocess(img, np.random.default_rng(0), ccm=ccm, gains=gains, blur_sigma=0,
-                                    exposure=exposure, shot=0, read=0, warp=False)
+    raw, info = synthetic_zrr.unprocess(img, np.random.default_rng(0), ccm=ccm, gains=gains, blur_sigma=0,
+                                        exposure=exposure, shot=0, read=0, warp=False)
     assert raw.dtype == np.uint16 and raw.shape == (64, 64)
     np.testing.assert_array_equal(info["ccm"], ccm)
     np.testing.assert_array_equal(info["gains"], gains)
@@ -66,30 +66,30 @@ def test_unprocess_given_calibration_is_inverted_by_the_classical_isp():
     assert float(image.psnr(right, img.astype(np.float32))) > 35.0
     # The calibration matters: the training matrix and gains give the photo back wrongly.
     wrong = np.asarray(sampling.to_unit_range(isp(jnp.asarray(planes)[None], jnp.asarray([2.0, 1.0, 1.7], jnp.float32),
-                                                  jnp.asarray(synthetic.BASE_CCM, jnp.float32))))[0]
+                                                  jnp.asarray(synthetic_zrr.BASE_CCM, jnp.float32))))[0]
     assert float(image.psnr(wrong, img.astype(np.float32))) < 25.0
 
 
 def test_unprocess_draws_and_shapes():
     img = _smooth_image(40, 40)
     # margin crops the centre; parameters left at None are drawn in make_pair's ranges.
-    raw, info = synthetic.unprocess(img, np.random.default_rng(1), margin=4)
+    raw, info = synthetic_zrr.unprocess(img, np.random.default_rng(1), margin=4)
     assert raw.shape == (32, 32)
     assert 1.6 <= info["gains"][0] <= 2.4 and 1.4 <= info["gains"][2] <= 2.0
     assert 0.8 <= info["blur_sigma"] <= 1.6 and info["warp"] is not None
     # without the warp a non-square image works; with it, it is refused.
-    raw, _ = synthetic.unprocess(img[:, :20], np.random.default_rng(1), warp=False)
+    raw, _ = synthetic_zrr.unprocess(img[:, :20], np.random.default_rng(1), warp=False)
     assert raw.shape == (40, 20)
     with pytest.raises(ValueError, match="square"):
-        synthetic.unprocess(img[:, :20], np.random.default_rng(1))
+        synthetic_zrr.unprocess(img[:, :20], np.random.default_rng(1))
     with pytest.raises(ValueError, match="even"):
-        synthetic.unprocess(img[:, :21], np.random.default_rng(1), warp=False)
+        synthetic_zrr.unprocess(img[:, :21], np.random.default_rng(1), warp=False)
 
 
 def test_camera_is_outside_the_training_distribution():
     ccm = rp.CAMERA["ccm"]
     np.testing.assert_allclose(ccm.sum(axis=1), 1.0, atol=1e-9)
-    assert np.abs(ccm - synthetic.BASE_CCM).max() > 5 * 0.06  # training: N(0, 0.06) per entry
+    assert np.abs(ccm - synthetic_zrr.BASE_CCM).max() > 5 * 0.06  # training: N(0, 0.06) per entry
     r, _, b = rp.CAMERA["gains"]
     assert not 1.6 <= r <= 2.4 and not 1.4 <= b <= 2.0
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfds_zrr import synthetic
+from diffraw_jax import synthetic_zrr
 
 N = 448
 
@@ -150,9 +150,9 @@ def test_check_layout_message(tmp_path):
 
 def test_synthetic_layout_dtypes_ranges_and_determinism(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    synthetic.generate(str(a), 5, 2, size=64, seed=3, workers=1, progress=False)
-    synthetic.generate(str(b), 5, 2, size=64, seed=3, workers=2, progress=False)
-    synthetic.generate(str(c), 5, 2, size=64, seed=4, workers=1, progress=False)
+    synthetic_zrr.generate(str(a), 5, 2, size=64, seed=3, workers=1, progress=False)
+    synthetic_zrr.generate(str(b), 5, 2, size=64, seed=3, workers=2, progress=False)
+    synthetic_zrr.generate(str(c), 5, 2, size=64, seed=4, workers=1, progress=False)
     for split, n in (("train", 5), ("test", 2)):
         assert sorted(os.listdir(a / split / "huawei_raw")) == [f"{i}.png" for i in range(n)]
         assert sorted(os.listdir(a / split / "canon")) == [f"{i}.jpg" for i in range(n)]
@@ -175,8 +175,8 @@ def test_synthetic_pairs_carry_colour_instability_and_misalignment():
     attenuated by the inverse gains; the RAW content is shifted against the DSLR."""
     ratios, shifts = [], []
     for i in range(6):
-        raw, dslr = synthetic.make_pair(7, "train", i, size=128)
-        lin = raw.astype(np.float64) - synthetic.BLACK_LEVEL
+        raw, dslr = synthetic_zrr.make_pair(7, "train", i, size=128)
+        lin = raw.astype(np.float64) - synthetic_zrr.BLACK_LEVEL
         r, g1, g2, b = lin[0::2, 0::2], lin[0::2, 1::2], lin[1::2, 0::2], lin[1::2, 1::2]
         assert abs(g1.mean() / g2.mean() - 1) < 0.05  # both greens see the same colour
         ratios.append((r.mean() / g1.mean(), b.mean() / g1.mean()))
@@ -193,7 +193,7 @@ def test_synthetic_pairs_carry_colour_instability_and_misalignment():
 
 
 def test_synthetic_cli_errors(tmp_path):
-    cmd = [sys.executable, "-m", "tfds_zrr.synthetic", "--num_train", "1", "--num_test", "1"]
+    cmd = [sys.executable, "-m", "diffraw_jax.synthetic_zrr", "--num_train", "1", "--num_test", "1"]
     # A size the builder (zrr/patches, 448x448) would skip, every pair of it.
     r = subprocess.run(cmd + ["--out", str(tmp_path / "x"), "--size", "64"], capture_output=True, text=True)
     assert r.returncode == 2 and "--size must be 448, got 64" in r.stderr, r.stderr
@@ -211,13 +211,13 @@ def test_synthetic_cli_errors(tmp_path):
 
 
 def test_build_with_every_pair_skipped_ends_in_one_error_line(tmp_path):
-    """Pairs of the wrong size (here 64x64 from synthetic.generate) are all skipped: one clear
+    """Pairs of the wrong size (here 64x64 from synthetic_zrr.generate) are all skipped: one clear
     error line naming the reasons and exit 2, not TFDS's 'No examples were yielded' traceback."""
     from tfds_zrr.zrr import DataLayoutError, NoUsablePairsError
 
     assert issubclass(NoUsablePairsError, DataLayoutError)  # python -m tfds_zrr.build: one line, exit 2
     root = tmp_path / "small"
-    synthetic.generate(str(root), 3, 1, size=64, seed=0, workers=1, progress=False)
+    synthetic_zrr.generate(str(root), 3, 1, size=64, seed=0, workers=1, progress=False)
     cmd = [sys.executable, "-m", "tfds_zrr.build", "--data_dir", str(tmp_path / "d")]
     r = subprocess.run(cmd + ["--manual_dir", str(root)], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr[-2000:]

@@ -296,10 +296,10 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_main_end_to_end_and_sigterm_resume(tmp_path):
-    from tfds_zrr import synthetic
+    from diffraw_jax import synthetic_zrr
 
     root = tmp_path / "zrr"
-    synthetic.generate(str(root), 6, 2, size=448, workers=1, progress=False)
+    synthetic_zrr.generate(str(root), 6, 2, size=448, workers=1, progress=False)
     work = tmp_path / "work"
     base = [sys.executable, "main.py", "--config=configs/test.py", f"--workdir={work}",
             f"--config.data.data_dir={tmp_path / 'tfds'}", f"--config.data.manual_dir={root}",

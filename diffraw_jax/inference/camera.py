@@ -19,7 +19,7 @@ balance, Malvar demosaic, colour matrix, sRGB curve). Camera colour
 colour matrix from rawpy's ``color_matrix`` (LibRaw's ``rgb_cam``: white-balanced
 camera RGB -> linear sRGB, rows summing to 1; the second green's column is
 folded into G), or, when LibRaw leaves it empty, from ``rgb_xyz_matrix`` as
-dcraw does (``inv(rownorm(cam_xyz @ XYZ_FROM_SRGB))``), else identity.
+dcraw does (``color.srgb_matrix_from_cam_xyz``), else identity.
 
 Files: ``read_bayer_image`` (single-channel PNG/TIFF mosaics, ZRR style) and
 ``read_camera_raw`` (anything LibRaw reads, through rawpy, imported only there).
@@ -33,12 +33,8 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from diffraw_jax import raw
+from diffraw_jax import color, raw
 
-#: Linear sRGB (D65) -> CIE XYZ, IEC 61966-2-1 (dcraw's ``xyz_rgb``).
-XYZ_FROM_SRGB = np.array([[0.412453, 0.357580, 0.180423],
-                          [0.212671, 0.715160, 0.072169],
-                          [0.019334, 0.119193, 0.950227]])
 COLOR_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 Level = Union[float, Sequence[float], np.ndarray]
@@ -200,7 +196,7 @@ def camera_color(raw_obj) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     (LibRaw's rgb_cam, [3, 4] by colour index; every green column is summed into
     G because the demosaic averages both greens); if that is all zero, dcraw's
     construction from ``rgb_xyz_matrix`` (XYZ -> camera):
-    ``inv(rownorm(cam_xyz[R, G, B] @ XYZ_FROM_SRGB))``; else None (identity).
+    ``color.srgb_matrix_from_cam_xyz(cam_xyz[R, G, B])``; else None (identity).
     """
     desc = _desc(raw_obj)
     wb = _gains(raw_obj.camera_whitebalance, desc)
@@ -218,10 +214,7 @@ def camera_color(raw_obj) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         cam_xyz = np.asarray(raw_obj.rgb_xyz_matrix, np.float64)
         if cam_xyz.shape[0] >= 3 and np.any(cam_xyz != 0):
             rows = [_letter_index(desc, ch) for ch in "RGB"]
-            cam_rgb = cam_xyz[rows, :3] @ XYZ_FROM_SRGB
-            sums = cam_rgb.sum(axis=1, keepdims=True)
-            if np.all(np.abs(sums) > 1e-8):
-                ccm = np.linalg.inv(cam_rgb / sums)
+            ccm = color.srgb_matrix_from_cam_xyz(cam_xyz[rows, :3])
     return wb, (None if ccm is None else ccm.astype(np.float32))
 
 

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffraw_jax import color
+
 __all__ = ["dis_flow", "backward_warp", "align_gt_to_output", "to_gray_u8"]
 
 
 def to_gray_u8(img01) -> np.ndarray:
-    """``[H, W, 3]`` RGB (or ``[H, W]``) in [0, 1] -> ``[H, W]`` uint8 luma (0.299, 0.587, 0.114)."""
+    """``[H, W, 3]`` RGB (or ``[H, W]``) in [0, 1] -> ``[H, W]`` uint8 luma (BT.601, ``color.luma``)."""
     x = np.asarray(img01, np.float64)
     if x.ndim == 3:
-        x = x[..., :3] @ np.array([0.299, 0.587, 0.114]) if x.shape[-1] == 3 else x[..., 0]
+        x = color.luma(x[..., :3]) if x.shape[-1] == 3 else x[..., 0]
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

@@ -1,10 +1,10 @@
 """Phone-like camera RAW files (DNG) of synthetic scenes, for trying ``diffraw`` end to end.
 
-    python -m tfds_zrr.dng --out DIR [--num 1] [--height 256] [--width 384] [--seed 0]
+    python -m diffraw_jax.dng_writer --out DIR [--num 1] [--height 256] [--width 384] [--seed 0]
         [--orientation 1]
 
 Each file ``DIR/synthetic_<i>.dng`` holds the RGGB mosaic that
-``tfds_zrr.synthetic.make_pair`` unprocesses from a scene (10-bit codes, black
+``diffraw_jax.synthetic_zrr.make_pair`` unprocesses from a scene (10-bit codes, black
 level 63, white level 1020, the same camera model as the synthetic training
 data), written with pidng and readable by LibRaw/rawpy like a camera's DNG;
 ``DIR/synthetic_<i>_dslr.jpg`` is the matching sharp "DSLR" image. Scenes come
@@ -21,14 +21,14 @@ from fractions import Fraction
 
 import numpy as np
 
-from tfds_zrr import synthetic
+from diffraw_jax import synthetic_zrr
 
 #: DNG CFAPattern codes (0 R, 1 G, 2 B) of each 2x2 layout, row-major.
 CFA_CODES = {"RGGB": [0, 1, 1, 2], "BGGR": [2, 1, 1, 0], "GRBG": [1, 0, 2, 1], "GBRG": [1, 2, 0, 1]}
 
 
-def write_dng(path: str, mosaic: np.ndarray, *, cfa: str = "RGGB", black=synthetic.BLACK_LEVEL,
-              white: int = synthetic.WHITE_LEVEL, neutral=(1.0, 1.0, 1.0), orientation: int = 1,
+def write_dng(path: str, mosaic: np.ndarray, *, cfa: str = "RGGB", black=synthetic_zrr.BLACK_LEVEL,
+              white: int = synthetic_zrr.WHITE_LEVEL, neutral=(1.0, 1.0, 1.0), orientation: int = 1,
               cfa_dim=(2, 2), cfa_codes=None, linear: bool = False) -> str:
     """Writes the Bayer mosaic uint16 [H, W] (``cfa`` layout) as an uncompressed DNG.
 
@@ -83,7 +83,7 @@ def synthetic_dng(out_dir: str, index: int, height: int, width: int, seed: int =
     if height % 2 or width % 2 or min(height, width) < 16:
         raise ValueError(f"height and width must be even and >= 16, got {height}x{width}")
     size = max(height, width)
-    raw, dslr = synthetic.make_pair(seed, "test", 1000 + index, size)
+    raw, dslr = synthetic_zrr.make_pair(seed, "test", 1000 + index, size)
     raw, dslr = raw[:height, :width], dslr[:height, :width]
     os.makedirs(out_dir, exist_ok=True)
     path = write_dng(os.path.join(out_dir, f"synthetic_{index}.dng"), raw, orientation=orientation)
@@ -96,7 +96,7 @@ def synthetic_dng(out_dir: str, index: int, height: int, width: int, seed: int =
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tfds_zrr.dng", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m diffraw_jax.dng_writer", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num", type=int, default=1)
     p.add_argument("--height", type=int, default=256)

@@ -1,6 +1,6 @@
 """Synthetic data in the exact on-disk layout of the Zurich RAW-to-RGB dataset.
 
-    python -m tfds_zrr.synthetic --out DIR --num_train N --num_test M [--size 448] [--seed S]
+    python -m diffraw_jax.synthetic_zrr --out DIR --num_train N --num_test M [--size 448] [--seed S]
 
 writes ``DIR/{train,test}/huawei_raw/<i>.png`` (single-channel RGGB Bayer mosaic,
 10-bit codes, black level 63, white level 1020, 16-bit PNG, or 8-bit PNG when every
@@ -38,6 +38,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from diffraw_jax import color
+
 BLACK_LEVEL = 63
 WHITE_LEVEL = 1020
 MAX_CODE = 1023
@@ -51,11 +53,6 @@ BASE_CCM = np.array(
 
 
 # ---------------------------------------------------------------- image helpers
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
 
 def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of [H, W, C] with reflect padding."""
@@ -209,7 +206,7 @@ def unprocess(scene_srgb: np.ndarray, rng: np.random.Generator, *, margin: int =
     else:
         warp_params = None
         image = scene[margin:margin + h, margin:margin + w]
-    lin = srgb_to_linear(image)
+    lin = color.srgb_to_linear(np.clip(image, 0.0, 1.0))
     ccm = random_ccm(rng) if ccm is None else np.asarray(ccm, np.float64)
     cam = lin @ np.linalg.inv(ccm).T  # inverse colour matrix
     if gains is None:
@@ -300,7 +297,7 @@ def generate(out: str, num_train: int, num_test: int, size: int = 448, seed: int
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tfds_zrr.synthetic", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m diffraw_jax.synthetic_zrr", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder (ZRR layout)")
     p.add_argument("--num_train", type=int, required=True)
     p.add_argument("--num_test", type=int, required=True)
@@ -310,12 +307,12 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     a = p.parse_args(argv)
-    from tfds_zrr.zrr import PATCH_SIZE  # already loaded: importing tfds_zrr registers the builder
+    from tfds_zrr.zrr import PATCH_SIZE  # the size the builder stores (loads tensorflow_datasets)
 
     if a.size != PATCH_SIZE:
         p.error(f"--size must be {PATCH_SIZE}, got {a.size}: the TFDS builder (zrr/patches) stores "
                 f"{PATCH_SIZE}x{PATCH_SIZE} pairs and would skip every {a.size}x{a.size} one "
-                f"(tfds_zrr.synthetic.generate() writes other even sizes from Python)")
+                f"(diffraw_jax.synthetic_zrr.generate() writes other even sizes from Python)")
     if a.num_train < 1 or a.num_test < 1:
         p.error(f"--num_train and --num_test must be >= 1, got {a.num_train} and {a.num_test}: "
                 f"the TFDS builder needs pairs in both splits")
