@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from configs import test as test_config
 from diffraw_jax import evaluate, input_pipeline, metrics, train
-from tests.test_train import tiny_source
+from tests.helpers import tiny_source
 
 
 def test_psnr_matches_the_formula():
@@ -27,13 +28,12 @@ def test_psnr_matches_the_formula():
     assert np.all(np.asarray(s2) > 0.9999) and np.all(np.asarray(s) < 1) and np.all(np.asarray(p2) > 100)
 
 
-def test_train_then_evaluate_writes_tables_and_grid(tmp_path):
+def test_train_then_evaluate_writes_tables_and_grid(tmp_path, tiny_model):
+    """The run's tiny trained model (conftest.py), copied: evaluation writes into the workdir."""
     cfg = test_config.get_config()
     cfg.degradation.enabled = False
-    cfg.train.num_train_steps = 2
-    src = (tiny_source(), tiny_source(5, seed=1))
-    train.train_and_evaluate(cfg, str(tmp_path), data_sources=src)
-    summary = evaluate.evaluate(cfg, str(tmp_path), data_source=src[1])
+    shutil.copytree(tiny_model.workdir, tmp_path, dirs_exist_ok=True)
+    summary = evaluate.evaluate(cfg, str(tmp_path), data_source=tiny_source(5, seed=1))
     out = tmp_path / "eval" / "test"
     for f in ("metrics.csv", "summary.md", "summary.json", "samples.png"):
         assert (out / f).exists(), f

@@ -49,7 +49,8 @@ import urllib.request
 import pytest
 
 from diffraw_jax import checkpointing, paths, weights
-from tests.test_train import REPO
+from tests.helpers import REPO
+from tests.readme_commands import TINY, find_commands, substitute
 
 BUCKET = "diffraw-test"  # tensorstore accepts only valid GCS bucket names ("B" is not)
 
@@ -200,9 +201,7 @@ print("RESULT " + json.dumps(out))
 def readme_pod_command(bucket: str, port: int) -> list:
     """argv of the README's multi-host command (what each host runs), on this bucket, tiny,
     one process with an explicit coordinator (README: either form)."""
-    from tests.test_readme import TINY, _find, substitute
-
-    (gcloud,) = _find("gcloud")
+    (gcloud,) = find_commands("gcloud")
     host_cmd = shlex.split(shlex.split(gcloud)[-1].split("&&", 1)[1])
     argv = substitute(host_cmd, {"gs://BUCKET/run": f"gs://{bucket}/run", "gs://BUCKET/tfds": f"gs://{bucket}/tfds",
                                  "configs/zrr.py": os.path.join(REPO, "configs", "zrr.py")})

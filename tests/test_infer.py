@@ -1,6 +1,6 @@
 """Inference: CFA handling and orientation on real DNGs, tiling, export, and the CLI.
 
-One tiny DiffRAW model is trained for 2 steps (module fixture); frames are
+The run's tiny trained model (the ``tiny_model`` fixture of conftest.py); frames are
 small (about 64x96) and sampling uses 4 DTDM-DDIM steps, so the file runs in a
 minute or two on 2 CPU cores with the persistent compile cache of conftest.py.
 """
@@ -15,22 +15,16 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from diffraw_jax import raw, sampling, tiling, train
+from diffraw_jax import raw, sampling, tiling
 from diffraw_jax.inference import camera, cli
 from diffraw_jax.inference.export import export_sampler, load_exported
 from diffraw_jax.inference.pipeline import DiffRAWPipeline
-from tests.test_train import tiny_source
 from diffraw_jax import dng_writer
+from tests.helpers import BLACK, NEUTRAL, REPO, WHITE, write_dng
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 64, 96            # canonical frame of the synthetic scene
 TILE, OVERLAP = 32, 8    # tiny U-Net: tiles must be multiples of 2
 STEPS = 4
-WHITE = 1020
-# Black level of each canonical plane (R, Gr, Gb, B): distinct, so a wrong
-# reordering of rawpy's per-channel levels changes the normalised data.
-BLACK = np.array([60, 61, 62, 64])
-NEUTRAL = (0.5, 1.0, 1.0 / 3.0)  # as-shot neutral: camera R = G/2, B = G/3 for gray
 CFA_CODES = dng_writer.CFA_CODES  # DNG CFAPattern codes (0 R, 1 G, 2 B) per layout
 # TIFF Orientation -> (LibRaw sizes.flip, k of np.rot90 that turns the sensor image into the
 # output, where the sensor's top-left corner ends up: 1 top-right, 2 bottom-left, 3 bottom-right).
@@ -73,16 +67,6 @@ def frame_for(pattern, img):
     return img[1 - top:1 + H + top, 1 - left:1 + W + left]
 
 
-def write_dng(path, data, pattern="RGGB", *, black=BLACK, white=WHITE, neutral=NEUTRAL, **kw):
-    """A DNG via pidng (``diffraw_jax.dng_writer.write_dng``); ``black`` per canonical plane (R, Gr, Gb, B),
-    written per position of the 2x2 cell. Other keywords (orientation, cfa_dim, cfa_codes,
-    linear) go to ``write_dng``."""
-    top, left = raw.cfa_offset(pattern)
-    cell = [int(black[((r - top) % 2) * 2 + (c - left) % 2]) for r in (0, 1) for c in (0, 1)]
-    dng_writer.write_dng(str(path), data, cfa=pattern, black=cell, white=white, neutral=neutral, **kw)
-    return path
-
-
 def read_rawpy(path):
     import rawpy
 
@@ -123,13 +107,9 @@ def brightest_corner(img, size=8):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    cfg = test_config.get_config()
-    cfg.degradation.enabled = False
-    cfg.train.num_train_steps = 2
-    wd = str(tmp_path_factory.mktemp("infer_model"))
-    train.train_and_evaluate(cfg, wd, data_sources=(tiny_source(), tiny_source(4, seed=1)))
-    return wd
+def workdir(tiny_model):
+    """The run's tiny trained model (conftest.py): tests copy it before changing anything."""
+    return tiny_model.workdir
 
 
 @pytest.fixture(scope="module")

@@ -18,61 +18,11 @@ import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO, write_dng
+from tests.readme_commands import (TINY, all_commands, classify, find_commands, python_blocks, readme_text,
+                                   substitute)
+
 BIN = os.path.dirname(sys.executable)
-
-
-def _readme() -> str:
-    with open(os.path.join(REPO, "README.md")) as f:
-        return f.read()
-
-
-def fenced_blocks(text: str) -> list[tuple[str, str]]:
-    """(language, body) of every fenced code block."""
-    return re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
-
-
-def shell_commands(text: str) -> list[str]:
-    """Commands of the ```bash blocks: continuations joined, comments and blank lines dropped."""
-    cmds = []
-    for lang, body in fenced_blocks(text):
-        if lang != "bash":
-            continue
-        joined = re.sub(r"\\\n\s*", " ", body)
-        for line in joined.splitlines():
-            line = re.sub(r"\s+#.*$", "", line).strip()
-            if line and not line.startswith("#"):
-                cmds.append(line)
-    return cmds
-
-
-def inline_commands(text: str) -> list[str]:
-    """`python -m ...`, `python main.py ...` and `make ...` quoted in the prose."""
-    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-    return [c.strip() for c in re.findall(r"`((?:python -m|python main\.py|make) [^`]+)`", prose)]
-
-
-def python_blocks(text: str) -> list[str]:
-    return [body for lang, body in fenced_blocks(text) if lang == "python"]
-
-
-def classify(cmd: str) -> str:
-    """A README command -> the rule that exercises it (a KeyError-like 'unknown' otherwise)."""
-    toks = shlex.split(cmd)
-    if toks[0] == "make":
-        return "make " + toks[1]
-    if toks[0] == "gcloud":
-        return "gcloud"
-    if toks[0] == "diffraw":
-        return "diffraw " + toks[1] if toks[1:2] == ["export-weights"] else "diffraw"
-    if toks[:2] == ["tfds", "build"]:
-        return "tfds build"
-    if toks[:2] == ["python", "-m"]:
-        return "python -m " + toks[2]
-    if toks[:2] == ["python", "main.py"]:
-        opts = dict(t.split("=", 1) for t in toks[2:] if t.startswith("--") and "=" in t)
-        return f"main.py {opts.get('--config', '?')} {opts.get('--mode', 'train')}"
-    return "unknown"
 
 
 # What runs each kind of command. "workflow": test_readme_workflow below runs it;
@@ -107,11 +57,6 @@ RULES = {
     "main.py configs/distill.py:1 train": "tests/test_distill.py::test_distill_config_chains_the_rounds_and_trains",
     "python -m benchmarks.plan": "tests/test_plan.py::test_plan_rows_are_consistent",
 }
-
-
-def all_commands() -> list[str]:
-    text = _readme()
-    return shell_commands(text) + inline_commands(text)
 
 
 def test_every_readme_command_is_known():
@@ -157,13 +102,6 @@ def test_demo_commands_are_in_the_makefile_demo_recipe():
 # ---------------------------------------------------------------------------
 # Running the README's commands.
 
-TINY = ["--config.model.name=tiny", "--config.color_net.name=tiny", "--config.model.dtype=float32",
-        "--config.data.crop_size=32", "--config.data.global_batch_size=4", "--config.data.eval_batch_size=2",
-        "--config.diffusion.num_timesteps=200", "--config.diffusion.s=20", "--config.optim.warmup_steps=1",
-        "--config.train.num_train_steps=2", "--config.train.log_every_steps=1",
-        "--config.train.checkpoint_every_steps=2", "--config.eval.crop_size=32", "--config.eval.num_images=2",
-        "--config.eval.ddim_steps=2", "--config.eval.grid_images=2", "--config.data.worker_count=0"]
-
 # Values for the README's optional "[--flag VALUE|OTHER]" groups (every group must have one).
 OPTIONAL_VALUES = {"--size": "448", "--seed": "1", "--method": "dtdm_ddim", "--steps": "2",
                    "--color": "classic", "--tile": "32", "--overlap": "8", "--batch": "2",
@@ -177,23 +115,6 @@ def expand_optional(cmd: str) -> str:
         v = OPTIONAL_VALUES[flag]
         return flag if v is None else f"{flag} {v}"
     return re.sub(r"\[(--[^\]]+)\]", repl, cmd)
-
-
-def substitute(tokens: list[str], mapping: dict) -> list[str]:
-    out = []
-    for t in tokens:
-        if t.startswith("--") and "=" in t:
-            k, v = t.split("=", 1)
-            out.append(f"{k}={mapping.get(v, v)}")
-        else:
-            out.append(mapping.get(t, t))
-    return out
-
-
-def _find(kind: str) -> list[str]:
-    found = [c for c in all_commands() if classify(c) == kind]
-    assert found, f"the README has no {kind!r} command any more; update tests/test_readme.py"
-    return found
 
 
 def _run(argv: list[str], env=None, timeout=600):
@@ -213,23 +134,23 @@ def test_readme_workflow(tmp_path):
     mapping = {"DIR": str(zrr), "N": "4", "M": "2", "ZRR_ROOT": str(zrr), "DATA_DIR": str(data),
                "W": str(w), "W_G": str(wg), "gs://BUCKET/run": str(run), "gs://BUCKET/tfds": str(data)}
 
-    (synth,) = _find("python -m diffraw_jax.synthetic_zrr")
+    (synth,) = find_commands("python -m diffraw_jax.synthetic_zrr")
     _run(substitute(shlex.split(expand_optional(synth)), mapping))
     assert len(os.listdir(zrr / "train" / "huawei_raw")) == 4 and len(os.listdir(zrr / "test" / "canon")) == 2
 
-    build = _find("python -m tfds_zrr.build")[0]  # the command block; the prose quotes it again
+    build = find_commands("python -m tfds_zrr.build")[0]  # the command block; the prose quotes it again
     _run(substitute(shlex.split(build), mapping))
-    (cli,) = _find("tfds build")
+    (cli,) = find_commands("tfds build")
     _run(substitute(shlex.split(cli), dict(mapping, DATA_DIR=str(cli_data))))
     for d in (data, cli_data):
         assert any(f.startswith("zrr-train.array_record") for f in os.listdir(d / "zrr" / "patches" / "1.0.0"))
 
-    (isp,) = _find("main.py configs/isp_zrr.py train")
+    (isp,) = find_commands("main.py configs/isp_zrr.py train")
     _run(substitute(shlex.split(isp), mapping) + TINY)
-    (train_cmd,) = _find("main.py configs/zrr.py train")
+    (train_cmd,) = find_commands("main.py configs/zrr.py train")
     _run(substitute(shlex.split(train_cmd), mapping) + TINY)
     assert (w / "checkpoints" / "2").is_dir() and (wg / "checkpoints" / "2").is_dir()
-    (eval_cmd,) = _find("main.py configs/zrr.py eval")
+    (eval_cmd,) = find_commands("main.py configs/zrr.py eval")
     _run(substitute(shlex.split(eval_cmd), mapping) + TINY)
     assert (w / "eval" / "test" / "summary.md").is_file()
 
@@ -238,7 +159,7 @@ def test_readme_workflow(tmp_path):
     # gs:// paths are local folders here; tests/test_gcs.py runs the same command on
     # gs:// paths against a GCS emulator (with TensorBoard's writer swapped out: it
     # writes through TensorFlow's GCS client, which cannot be pointed at an emulator).
-    (gcloud,) = _find("gcloud")
+    (gcloud,) = find_commands("gcloud")
     remote = shlex.split(gcloud)[-1]
     assert remote.startswith("cd diffraw-jax && ")
     host_cmd = substitute(shlex.split(remote.split("&&", 1)[1]), mapping)
@@ -252,7 +173,6 @@ def test_readme_workflow(tmp_path):
 
     # diffraw on a DNG and a folder of ZRR PNGs.
     from PIL import Image
-    from test_infer import write_dng
 
     rng = np.random.default_rng(0)
     raws = tmp_path / "raws"
@@ -260,7 +180,7 @@ def test_readme_workflow(tmp_path):
     mosaic = rng.integers(100, 900, (64, 96)).astype(np.uint16)
     dng = write_dng(raws / "photo.dng", mosaic)
     shutil.copy(zrr / "test" / "huawei_raw" / "0.png", raws / "more_raws" / "0.png")
-    (infer,) = _find("diffraw")
+    (infer,) = find_commands("diffraw")
     out = raws / "out"
     argv = substitute(shlex.split(expand_optional(infer)), {"workdir/demo": str(w), "photo.dng": str(dng),
                                                             "more_raws/": str(raws / "more_raws"),
@@ -275,7 +195,7 @@ def test_readme_workflow(tmp_path):
     assert head[12:16] == b"IHDR" and head[24] == 16, "--bits16 wrote no 16-bit PNG"
 
     # export-weights, then the same diffraw command on the weights folder gives the same image.
-    (export,) = _find("diffraw export-weights")
+    (export,) = find_commands("diffraw export-weights")
     release = tmp_path / "release" / "demo"
     _run(substitute(shlex.split(export), {"workdir/demo": str(w), "release/demo": str(release)}))
     assert sorted(os.listdir(release)) == ["color_net", "config.json", "manifest.json", "params.npz"]
@@ -287,13 +207,13 @@ def test_readme_workflow(tmp_path):
     assert (out2 / "photo.png").read_bytes() == (out / "photo.png").read_bytes()
 
     # The inference benchmark on this run's checkpoint (a 64-px frame, 2 DDIM steps).
-    bench = _find("python -m benchmarks.infer_bench")[0]  # the --size 256 one
+    bench = find_commands("python -m benchmarks.infer_bench")[0]  # the --size 256 one
     r = _run(substitute(shlex.split(bench), {"256": "64"}) + [
         "--checkpoint", str(w), "--tile", "32", "--overlap", "8", "--runs", "dtdm_ddim:2"])
     assert "dtdm_ddim-2" in r.stdout and "s/MP" in r.stdout
 
     # The Python API block, with the README's names bound to this run's files.
-    (api,) = [b for b in python_blocks(_readme()) if "DiffRAWPipeline" in b]
+    (api,) = [b for b in python_blocks(readme_text()) if "DiffRAWPipeline" in b]
     code = (api.replace('"workdir/demo"', repr(str(w))).replace('"photo.dng"', repr(str(dng)))
             .replace('"sampler.jaxexp"', repr(str(tmp_path / "sampler.jaxexp"))).replace("(448, 448)", "(32, 32)"))
     assert "import DiffRAWPipeline" in code and "export_sampler(" in code
@@ -322,7 +242,7 @@ def test_readme_dtdm_api_block():
         def apply(params, m, w, c, t):
             return 0.3 * m - 0.2 * c + t[:, None, None, None] / 1000.0
 
-    (block,) = [b for b in python_blocks(_readme()) if "dtdm.sample(" in b]
+    (block,) = [b for b in python_blocks(readme_text()) if "dtdm.sample(" in b]
     rng = np.random.default_rng(0)
     c = rng.uniform(-1, 1, (1, 8, 8, 3))
     scope = dict(model=StandIn(), params=None, w=jnp.zeros((1, 4, 4, 4)), c=jnp.asarray(c, jnp.float32))

@@ -9,13 +9,12 @@ import os
 
 import numpy as np
 
-from tests.test_train import run_py
 
 COMMON = """
 import jax, numpy as np
 from configs import test as tc
 from diffraw_jax import train
-from tests.test_train import tiny_source
+from tests.helpers import tiny_source
 
 def config(steps, fsdp):
     cfg = tc.get_config(); cfg.degradation.enabled = False; cfg.mesh.fsdp = fsdp
@@ -83,7 +82,7 @@ def _assert_same(a, b, keys=None):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_train_on_8_fsdp4_resume_on_2_evaluate_and_infer_on_1(tmp_path):
+def test_train_on_8_fsdp4_resume_on_2_evaluate_and_infer_on_1(tmp_path, run_py):
     wd = str(tmp_path / "run")
 
     def hop(code, devices):

@@ -17,44 +17,13 @@ import pytest
 
 from configs import test as test_config
 from diffraw_jax import checkpointing, parallel, train
-from diffraw_jax.models import factory
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_source(n=12, size=64, seed=0):
-    """An in-memory data source with the ZRR example format."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        dslr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        base = dslr.astype(np.float64).mean(-1) * 3 + 63
-        raw = np.clip(base + rng.normal(0, 5, base.shape), 0, 1023).astype(np.uint16)
-        out.append({"raw": raw, "dslr": dslr, "id": str(i).encode()})
-    return out
-
-
-def fixed_batch(cfg, seed=0):
-    rng = np.random.default_rng(seed)
-    b, h = cfg.data.global_batch_size, cfg.data.crop_size
-    y = rng.uniform(-1, 1, (b, h // 8, h // 8, 3))
-    y = np.kron(y, np.ones((1, 8, 8, 1)))  # smooth-ish blocks
-    return {"raw": jnp.asarray(rng.uniform(0, 1, (b, h // 2, h // 2, 4)), jnp.float32),
-            "dslr": jnp.asarray(y, jnp.float32)}
-
-
-def setup(cfg, mesh):
-    model, tx, sched = factory.create_model(cfg), train.create_optimizer(cfg), factory.create_schedule(cfg)
-    state = train.create_train_state(cfg, model, tx, mesh, jax.random.key(cfg.seed))
-    sh = jax.tree.map(lambda x: x.sharding, state)
-    return state, train.make_train_step(cfg, model, tx, sched, mesh, sh), parallel.batch_sharding(mesh)
-
+from tests.helpers import REPO, fixed_batch, state_and_step, tiny_source
 
 def test_loss_falls_on_a_fixed_batch():
     cfg = test_config.get_config()
     cfg.optim.warmup_steps = 1
     cfg.optim.learning_rate = 3e-3
-    state, step, data_sh = setup(cfg, parallel.create_mesh(1))
+    state, step, data_sh = state_and_step(cfg, parallel.create_mesh(1))
     batch = jax.device_put(fixed_batch(cfg), data_sh)
     losses = []
     for _ in range(50):
@@ -72,7 +41,7 @@ def test_loss_falls_on_a_fixed_batch():
 def test_nan_batch_leaves_state_unchanged():
     cfg = test_config.get_config()
     cfg.degradation.enabled = False
-    state, step, data_sh = setup(cfg, parallel.create_mesh(1))
+    state, step, data_sh = state_and_step(cfg, parallel.create_mesh(1))
     batch = fixed_batch(cfg)
     batch["dslr"] = batch["dslr"].at[0, 0, 0, 0].set(jnp.nan)
     before = jax.tree.map(np.asarray, state)
@@ -123,50 +92,26 @@ def test_global_shift_align_recovers_a_shift():
     assert m.sum() == (32 - 2) * (32 - 3)
 
 
-def run_py(code, env_extra=None, timeout=600):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    for k, v in (env_extra or {}).items():
-        env[k] = (env.get(k, "") + " " + v).strip() if k == "XLA_FLAGS" else v
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                       env=env, cwd=REPO, timeout=timeout)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return r.stdout
-
-
-COMPARE_DEVICES = """
-import jax, numpy as np
+# run(devices, fsdp) for the compare_devices fixture (conftest.py).
+TRAIN_ON_DEVICES = """
 from configs import test as tc
-from diffraw_jax import parallel, train
-from tests.test_train import setup, fixed_batch
-assert jax.device_count() == 8
+from diffraw_jax import parallel
+from tests.helpers import fixed_batch, state_and_step
 def run(devices, fsdp):
-    cfg = tc.get_config(); cfg.degradation.enabled = {degrade}
-    state, step, data_sh = setup(cfg, parallel.create_mesh(fsdp, devices))
+    cfg = tc.get_config(); cfg.degradation.enabled = True
+    state, step, data_sh = state_and_step(cfg, parallel.create_mesh(fsdp, devices))
     batch = jax.device_put(fixed_batch(cfg), data_sh)
     losses = []
     for _ in range(3):
         state, m = step(state, batch, jax.random.key(1))
         losses.append(float(m["loss"]))
-    return losses, [np.asarray(x) for x in jax.tree.leaves(state.params)], state
-l1, p1, _ = run(jax.devices()[:1], 1)
-for fsdp in (1, 4):
-    l8, p8, st = run(jax.devices(), fsdp)
-    np.testing.assert_allclose(l8, l1, rtol=2e-4)
-    for a, b in zip(p1, p8):
-        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
-    if fsdp == 4:  # some parameters really are split over the fsdp axis
-        specs = [x.sharding.spec for x in jax.tree.leaves(st.params)]
-        assert any("fsdp" in str(s) for s in specs), specs
-print("OK", l1)
+    return losses, state
 """
 
 
-def test_one_device_matches_eight_with_and_without_fsdp():
+def test_one_device_matches_eight_with_and_without_fsdp(compare_devices):
     # With D2 on: per-example degradation, t and noise must not depend on the layout.
-    out = run_py(COMPARE_DEVICES.replace("{degrade}", "True"),
-                 {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-    assert "OK" in out
+    compare_devices(TRAIN_ON_DEVICES)
 
 
 MULTIHOST = """
@@ -177,9 +122,9 @@ jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processe
 assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
 from configs import test as tc
 from diffraw_jax import parallel, train, input_pipeline
-from tests.test_train import setup, fixed_batch
+from tests.helpers import fixed_batch, state_and_step
 cfg = tc.get_config(); cfg.degradation.enabled = False
-state, step, data_sh = setup(cfg, parallel.create_mesh(1))
+state, step, data_sh = state_and_step(cfg, parallel.create_mesh(1))
 full = {k: np.asarray(v) for k, v in fixed_batch(cfg).items()}
 half = cfg.data.global_batch_size // 2
 local = {k: v[pid * half:(pid + 1) * half] for k, v in full.items()}  # this process's data shard
@@ -196,9 +141,9 @@ SINGLE = """
 import jax, numpy as np
 from configs import test as tc
 from diffraw_jax import parallel, train
-from tests.test_train import setup, fixed_batch
+from tests.helpers import fixed_batch, state_and_step
 cfg = tc.get_config(); cfg.degradation.enabled = False
-state, step, data_sh = setup(cfg, parallel.create_mesh(1))
+state, step, data_sh = state_and_step(cfg, parallel.create_mesh(1))
 batch = jax.device_put(fixed_batch(cfg), data_sh)
 for _ in range(2):
     state, m = step(state, batch, jax.random.key(1))
@@ -211,7 +156,7 @@ def parse(out, tag):
     return [float(l.split()[2]) for l in out.splitlines() if l.startswith(tag)]
 
 
-def test_two_process_multihost_matches_single_process(tmp_path):
+def test_two_process_multihost_matches_single_process(tmp_path, run_py):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])

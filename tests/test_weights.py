@@ -1,7 +1,7 @@
 """The one read-only loader and portable weights (diffraw_jax/weights.py).
 
-A tiny DiffRAW model is trained for 6 steps (checkpoints at 3 and 6) with a
-G workdir beside it; tests copy the workdir before they change anything.
+The run's tiny trained DiffRAW model (6 steps, checkpoints at 3 and 6; conftest.py), copied
+once with a G workdir beside it; tests copy the workdir again before they change anything.
 """
 import hashlib
 import json
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from diffraw_jax import checkpointing, train, weights
+from diffraw_jax import checkpointing, weights
 from diffraw_jax.models import factory
-from tests.test_train import REPO, run_py, tiny_source
+from tests.helpers import REPO
 
 
 def snapshot(root):
@@ -48,7 +48,9 @@ def assert_trees_equal(a, b):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_model, tmp_path_factory):
+    """A copy of the run's tiny trained model (conftest.py) whose config names a G workdir
+    beside it (training does not use G: the model is the one trained with it)."""
     root = tmp_path_factory.mktemp("weights")
     gdir = root / "g"
     gcfg = test_config.get_config()
@@ -62,13 +64,14 @@ def trained(tmp_path_factory):
     manager.close()
     (gdir / "config.json").write_text(gcfg.to_json_best_effort())
 
-    cfg = test_config.get_config()
-    cfg.degradation.enabled = False
-    cfg.color_net.workdir = str(gdir)
     wd = root / "f"
-    state = train.train_and_evaluate(cfg, str(wd), data_sources=(tiny_source(), tiny_source(4, seed=1)))
+    shutil.copytree(tiny_model.workdir, wd)
+    cfg = json.loads((wd / "config.json").read_text())
+    cfg["color_net"]["workdir"] = str(gdir)
+    (wd / "config.json").write_text(json.dumps(cfg))
     assert sorted(os.listdir(checkpointing.checkpoint_dir(str(wd)))) == ["3", "6"]
-    return {"wd": str(wd), "g": str(gdir), "state": jax.tree.map(np.asarray, state), "g_params": g_params}
+    state = types.SimpleNamespace(params=tiny_model.params, ema_params=tiny_model.ema_params)
+    return {"wd": str(wd), "g": str(gdir), "state": state, "g_params": g_params}
 
 
 def damage_step(wd, step):
@@ -268,7 +271,7 @@ def test_sampler_settings_honour_the_config(trained, tmp_path):
     assert (pipe.method, pipe.num_steps, pipe.label) == ("ddpm", None, "DDPM-20")
 
 
-def test_inference_imports_no_training_code(trained, tmp_path):
+def test_inference_imports_no_training_code(trained, tmp_path, run_py):
     out = tmp_path / "release"
     weights.export_weights(trained["wd"], str(out))
     code = f"""
