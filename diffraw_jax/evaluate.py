@@ -152,7 +152,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         [data_source[i] for i in range(n)], batch_size=config.data.eval_batch_size,
         black_level=config.data.black_level, white_level=config.data.white_level)
 
-    names = ["Classical ISP"] + (["G (LiteISPNet-style)"] if g_fn is not None else []) + list(methods)
+    names = ["Classical ISP"] + (["G (color_net)"] if g_fn is not None else []) + list(methods)
     size = e.crop_size or int(np.asarray(data_source[0]["dslr"]).shape[0])
     per_image = ["psnr", "ssim", "lpips", "musiq", "clipiqa"] + (["niqe"] if size >= NIQE_MIN_SIZE else [])
     fid_w = e.fid_inception_weights or None
@@ -172,7 +172,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         y01 = sampling.to_unit_range(jnp.asarray(batch["dslr"]))
         outs = {"Classical ISP": isp_classic.process(w)}
         if g_fn is not None:
-            outs["G (LiteISPNet-style)"] = sampling.to_unit_range(g_fn(w))
+            outs["G (color_net)"] = sampling.to_unit_range(g_fn(w))
         x = cond_fn(w)
         for name, fn in methods.items():
             outs[name] = sampling.to_unit_range(fn(params, w, x, x, jax.random.fold_in(key, b)))
@@ -211,7 +211,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
             q.setdefault("niqe", f"n/a (images < {NIQE_MIN_SIZE} px)")
             summary["methods"][name][prot] = q
     if g_note:
-        summary["methods"]["G (LiteISPNet-style)"] = {"note": g_note}
+        summary["methods"]["G (color_net)"] = {"note": g_note}
     ref = dslr_scorer.summary()
     ref.setdefault("niqe", f"n/a (images < {NIQE_MIN_SIZE} px)")
     summary["methods"]["DSLR (reference)"] = {"original": ref}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from diffraw_jax import evaluate, input_pipeline, metrics, train
+from diffraw_jax import evaluate, input_pipeline, metrics
 from tests.helpers import tiny_source
 
 
@@ -50,7 +50,7 @@ def test_train_then_evaluate_writes_tables_and_grid(tmp_path, tiny_model):
     isp = [float(r["psnr"]) for r in rows if r["method"] == "Classical ISP" and r["protocol"] == "original"]
     assert js["methods"]["Classical ISP"]["original"]["psnr"] == pytest.approx(np.mean(isp))
     assert js["methods"]["Classical ISP"]["original"]["fid"] == "needs weights"
-    assert js["methods"]["G (LiteISPNet-style)"] == {"note": "G: needs a trained colour network (color_net.workdir)"}
+    assert js["methods"]["G (color_net)"] == {"note": "G: needs a trained colour network (color_net.workdir)"}
     assert "n/a" in js["methods"]["DSLR (reference)"]["original"]["niqe"]  # 32 px crops: too small
     md = open(out / "summary.md").read()
     assert "## Full-reference (Table 2)" in md and "## No-reference (Table 1)" in md
