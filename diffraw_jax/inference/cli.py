@@ -24,8 +24,12 @@ files, not recursively):
 Each input becomes ``DIR/<stem>.png``: 8-bit sRGB, or 16-bit with ``--bits16``,
 covering the whole mosaic in every CFA layout, in the camera's orientation
 (LibRaw ``sizes.flip``). It is written to a temporary file in DIR and then
-renamed, so a crash never leaves a half-written output; an existing output is
-kept (an error for that input) unless ``--overwrite``.
+renamed, so a crash never leaves a half-written output. An existing output is
+kept and its input skipped unless ``--overwrite``, so rerunning an interrupted
+batch finishes the rest (and says how many it skipped); the hidden temporary
+files of a killed run (``.<name>.png.<pid>.<random>.tmp``, their process gone)
+are removed. The output folder is checked (a folder, writable) before any
+sampling.
 
 ``--color``: ``g`` uses the trained colour network G named by the training
 config's ``color_net.workdir`` (an error if there is none), ``classic`` the
@@ -36,8 +40,8 @@ the output size and orientation.
 
 Errors: one line per bad input on stderr, ``error: <file>: <reason>``; the
 other inputs are still processed; a summary ``processed N, failed M`` ends the
-run. Exit status 0 if every input was written, 1 if any failed, 2 for usage or
-checkpoint errors (nothing processed).
+run. Exit status 0 if no input failed (skipped inputs are not failures), 1 if
+any failed, 2 for usage, checkpoint or output-folder errors (nothing processed).
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ import argparse
 import io
 import logging
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -56,6 +61,9 @@ import numpy as np
 from diffraw_jax import dtdm, logs, raw
 from diffraw_jax.inference.camera import (COLOR_IMAGE_EXTENSIONS, InputError, read_bayer_image,
                                           read_camera_raw)
+
+# By name: run as ``python -m``, this module's __name__ is "__main__".
+log = logging.getLogger("diffraw_jax.inference.cli")
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff")
 RAW_EXTENSIONS = (".dng", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".arw", ".srf", ".sr2",
@@ -202,7 +210,7 @@ def write_atomic(path: str, data: bytes, overwrite: bool) -> None:
     place. Without ``overwrite`` the final step is a hard link, which fails
     (FileExistsError) if ``path`` appeared meanwhile; the temp file never remains."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.{os.getpid()}.",
                                suffix=".tmp")
     try:
         umask = os.umask(0)
@@ -230,6 +238,64 @@ def write_atomic(path: str, data: bytes, overwrite: bool) -> None:
 
 def output_path(output_dir: str, src: str) -> str:
     return os.path.join(output_dir, os.path.splitext(os.path.basename(src))[0] + ".png")
+
+
+# ``write_atomic``'s temporary files: .<name>.png.<pid>.<random>.tmp (older releases: no pid).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+\.png)\.(?:(?P<pid>\d+)\.)?[^.]+\.tmp$")
+_OLD_TEMPORARY_AGE_S = 60.0
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(output_dir: str) -> int:
+    """Removes the temporary files that killed runs of ``diffraw`` left in ``output_dir``
+    (their process is gone; pid-less ones from older releases once a minute old);
+    returns how many. Never touches anything else."""
+    import time
+
+    removed = 0
+    for name in os.listdir(output_dir):
+        m = _TEMPORARY.match(name)
+        if not m:
+            continue
+        path = os.path.join(output_dir, name)
+        try:
+            if m.group("pid") is not None:
+                stale = int(m.group("pid")) != os.getpid() and not _process_alive(int(m.group("pid")))
+            else:
+                stale = time.time() - os.stat(path).st_mtime > _OLD_TEMPORARY_AGE_S
+            if stale and os.path.isfile(path):
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def prepare_output_dir(output_dir: str) -> Optional[str]:
+    """Creates ``output_dir`` and checks it takes a file; returns the reason it cannot, or None."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        return "not a folder (--output names an existing file)"
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        return f"cannot create the output folder ({e.strerror or e})"
+    try:
+        fd, probe = tempfile.mkstemp(dir=output_dir, prefix=f".diffraw-write-check.{os.getpid()}.",
+                                     suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"the output folder is not writable ({e.strerror or e})"
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -323,31 +389,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 2
     logs.setup(args.verbose)
+    problem = prepare_output_dir(args.output)  # before the model loads: nothing is sampled in vain
+    if problem:
+        _err(args.output, problem)
+        return 2
     try:
         pipe = _load_pipeline(args)
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:
         _err(args.checkpoint, e)
         return 2
-    # By name: run as ``python -m``, this module's __name__ is "__main__".
-    logging.getLogger("diffraw_jax.inference.cli").info(
+    log.info(
         "sampler %s: %d network evaluations per tile", pipe.label, pipe.num_evaluations)
-    try:
-        os.makedirs(args.output, exist_ok=True)
-    except OSError as e:
-        _err(args.output, e)
-        return 2
+    removed = remove_stale_temporaries(args.output)
+    if removed:
+        log.info("removed %d temporary file%s left by an interrupted run in %s", removed,
+                 "s" * (removed > 1), args.output)
     files, failures = expand_inputs(args.input, args.output)
     for path, reason in failures:
         _err(path, reason)
+    outputs = {path: output_path(args.output, path) for path in files}
+    existing = [p for p in files if os.path.exists(outputs[p])] if not args.overwrite else []
+    if existing:
+        log.info("skipping %d input%s whose output exists (--overwrite replaces them)", len(existing),
+                 "s" * (len(existing) > 1))
     failed, done, claimed = len(failures), 0, {}
     for path in files:
-        out = output_path(args.output, path)
+        out = outputs[path]
         try:
             if out in claimed:
                 raise InputError(f"output {out} is also the output of {claimed[out]}")
             claimed[out] = path
-            if os.path.exists(out) and not args.overwrite:
-                raise InputError(f"output {out} exists (use --overwrite to replace it)")
+            if path in existing:
+                continue
             process_file(pipe, path, out, args)
         except FileExistsError:
             failed += 1
@@ -360,7 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             done += 1
             print(f"wrote {out}", flush=True)
-    print(f"processed {done}, failed {failed}", flush=True)
+    skipped = f", skipped {len(existing)} (outputs exist; --overwrite replaces them)" if existing else ""
+    print(f"processed {done}, failed {failed}{skipped}", flush=True)
     return 1 if failed else 0
 
 

@@ -1,0 +1,133 @@
+"""``diffraw`` batches that resume, and output folders checked before any sampling (#23)."""
+import contextlib
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffraw_jax.inference import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDENT = os.path.join(REPO, "pretrained", "distill-1")  # one network evaluation per tile
+
+
+def _mosaics(folder, n=3, size=64):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        codes = (63 + rng.uniform(0.1, 0.6, (size, size)) * 957).astype(np.uint16)
+        Image.fromarray(codes).save(folder / f"m{i}.png")
+    return folder
+
+
+def _args(src, out, *extra):
+    return ["--checkpoint", STUDENT, "--input", str(src), "--output", str(out), "--quiet", "--tile", "0",
+            *extra]
+
+
+def test_a_rerun_skips_finished_outputs_removes_stale_temporaries_and_exits_0(tmp_path, capsys):
+    src, out = _mosaics(tmp_path / "in"), tmp_path / "out"
+    out.mkdir()
+    # The first run was killed after m0: m0.png is finished, a truncated temporary of m1 is left
+    # (by a process that is gone), and an older release's pid-less temporary an hour old.
+    assert cli.main(_args(src / "m0.png", out)) == 0
+    first = (out / "m0.png").read_bytes()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".m1.png.{dead.pid}.k3j2h1.tmp"
+    stale.write_bytes(b"\x89PNG half")
+    old = out / ".m2.png.a8f7d6.tmp"
+    old.write_bytes(b"\x89PNG")
+    os.utime(old, (time.time() - 3600,) * 2)
+    live = out / f".m2.png.{os.getppid()}.zzzzzz.tmp"  # a running process's temporary: kept
+    live.write_bytes(b"in progress")
+    unrelated = out / ".notes.tmp"
+    unrelated.write_text("mine")
+    capsys.readouterr()
+
+    assert cli.main(_args(src, out)) == 0
+    o = capsys.readouterr()
+    assert "processed 2, failed 0, skipped 1 (outputs exist; --overwrite replaces them)" in o.out
+    assert (out / "m0.png").read_bytes() == first  # kept, not re-rendered
+    assert {p.name for p in out.iterdir()} == {"m0.png", "m1.png", "m2.png", live.name, unrelated.name}
+    assert "error" not in o.err
+
+    # Everything done: a third run skips all three and still exits 0.
+    assert cli.main(_args(src, out)) == 0
+    assert "processed 0, failed 0, skipped 3" in capsys.readouterr().out
+    # --overwrite renders again.
+    assert cli.main(_args(src / "m0.png", out, "--overwrite", "--seed", "5")) == 0
+    assert "processed 1, failed 0\n" in capsys.readouterr().out
+
+
+def test_remove_stale_temporaries_touches_only_dead_runs_files(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {f".a.png.{dead.pid}.x1.tmp": False, f".a.png.{os.getpid()}.x2.tmp": True,
+             f".b.png.{os.getppid()}.x3.tmp": True, ".c.png.fresh0.tmp": True, "a.png": True,
+             ".a.png": True, f".a.jpg.{dead.pid}.x4.tmp": True}
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    assert cli.remove_stale_temporaries(str(tmp_path)) == 1
+    assert {p.name for p in tmp_path.iterdir()} == {n for n, kept in names.items() if kept}
+
+
+def test_output_that_is_a_file_is_refused_in_one_line_before_any_work(tmp_path, capsys):
+    src = _mosaics(tmp_path / "in", n=1)
+    target = tmp_path / "out.png"
+    target.write_bytes(b"not a folder")
+    assert cli.main(_args(src, target)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {target}: not a folder (--output names an existing file)"]
+    assert target.read_bytes() == b"not a folder"
+
+
+@contextlib.contextmanager
+def _read_only_tmpfs(path):
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({r.stderr.strip() or r.returncode}); "
+                    "test_unwritable_output_injected covers the path")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def test_read_only_output_folder_is_refused_before_sampling(tmp_path, capsys):
+    src = _mosaics(tmp_path / "in", n=2)
+    with _read_only_tmpfs(tmp_path / "ro") as ro:
+        t0 = time.perf_counter()
+        assert cli.main(_args(src, ro)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: {ro}: the output folder is not writable (Read-only file system)"]
+        assert os.listdir(ro) == []
+    assert time.perf_counter() - t0 < 120
+
+
+def test_unwritable_output_injected(tmp_path, capsys, monkeypatch):
+    """The portable fallback of the read-only test: the folder's write check fails."""
+    import errno
+    import tempfile
+
+    src = _mosaics(tmp_path / "in", n=1)
+    real = tempfile.mkstemp
+
+    def refuse(*a, **kw):
+        if kw.get("prefix", "").startswith(".diffraw-write-check"):
+            raise OSError(errno.EACCES, "Permission denied")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    sampled = []
+    monkeypatch.setattr(cli, "process_file", lambda *a: sampled.append(a))
+    assert cli.main(_args(src, tmp_path / "out")) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'out'}: the output folder is not "
+                                               "writable (Permission denied)")
+    assert sampled == []
