@@ -24,6 +24,9 @@ flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.DEFINE_bool("break_lock", False, "Train even if the workdir's lock names another trainer "
+                  "(only when you know it is gone; a lock whose process is gone or whose heartbeat is "
+                  "over 10 minutes old is taken over without it).")
 flags.DEFINE_bool("verbose", False, "Also show library INFO logs (orbax, clu, absl) and full tracebacks.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -42,17 +45,21 @@ def main(argv):
     logging.getLogger("diffraw_jax").info("JAX process %d / %d, local devices %s", jax.process_index(),
                                           jax.process_count(), jax.local_devices())
     config = FLAGS.config
+    from diffraw_jax import workdir_lock
+
+    one_line_errors = (ValueError, FileNotFoundError, FloatingPointError, workdir_lock.WorkdirLockedError)
     try:
         if FLAGS.mode == "train":
-            from diffraw_jax import train
+            from diffraw_jax import checkpointing, train
 
-            train.train_and_evaluate(config, FLAGS.workdir)
+            one_line_errors += (checkpointing.CheckpointSaveError,)
+            train.train_and_evaluate(config, FLAGS.workdir, break_lock=FLAGS.break_lock)
         else:
             from diffraw_jax import evaluate
 
             evaluate.evaluate(config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        # Configuration and data problems: one clear line, non-zero exit.
+    except one_line_errors as e:
+        # Configuration, data, lock and save problems: one clear line, non-zero exit.
         if FLAGS.verbose:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)

@@ -69,6 +69,129 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator=No
     return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint save did not commit (disk full, permission, network): training stops."""
+
+
+def describe_save_error(error: BaseException) -> str:
+    """The cause of a failed save in a few words: disk full, permission denied, read-only
+    file system, network, or the error's first line."""
+    text = f"{type(error).__name__}: {error}"
+    low = text.lower()
+    if "no space left" in low or "resource_exhausted" in low or "os_error_code='28'" in low or "enospc" in low:
+        return "the disk is full (No space left on device)"
+    if "read-only file system" in low or "os_error_code='30'" in low:
+        return "the file system is read-only"
+    if "permission denied" in low or "permission_denied" in low or "os_error_code='13'" in low:
+        return "permission denied"
+    if any(k in low for k in ("unavailable", "deadline_exceeded", "connection", "timed out", "timeout")):
+        return f"the storage could not be reached ({_first_line(text)})"
+    return _first_line(text)
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def remove_unfinished(directory, step: int) -> list:
+    """Removes ``<directory>/<step>.orbax-checkpoint-tmp*`` (a save that did not commit);
+    returns the names removed (those it could remove)."""
+    removed = []
+    root = epath.Path(directory)
+    try:
+        candidates = [p for p in root.iterdir() if p.name.startswith(f"{step}.orbax-checkpoint-tmp")]
+    except (FileNotFoundError, OSError):
+        return removed
+    for path in candidates:
+        try:
+            path.rmtree() if path.is_dir() else path.unlink()
+            removed.append(path.name)
+        except (FileNotFoundError, OSError) as e:
+            log.warning("could not remove the unfinished checkpoint %s: %s", path, e)
+    return removed
+
+
+class Saves:
+    """The trainer's checkpoint saves: asynchronous, one in flight at a time.
+
+    ``start(step, state, it)`` first finishes the previous save, then starts this
+    one; ``poll()`` (at reports) and ``finish()`` (at the end) wait for it. A save is
+    logged ("checkpoint step N -> DIR") only once it has committed; one that failed
+    raises ``CheckpointSaveError`` naming its cause and the last good step, after
+    removing its unfinished folder. Orbax's own error logs of a failed background
+    save (absl ERROR records with tracebacks, asyncio's "exception was never
+    retrieved") are dropped unless the absl logger is at INFO (``--verbose``).
+    """
+
+    def __init__(self, manager: ocp.CheckpointManager):
+        self.manager = manager
+        self.pending: Optional[int] = None
+        self.last_good = manager.latest_step()
+        quiet_failed_saves()
+
+    def start(self, step: int, state: Any, data_iterator=None) -> None:
+        self.finish()
+        try:
+            save(self.manager, step, state, data_iterator, force=True)
+        except Exception as e:  # noqa: BLE001 -- orbax raises many types
+            self._fail(step, e)
+        self.pending = step
+
+    def poll(self) -> None:
+        if self.pending is not None and not self.manager.is_saving_in_progress():
+            self.finish()
+
+    def finish(self) -> None:
+        if self.pending is None:
+            return
+        step, self.pending = self.pending, None
+        try:
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            self._fail(step, e)
+        self.last_good = step
+        log.info("checkpoint step %d -> %s", step, self.manager.directory)
+
+    def _fail(self, step: int, error: BaseException):
+        removed = remove_unfinished(self.manager.directory, step) if jax.process_index() == 0 else []
+        good = (f"the last good checkpoint is step {self.last_good}" if self.last_good is not None
+                else "there is no earlier checkpoint")
+        raise CheckpointSaveError(
+            f"the checkpoint of step {step} was not saved: {describe_save_error(error)}; training stopped "
+            f"({'its unfinished folder was removed; ' if removed else ''}{good} in {self.manager.directory}, "
+            "and a rerun resumes from it)") from error
+
+
+def _is_failed_save_record(record: logging.LogRecord) -> bool:
+    """orbax's background-thread error logs of a failed save, and asyncio's reports of its
+    failed writes: the trainer reports the failure itself, in one line."""
+    msg = record.getMessage()
+    if record.name == "asyncio":
+        exc = record.exc_info[1] if record.exc_info else None
+        return ("exception was never retrieved" in msg.splitlines()[0]
+                and exc is not None and any(k in str(exc) for k in ("tensorstore", "OCDBT", "RESOURCE_EXHAUSTED",
+                                                                      "No space left", "Permission denied")))
+    return ("orbax" in record.pathname and record.levelno >= logging.ERROR
+            and (record.exc_info is not None or "fail" in msg.lower() or "raised an exception" in msg))
+
+
+class _DropFailedSaveNoise(logging.Filter):
+    def filter(self, record):
+        if logging.getLogger("absl").getEffectiveLevel() <= logging.INFO:  # --verbose: keep everything
+            return True
+        return not _is_failed_save_record(record)
+
+
+def quiet_failed_saves() -> None:
+    """Installs ``_DropFailedSaveNoise`` on the absl and asyncio loggers (once)."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropFailedSaveNoise) for f in logger.filters):
+            logger.addFilter(_DropFailedSaveNoise())
+
+
 def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
     """Moves unreadable step folders to ``checkpoints_unreadable/`` (kept for inspection,
     out of the manager's way so the run can save those steps again)."""

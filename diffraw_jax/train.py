@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffraw_jax import batches, dtdm, logs, parallel, paths, sampling, weights
+from diffraw_jax import batches, dtdm, logs, parallel, paths, sampling, weights, workdir_lock
 from diffraw_jax import distill as distill_lib
 from diffraw_jax.models import factory
 from diffraw_jax.models import unet as unet_lib
@@ -343,16 +343,62 @@ def _raise_on_nonfinite(metrics, first_step: int, manager, workdir) -> None:
         f"the last good checkpoint is step {manager.latest_step()} in {checkpointing.checkpoint_dir(workdir)}")
 
 
-def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState:
+def _check_inputs(config, workdir: str) -> None:
+    """Before anything is written: the config is valid, the workdir is a folder (or new), and a
+    distillation teacher exists. ValueError / FileNotFoundError in one line."""
+    _validate(config)
+    wd = paths.as_path(workdir)
+    if wd.exists() and not wd.is_dir():
+        raise ValueError(f"--workdir {wd} is a file, not a folder")
+    if distilling(config):
+        weights.load_config(config.distill.teacher)  # FileNotFoundError naming it, before any work
+
+
+def _take_lock(workdir: str, break_lock: bool):
+    """Process 0 takes the workdir's lock; every process learns whether it did (WorkdirLockedError)."""
+    lock, error = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = workdir_lock.WorkdirLock(workdir, break_lock=break_lock).acquire()
+        except workdir_lock.WorkdirLockedError as e:
+            error = str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ok = multihost_utils.broadcast_one_to_all(np.int32(not error))
+        if not ok and not error:
+            error = f"{workdir} is locked by another trainer (process 0 says who)"
+    if error:
+        raise workdir_lock.WorkdirLockedError(error)
+    return lock
+
+
+def train_and_evaluate(config, workdir: str, *, data_sources=None, break_lock: bool = False) -> TrainState:
     """Trains per ``config``, checkpointing to ``workdir``; resumes from its latest checkpoint.
 
     ``data_sources``: optional (train, test) random-access sources (tests); default TFDS.
+    One trainer per workdir: the workdir's lock (``diffraw_jax.workdir_lock``) is held
+    while it trains; ``break_lock`` takes it from a trainer the user knows is gone.
+    Raises ``WorkdirLockedError`` (another trainer holds it), ``CheckpointSaveError``
+    (a save did not commit), ValueError / FileNotFoundError (bad inputs, found before
+    anything is written).
     """
+    _check_inputs(config, workdir)
+    lock = _take_lock(workdir, break_lock)
+    try:
+        return _train(config, workdir, data_sources, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config, workdir: str, data_sources, lock) -> TrainState:
     from clu import metric_writers, parameter_overview, periodic_actions
 
     from diffraw_jax import input_pipeline
 
-    _validate(config)
+    # The data first: a missing dataset ends the run before anything is written to the workdir.
+    train_src, test_src = data_sources if data_sources is not None else input_pipeline.load_data_sources(config)
     wd = paths.as_path(workdir)  # local (made absolute) or gs://: every host writes to the same place
     wd.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:  # inference and evaluation rebuild the model from it
@@ -373,7 +419,6 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
                  config.model.name if config.task == "diffraw" else "G " + config.color_net.name,
                  f"{factory.count_params(state.params):,}", wd / PARAMETERS_FILE)
 
-    train_src, test_src = data_sources if data_sources is not None else input_pipeline.load_data_sources(config)
     loader = input_pipeline.create_train_loader(
         train_src, global_batch_size=config.data.global_batch_size, crop_size=config.data.crop_size,
         seed=config.seed, augment=config.data.augment, worker_count=config.data.worker_count,
@@ -388,6 +433,7 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
     from diffraw_jax import checkpointing  # orbax: only the training loop needs it
 
     manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
+    saves = checkpointing.Saves(manager)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     start, restored = checkpointing.restore_latest(manager, abstract, data_iter)
     teacher = load_teacher(config, model, state_sh.params) if distilling(config) else None
@@ -433,6 +479,7 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
                 fetched = jax.device_get(pending)
                 _raise_on_nonfinite(fetched, done - len(fetched) + 1, manager, workdir)
             if report:
+                saves.poll()  # logs the last save once it has committed; raises if it failed
                 summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
                 writer.write_scalars(done, summary)
                 pending = []
@@ -443,15 +490,17 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None) -> TrainState
                          rate, logs.format_duration((total - done) / max(rate, 1e-9)),
                          "  ".join(f"{k} {v:.4g}" for k, v in summary.items()))
             if save:
-                checkpointing.save(manager, done, state, data_iter, force=True)
-                log.info("checkpoint step %d -> %s", done, checkpointing.checkpoint_dir(workdir))
+                if lock is not None:
+                    lock.check()  # another trainer took the workdir: stop without saving
+                saves.start(done, state, data_iter)
             if periodic_eval is not None and (done % eval_every == 0 or done == total) and not preempted:
                 seconds = periodic_eval(done, state.ema_params, writer)
                 last = (last[0], last[1] + seconds)  # steps/s counts training time only
             if preempted:
+                saves.finish()
                 log.warning("stopping at step %d for preemption (checkpoint saved)", done)
                 break
-    manager.wait_until_finished()
+    saves.finish()
     manager.close()
     writer.flush()
     return state
