@@ -385,7 +385,7 @@ def plan_sample(config, devices, batch: int) -> dict:
     t0 = time.perf_counter()
     compiled = jitted.lower(params, w, img, img, abstract_key(rep)).compile()
     out = dict(compile_s=time.perf_counter() - t0, params=factory.count_params(params),
-               sampler=settings.method, sampler_steps=steps or settings.s)
+               sampler=one_step.method, sampler_steps=one_step.num_steps or one_step.s)
     out.update(compiled_stats(compiled))
     return out
 

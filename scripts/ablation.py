@@ -14,7 +14,8 @@
 Every trained variant is the ``--config`` setting (default `configs/pretrained.py`,
 the shipped model's: demo U-Net, 64 px crops, batch 8, 1,024 synthetic training
 pairs) for ``--train_steps`` steps; missing models are trained first (resumable).
-Metrics on ``--num_images`` test images, centre ``--crop`` px: PSNR, LPIPS-Alex, and
+Metrics on ``--num_images`` test images, centre ``--crop`` px (``input_pipeline.first_images``):
+PSNR, SSIM, LPIPS-Alex (``metrics.compute_metrics``, on 8-bit images), and
 the high-frequency energy ratio (Laplacian energy of the output / of the DSLR; 1 is
 DSLR-like detail). NIQE needs >= 192 px images, so it is not reported here. Writes
 JSON, a Markdown table and PNG plots.
