@@ -156,7 +156,7 @@ def upgrade(saved: Mapping[str, Any] | ml_collections.ConfigDict) -> ml_collecti
 def _overlay(config: ml_collections.ConfigDict, saved: Mapping[str, Any], prefix: str, unknown: list) -> None:
     for key, value in saved.items():
         name = prefix + key
-        if key not in config:  # a whole unknown section: its fields by name
+        if key not in config:  # unknown (an unknown section: each of its fields, by name)
             unknown += [f"{name}.{k}" for k in value] if isinstance(value, Mapping) and value else [name]
         elif isinstance(config[key], ml_collections.ConfigDict):
             if not isinstance(value, Mapping):

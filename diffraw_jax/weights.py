@@ -20,7 +20,8 @@ sets damaged checkpoints aside.
 
 Paths may be local or ``gs://`` (``diffraw_jax.paths``; read through etils.epath).
 
-Imports jax, flax, numpy and the core modules; orbax only when a workdir is read.
+Imports jax, flax, numpy and the core modules; orbax (``diffraw_jax.checkpointing``, the
+one orbax module) only when a workdir is read.
 """
 from __future__ import annotations
 
