@@ -47,13 +47,20 @@ def run_py():
     return _run_py
 
 
-# The harness of compare_devices: ``run(devices, fsdp)``, defined by the caller's code, trains
-# a few steps on a mesh of ``devices`` (FSDP over ``fsdp`` of them) and returns
-# (losses, final train state).
+# The harness of compare_devices: ``make_step(devices, fsdp)``, defined by the caller's code,
+# returns (train state, jitted step, batch) on a mesh of ``devices`` (FSDP over ``fsdp`` of
+# them); each run takes 3 steps with the same key.
 _COMPARE_DEVICES = """
 import jax, numpy as np
 assert jax.device_count() == 8
-{run}
+{make_step}
+def run(devices, fsdp):
+    state, step, batch = make_step(devices, fsdp)
+    losses = []
+    for _ in range(3):
+        state, m = step(state, batch, jax.random.key(1))
+        losses.append(float(m["loss"]))
+    return losses, state
 l1, state = run(jax.devices()[:1], 1)
 assert all(np.isfinite(l1)) and l1[0] > 1e-4, l1
 p1 = [np.asarray(x) for x in jax.tree.leaves(state.params)]
@@ -71,12 +78,13 @@ print("OK", l1)
 
 @pytest.fixture(scope="session")
 def compare_devices():
-    """``compare_devices(run_code)``: in a subprocess with 8 virtual CPU devices, the code
-    (which defines ``run(devices, fsdp) -> (losses, state)``) is run on 1 device, then on 8
-    with FSDP over 1 and over 4: finite, non-zero losses equal to rtol 2e-4, parameters to
-    rtol 2e-3 / atol 2e-5, and with FSDP over 4 some parameters sharded over "fsdp"."""
-    def compare(run_code):
-        script = _COMPARE_DEVICES.format(run=textwrap.dedent(run_code))
+    """``compare_devices(make_step_code)``: in a subprocess with 8 virtual CPU devices, the
+    code (which defines ``make_step(devices, fsdp) -> (state, step, batch)``) is trained 3
+    steps on 1 device, then on 8 with FSDP over 1 and over 4: finite, non-zero losses equal
+    to rtol 2e-4, parameters to rtol 2e-3 / atol 2e-5, and with FSDP over 4 some parameters
+    sharded over the "fsdp" axis."""
+    def compare(make_step_code):
+        script = _COMPARE_DEVICES.format(make_step=textwrap.dedent(make_step_code))
         out = _run_py(script, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
         assert "OK" in out
     return compare

@@ -10,7 +10,6 @@ import numpy as np
 
 from diffraw_jax import parallel, raw, train
 from diffraw_jax.models import factory
-from diffraw_jax import dng_writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,6 +62,8 @@ def write_dng(path, data, pattern="RGGB", *, black=BLACK, white=WHITE, neutral=N
     """A DNG via pidng (``diffraw_jax.dng_writer.write_dng``); ``black`` per canonical plane (R, Gr, Gb, B),
     written per position of the 2x2 cell. Other keywords (orientation, cfa_dim, cfa_codes,
     linear) go to ``write_dng``."""
+    from diffraw_jax import dng_writer  # pidng: only the tests that write DNGs load it
+
     top, left = raw.cfa_offset(pattern)
     cell = [int(black[((r - top) % 2) * 2 + (c - left) % 2]) for r in (0, 1) for c in (0, 1)]
     dng_writer.write_dng(str(path), data, cfa=pattern, black=cell, white=white, neutral=neutral, **kw)

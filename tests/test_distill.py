@@ -306,7 +306,7 @@ def test_distill_config_chains_the_rounds_and_trains(tmp_path, teacher):
     assert int(state.step) == 2
 
 
-# run(devices, fsdp) for the compare_devices fixture (conftest.py).
+# make_step(devices, fsdp) for the compare_devices fixture (conftest.py).
 DISTILL_ON_DEVICES = """
 from configs import test as tc
 from diffraw_jax import parallel, train
@@ -317,7 +317,7 @@ cfg.distill.teacher, cfg.distill.teacher_steps = "unused: the teacher is given b
 cfg.sample.method, cfg.sample.num_steps = "dtdm_ddim", 2
 cfg.model.dropout = 0.0
 train._validate_distill(cfg)
-def run(devices, fsdp):
+def make_step(devices, fsdp):
     mesh = parallel.create_mesh(fsdp, devices)
     model, tx, sched = factory.create_model(cfg), train.create_optimizer(cfg), factory.create_schedule(cfg)
     state = train.create_train_state(cfg, model, tx, mesh, jax.random.key(0))
@@ -329,12 +329,7 @@ def run(devices, fsdp):
              for p in jax.tree.leaves(state.params)]
     teacher = jax.device_put(jax.tree.unflatten(jax.tree.structure(state.params), noisy), sh.params)
     step = train.make_train_step(cfg, model, tx, sched, mesh, sh, teacher)
-    batch = jax.device_put(fixed_batch(cfg), parallel.batch_sharding(mesh))
-    losses = []
-    for _ in range(3):
-        state, m = step(state, batch, jax.random.key(1))
-        losses.append(float(m["loss"]))
-    return losses, state
+    return state, step, jax.device_put(fixed_batch(cfg), parallel.batch_sharding(mesh))
 """
 
 

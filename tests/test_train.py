@@ -92,20 +92,15 @@ def test_global_shift_align_recovers_a_shift():
     assert m.sum() == (32 - 2) * (32 - 3)
 
 
-# run(devices, fsdp) for the compare_devices fixture (conftest.py).
+# make_step(devices, fsdp) for the compare_devices fixture (conftest.py).
 TRAIN_ON_DEVICES = """
 from configs import test as tc
 from diffraw_jax import parallel
 from tests.helpers import fixed_batch, state_and_step
-def run(devices, fsdp):
+def make_step(devices, fsdp):
     cfg = tc.get_config(); cfg.degradation.enabled = True
     state, step, data_sh = state_and_step(cfg, parallel.create_mesh(fsdp, devices))
-    batch = jax.device_put(fixed_batch(cfg), data_sh)
-    losses = []
-    for _ in range(3):
-        state, m = step(state, batch, jax.random.key(1))
-        losses.append(float(m["loss"]))
-    return losses, state
+    return state, step, jax.device_put(fixed_batch(cfg), data_sh)
 """
 
 
