@@ -118,17 +118,20 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
 
     e = config.eval
     out_dir = as_path(workdir) / "eval" / split  # local (absolute) or gs://
-    model_path = e.get("model", "") or workdir  # a weights folder or another workdir, read-only
+    model_path = e.model or workdir  # a weights folder or another workdir, read-only
     loaded = weights.load_inference(model_path, use_ema=config.sample.use_ema, color_net=False)
     model, params, step, schedule = loaded.model, loaded.params, loaded.step, loaded.schedule
     # The trained model's objective and s; the sampler as this run's config asks.
+    # A distilled student runs only the sampler it was distilled for (its own config's).
+    distilled = factory.is_distilled(loaded.config)
     run_cfg = loaded.config.copy_and_resolve_references()
-    run_cfg.sample = config.sample
+    if not distilled:
+        run_cfg.sample = config.sample
     main = factory.sampler_settings(run_cfg)
 
     g_fn, g_note = None, "G: needs a trained colour network (color_net.workdir)"
     # G: the one this run's config names for its own workdir, else the model's own.
-    g_config = config if config.color_net.workdir and not e.get("model") else loaded.config
+    g_config = config if config.color_net.workdir and not e.model else loaded.config
     g = weights.find_color_net(g_config, model_path)
     if g is not None:
         g_fn, g_note = sampling.color_condition(g), None
@@ -139,7 +142,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
 
     methods = {f"DiffRAW {main.label}": sampling.make_sampler(model, schedule, main)}
     k = e.ddim_steps
-    if k > 0 and main.method != "ddpm":
+    if k > 0 and main.method != "ddpm" and not distilled:
         ddim = factory.sampler_settings(run_cfg, "dtdm_ddim", k)
         methods.setdefault(f"DiffRAW {ddim.label}", sampling.make_sampler(model, schedule, ddim))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ class PeriodicEval:
         self.x = np.asarray(sampling.color_condition(g)(self.w))
         self.x01 = np.asarray(sampling.to_unit_range(self.x))  # the grid's c column, once
         self.classic = np.asarray(isp_classic.process(self.w))
-        if config.diffusion.get("objective", "dtdm") == "ddpm":
+        if config.diffusion.objective == "ddpm" or factory.is_distilled(config):  # its own sampler
             settings = factory.sampler_settings(config)
         else:
             settings = factory.sampler_settings(config, "dtdm_ddim",

@@ -79,8 +79,10 @@ class LoadedModel:
     def num_params(self) -> int:
         return factory.count_params(self.params)
 
-    def sampler_settings(self, method=None, num_steps=None) -> factory.SamplerSettings:
-        return factory.sampler_settings(self.config, method, num_steps)
+    def sampler_settings(self, method=None, num_steps=None, *,
+                         other_than_distilled: bool = False) -> factory.SamplerSettings:
+        return factory.sampler_settings(self.config, method, num_steps,
+                                        other_than_distilled=other_than_distilled)
 
 
 # ---------------------------------------------------------------------------

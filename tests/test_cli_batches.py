@@ -131,3 +131,22 @@ def test_unwritable_output_injected(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'out'}: the output folder is not "
                                                "writable (Permission denied)")
     assert sampled == []
+
+
+def test_a_student_runs_only_the_sampler_it_was_distilled_for(tmp_path, capsys):
+    """pretrained/distill-1 was distilled for DTDM-DDIM-1: --method dtdm or --steps 4 is refused in
+    one line naming that; --other-sampler runs it with one warning."""
+    src = _mosaics(tmp_path / "in", n=1)
+    for extra in (["--method", "dtdm"], ["--steps", "4"], ["--method", "dtdm_ddim", "--steps", "2"]):
+        assert cli.main(_args(src, tmp_path / "out", *extra)) == 2
+        err = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("error")]
+        assert len(err) == 1 and "a student distilled for DTDM-DDIM-1 (1 network evaluation)" in err[0], err
+        assert "--other-sampler" in err[0]
+    assert not list((tmp_path / "out").glob("*.png"))
+    # Its own sampler, named explicitly, is fine; another one behind the flag warns once.
+    assert cli.main(_args(src, tmp_path / "out", "--method", "dtdm_ddim", "--steps", "1")) == 0
+    capsys.readouterr()
+    assert cli.main(_args(src, tmp_path / "out2", "--steps", "2", "--other-sampler")) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: --other-sampler") == 1
+    assert "DTDM-DDIM-2 (student of DTDM-DDIM-1)" in err

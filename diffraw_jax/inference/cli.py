@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, choices=dtdm.METHODS,
                    help="dtdm: ancestral (Algorithm 2); dtdm_ddim: deterministic strided; ddpm: "
                    "for epsilon-objective models (default: what the model asks for)")
+    p.add_argument("--other-sampler", action="store_true",
+                   help="let a distilled student run another --method/--steps than the one it was "
+                   "distilled for (it was not trained for it: expect a worse picture)")
     p.add_argument("--step", type=int, default=None, metavar="N",
                    help="a workdir's checkpoint step (default: the latest)")
     p.add_argument("--color", default="g", metavar="g|classic|IMAGE",
@@ -314,7 +317,7 @@ def _load_pipeline(args):
     return DiffRAWPipeline.from_checkpoint(
         args.checkpoint, method=args.method, num_steps=args.steps, color=color,
         tile="train" if args.tile is None else args.tile, overlap=args.overlap, batch=args.batch,
-        eta=args.eta, step=args.step)
+        eta=args.eta, step=args.step, other_sampler=args.other_sampler)
 
 
 def process_file(pipe, path: str, out: str, args) -> None:
@@ -398,6 +401,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:
         _err(args.checkpoint, e)
         return 2
+    if "(student of " in pipe.label:
+        log.warning("warning: --other-sampler: running %s, which this student was not distilled for",
+                    pipe.label)
     log.info(
         "sampler %s: %d network evaluations per tile", pipe.label, pipe.num_evaluations)
     removed = remove_stale_temporaries(args.output)

@@ -76,7 +76,7 @@ class DiffRAWPipeline:
     def from_checkpoint(cls, path: str, *, method: Optional[str] = None, num_steps: Optional[int] = None,
                         color: str = "g", tile="train", overlap: Optional[int] = None, batch: int = 4,
                         eta: float = 0.0, use_ema: Optional[bool] = None,
-                        step: Optional[int] = None) -> "DiffRAWPipeline":
+                        step: Optional[int] = None, other_sampler: bool = False) -> "DiffRAWPipeline":
         """Loads a weights folder or a training workdir (read-only, ``weights.load_inference``).
 
         ``method``/``num_steps``: default what the model's config asks for
@@ -87,12 +87,14 @@ class DiffRAWPipeline:
         (H, W), or None / 0 for the whole frame. ``overlap``: default
         min(64, tile / 4) rounded down to even. ``use_ema``: default the
         config's ``sample.use_ema``; ``step``: a workdir's checkpoint step.
+        ``other_sampler``: let a distilled student run a sampler other than the one it
+        was distilled for (otherwise a ValueError saying which that is).
         Raises FileNotFoundError, ValueError or RuntimeError (see ``load_inference``).
         """
         loaded = weights.load_inference(path, use_ema=use_ema, step=step, color_net=(color == "g"))
         if loaded.config.task != "diffraw":
             raise ValueError(f"{path} is a {loaded.config.task!r} model, not a DiffRAW model")
-        settings = loaded.sampler_settings(method, num_steps)
+        settings = loaded.sampler_settings(method, num_steps, other_than_distilled=other_sampler)
         if isinstance(tile, str):
             if tile != "train":
                 raise ValueError(f"tile must be 'train', a size, (H, W) or None, got {tile!r}")
@@ -103,7 +105,7 @@ class DiffRAWPipeline:
         g = loaded.color_net
         if color == "g" and g is None:
             raise ValueError(f"color 'g' needs a trained colour network G, but {path} names none "
-                             f"(color_net.workdir {loaded.config.color_net.get('workdir', '')!r}); "
+                             f"(color_net.workdir {loaded.config.color_net.workdir!r}); "
                              "use color 'classic' or an image")
         return cls(loaded.model, loaded.params, loaded.schedule, settings, eta=eta, color=color,
                    color_model=g.model if g else None, color_params=g.params if g else None,

@@ -158,9 +158,9 @@ class SamplerSettings(NamedTuple):
     label: str                 # e.g. "DTDM-100", "DTDM-93 (s=100)", "DTDM-DDIM-10", "DDPM-100"
 
 
-def sampler_settings(config, method: Optional[str] = None, num_steps: Optional[int] = None,
-                     ) -> SamplerSettings:
-    """The sampler a DiffRAW config asks for, with explicit overrides.
+def sampler_settings(config, method: Optional[str] = None, num_steps: Optional[int] = None, *,
+                     other_than_distilled: bool = False) -> SamplerSettings:
+    """The sampler a DiffRAW config asks for, with explicit overrides: the one validator.
 
     Defaults come from the config: ``diffusion.objective = "ddpm"`` (a network
     trained on the plain epsilon target, the Fig. 4 baseline) samples with
@@ -169,7 +169,36 @@ def sampler_settings(config, method: Optional[str] = None, num_steps: Optional[i
     paper's test setting is ``method="dtdm", num_steps=93`` with s = 100.
     ValueError for a sampler that does not fit the objective (a DTDM sampler on
     an epsilon network, or the reverse) or a step count outside [1, s].
+
+    A progressively distilled student (``is_distilled``) was trained for one
+    sampler, its config's (e.g. DTDM-DDIM-1): any other method or step count is a
+    ValueError saying what it was distilled for, unless ``other_than_distilled``
+    (the caller then warns; the label says "student of ...").
     """
+    method, num_steps, s = _resolve_sampler(config, method, num_steps)
+    if method == "dtdm":
+        label = f"DTDM-{s}" if num_steps is None else f"DTDM-{num_steps} (s={s})"
+    elif method == "dtdm_ddim":
+        label = f"DTDM-DDIM-{num_steps or s}"
+    else:
+        label = f"DDPM-{s}"
+    if is_distilled(config):
+        own_method, own_steps, _ = _resolve_sampler(config, None, None)
+        own = f"DTDM-DDIM-{own_steps or s}" if own_method == "dtdm_ddim" else own_method
+        if (method, num_steps) == (own_method, own_steps):
+            label = f"distilled {label}"
+        elif not other_than_distilled:
+            raise ValueError(
+                f"this model is a student distilled for {own} ({own_steps or s} network evaluation"
+                f"{'s' * ((own_steps or s) > 1)}) and runs only that sampler, not {label}; "
+                "drop --method/--steps (or pass --other-sampler to run it anyway)")
+        else:
+            label = f"{label} (student of {own})"
+    return SamplerSettings(method, num_steps, s, label)
+
+
+def _resolve_sampler(config, method: Optional[str], num_steps: Optional[int]):
+    """(method, num_steps or None for all s, s) after the config's defaults; ValueError if invalid."""
     objective = config.diffusion.objective
     s = int(config.diffusion.s)
     if method is None:
@@ -190,12 +219,4 @@ def sampler_settings(config, method: Optional[str] = None, num_steps: Optional[i
             raise ValueError(f"method 'ddpm' runs all s={s} steps; got num_steps={num_steps}")
         if num_steps == s and method != "dtdm_ddim":
             num_steps = None
-    if method == "dtdm":
-        label = f"DTDM-{s}" if num_steps is None else f"DTDM-{num_steps} (s={s})"
-    elif method == "dtdm_ddim":
-        label = f"DTDM-DDIM-{num_steps or s}"
-        if is_distilled(config):
-            label = f"distilled {label}"
-    else:
-        label = f"DDPM-{s}"
-    return SamplerSettings(method, num_steps, s, label)
+    return method, num_steps, s
