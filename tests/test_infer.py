@@ -541,6 +541,8 @@ def test_cli_colour_image(tmp_path, workdir, capsys):
 
 def test_colour_network_g_from_the_training_config(tmp_path, workdir, capsys):
     """--color g: G from config.color_net.workdir, run once on the whole (padded) frame."""
+    import jax.numpy as jnp
+
     from diffraw_jax import checkpointing
     from diffraw_jax.models import color_net, factory
 
