@@ -59,13 +59,13 @@ def create_manager(workdir: str, keep: int = 3, *, read_only: bool = False) -> o
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator=None, *, force=False) -> bool:
-    """Starts an async save of ``state`` (and the Grain iterator, if given)."""
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data=None, *, force=False) -> bool:
+    """Starts an async save of ``state`` and, if given, ``data``: the orbax argument that saves
+    the data iterator (``input_pipeline.DevicePrefetch.save_args()``; this module never
+    imports grain, so the read-only loader of inference does not either)."""
     items = {"state": ocp.args.StandardSave(state)}
-    if data_iterator is not None:
-        import grain
-
-        items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    if data is not None:
+        items["data"] = data
     return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -115,7 +115,7 @@ def remove_unfinished(directory, step: int) -> list:
 class Saves:
     """The trainer's checkpoint saves: asynchronous, one in flight at a time.
 
-    ``start(step, state, it)`` first finishes the previous save, then starts this
+    ``start(step, state, data)`` first finishes the previous save, then starts this
     one; ``poll()`` (at reports) and ``finish()`` (at the end) wait for it. A save is
     logged ("checkpoint step N -> DIR") only once it has committed; one that failed
     raises ``CheckpointSaveError`` naming its cause and the last good step, after
@@ -130,10 +130,10 @@ class Saves:
         self.last_good = manager.latest_step()
         quiet_failed_saves()
 
-    def start(self, step: int, state: Any, data_iterator=None) -> None:
+    def start(self, step: int, state: Any, data=None) -> None:
         self.finish()
         try:
-            save(self.manager, step, state, data_iterator, force=True)
+            save(self.manager, step, state, data, force=True)
         except Exception as e:  # noqa: BLE001 -- orbax raises many types
             self._fail(step, e)
         self.pending = step
@@ -216,13 +216,14 @@ def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
     manager.reload()
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator=None):
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data=None):
     """Restores the newest readable checkpoint.
 
     Returns ``(step, state)`` or ``(None, None)`` when there is none. ``abstract_state``
     (``jax.ShapeDtypeStruct`` leaves with shardings) fixes the restored layout; with
-    None the tree comes back as saved (nested dicts of arrays). The
-    iterator, if given, is restored in place.
+    None the tree comes back as saved (nested dicts of arrays). ``data``: the orbax
+    argument that restores the data iterator in place
+    (``input_pipeline.DevicePrefetch.restore_args()``), if any.
     """
     if getattr(getattr(manager, "_options", None), "read_only", False):
         raise ValueError("restore_latest is the trainer's resume (it may move damaged checkpoints "
@@ -232,10 +233,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
     ignore_reads_finishing_after_a_failed_restore()
     for step in steps:
         items = {"state": ocp.args.StandardRestore(abstract_state)}  # None: as saved
-        if data_iterator is not None:
-            import grain
-
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        if data is not None:
+            items["data"] = data
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # noqa: BLE001 -- orbax raises many types for damaged files

@@ -14,14 +14,15 @@ setting the code would silently ignore is an error. Everything that reads a
 config reads its fields directly; only this module knows what an older file
 lacks. ``diffraw_jax.weights.load_config`` calls it once, at load.
 
-Imports only ml_collections.
+Imports only ml_collections, and only when a function is called (so the modules that
+import this one, the loader and the trainer, import on a bare accelerator machine
+where benchmarks/run.py stands a plain dict in for ConfigDict).
 """
 from __future__ import annotations
 
 import copy
 from typing import Any, Mapping
 
-import ml_collections
 
 # Fields moved since a config.json was first written: (old section, old key) -> (new section, new key).
 # G's loss settings were a section ``isp`` of their own; G is ``color_net`` everywhere.
@@ -33,6 +34,8 @@ RENAMED = {
 
 def default_config() -> ml_collections.ConfigDict:
     """Every field with its default (the paper's values where it gives them)."""
+    import ml_collections
+
     c = ml_collections.ConfigDict()
     c.seed = 0
     # "diffraw": the DiffRAW U-Net f(m_t, w, c, t) (Algorithm 1).
@@ -137,6 +140,8 @@ def upgrade(saved: Mapping[str, Any] | ml_collections.ConfigDict) -> ml_collecti
     Raises ValueError for a field the schema does not know (all of them named),
     a section given as a value, or a value of the wrong type.
     """
+    import ml_collections
+
     saved = saved.to_dict() if isinstance(saved, ml_collections.ConfigDict) else copy.deepcopy(dict(saved))
     for (old_section, old_key), (section, key) in RENAMED.items():
         old = saved.get(old_section)
@@ -154,6 +159,8 @@ def upgrade(saved: Mapping[str, Any] | ml_collections.ConfigDict) -> ml_collecti
 
 
 def _overlay(config: ml_collections.ConfigDict, saved: Mapping[str, Any], prefix: str, unknown: list) -> None:
+    import ml_collections
+
     for key, value in saved.items():
         name = prefix + key
         if key not in config:  # unknown (an unknown section: each of its fields, by name)

@@ -513,6 +513,18 @@ class DevicePrefetch:
     (``grain.checkpoint.CheckpointSave/Restore`` accept this object).
     """
 
+    def save_args(self):
+        """The orbax argument that checkpoints this iterator (``checkpointing.save``'s ``data``)."""
+        import grain
+
+        return grain.checkpoint.CheckpointSave(self)
+
+    def restore_args(self):
+        """The orbax argument that restores this iterator in place (``checkpointing.restore_latest``)."""
+        import grain
+
+        return grain.checkpoint.CheckpointRestore(self)
+
     def __init__(self, iterator, to_device, size: int = 2):
         if size < 1:
             raise ValueError(f"prefetch size must be >= 1, got {size}")

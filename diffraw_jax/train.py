@@ -435,7 +435,7 @@ def _train(config, workdir: str, data_sources, lock) -> TrainState:
     manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
     saves = checkpointing.Saves(manager)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    start, restored = checkpointing.restore_latest(manager, abstract, data_iter)
+    start, restored = checkpointing.restore_latest(manager, abstract, data_iter.restore_args())
     teacher = load_teacher(config, model, state_sh.params) if distilling(config) else None
     if restored is not None:
         state = restored
@@ -492,7 +492,7 @@ def _train(config, workdir: str, data_sources, lock) -> TrainState:
             if save:
                 if lock is not None:
                     lock.check()  # another trainer took the workdir: stop without saving
-                saves.start(done, state, data_iter)
+                saves.start(done, state, data_iter.save_args())
             if periodic_eval is not None and (done % eval_every == 0 or done == total) and not preempted:
                 seconds = periodic_eval(done, state.ema_params, writer)
                 last = (last[0], last[1] + seconds)  # steps/s counts training time only

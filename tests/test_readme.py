@@ -269,3 +269,45 @@ def test_readme_dtdm_api_block():
         m = mean + (np.sqrt(var) * z if t > 1 else 0.0)
     np.testing.assert_allclose(y, m, atol=2e-4)
     assert np.abs(y - x).max() > 0.05  # the stand-in moved the sample away from x
+
+
+def _layout_entries() -> list[str]:
+    """The paths the README's Project layout names (first word of each indented entry line)."""
+    text = readme_text()
+    block = text[text.index("## Project layout"):text.index("## Reference")]
+    entries = []
+    for line in block.splitlines():
+        if line.startswith("    ") and not line.startswith("     ") and line.strip():
+            entries.append(line.split()[0])
+    return entries
+
+
+def test_readme_project_layout_matches_the_tree():
+    """Every path the layout names exists, every module of the package, the builder, the scripts
+    and the benchmarks is named (or lies in a named folder or glob), and configs/ lists every config."""
+    import fnmatch
+    import glob
+
+    entries = _layout_entries()
+    assert len(entries) > 20
+    for e in entries:
+        assert glob.glob(os.path.join(REPO, e)), f"the README's Project layout names {e}, which does not exist"
+    folders = [e for e in entries if e.endswith("/")]
+    files = [e for e in entries if not e.endswith("/")]
+
+    def named(rel: str) -> bool:
+        return any(fnmatch.fnmatch(rel, f) for f in files) or any(rel.startswith(d) for d in folders)
+
+    modules = []
+    for root in ("diffraw_jax", "tfds_zrr", "scripts", "benchmarks"):
+        for path in sorted(glob.glob(os.path.join(REPO, root, "**", "*.py"), recursive=True)):
+            rel = os.path.relpath(path, REPO)
+            if os.path.basename(rel) != "__init__.py":
+                modules.append(rel)
+    missing = [m for m in modules if not named(m)]
+    assert not missing, f"the README's Project layout leaves out {missing}"
+    # configs/: the listed names are exactly the config files.
+    line = next(ln for ln in readme_text().splitlines() if ln.strip().startswith("configs/ "))
+    listed = {n.strip() for n in line.split("configs/", 1)[1].split(",")}
+    have = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))} - {"__init__"}
+    assert listed == have, (sorted(listed), sorted(have))
