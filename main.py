@@ -47,7 +47,8 @@ def main(argv):
     config = FLAGS.config
     from diffraw_jax import workdir_lock
 
-    one_line_errors = (ValueError, FileNotFoundError, FloatingPointError, workdir_lock.WorkdirLockedError)
+    one_line_errors = (ValueError, FileNotFoundError, ConnectionError, FloatingPointError,
+                       workdir_lock.WorkdirLockedError)
     try:
         if FLAGS.mode == "train":
             from diffraw_jax import checkpointing, train
@@ -66,5 +67,23 @@ def main(argv):
         sys.exit(2)
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with a bad flag (a config file that raises, an unknown flag) as one
+    line ``error: <flag>: <reason>`` and exit status 2 instead of absl's report with a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        where, rest = "", lines[0]
+        if rest.startswith("flag ") and ": " in rest:  # "flag --config=configs/distill.py:3: ..."
+            where, rest = rest[len("flag "):].split(": ", 1)
+            where += ": "
+        # A config file's own exception is the last line of the traceback absl embeds.
+        tb = any(ln.startswith("Traceback") for ln in lines)
+        reason = lines[-1] if tb else " ".join([rest] + lines[1:])
+        print(f"error: {where}{reason} (python main.py --helpshort lists the flags)", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -29,14 +29,15 @@ CFA_CODES = {"RGGB": [0, 1, 1, 2], "BGGR": [2, 1, 1, 0], "GRBG": [1, 0, 2, 1], "
 
 def write_dng(path: str, mosaic: np.ndarray, *, cfa: str = "RGGB", black=synthetic_zrr.BLACK_LEVEL,
               white: int = synthetic_zrr.WHITE_LEVEL, neutral=(1.0, 1.0, 1.0), orientation: int = 1,
-              cfa_dim=(2, 2), cfa_codes=None, linear: bool = False) -> str:
+              cfa_dim=(2, 2), cfa_codes=None, linear: bool = False, monochrome: bool = False) -> str:
     """Writes the Bayer mosaic uint16 [H, W] (``cfa`` layout) as an uncompressed DNG.
 
     ``black``: one level or four, per position of the 2x2 cell (row-major);
     ``neutral``: the as-shot neutral (camera response to white, G = 1).
     ``cfa_dim``/``cfa_codes`` write another colour filter array (e.g. X-Trans's 6x6;
     tests use it for files the reader must reject); ``linear=True`` writes a
-    3-channel linear DNG [H, W, 3] instead of a mosaic.
+    3-channel linear DNG [H, W, 3] instead of a mosaic; ``monochrome=True`` a one-channel
+    LinearRaw DNG [H, W] (a monochrome camera: no colour filter array).
     Returns the path written (pidng appends ``.dng`` when it is missing).
     """
     from pidng.core import RAW2DNG, DNGTags, Tag
@@ -60,9 +61,9 @@ def write_dng(path: str, mosaic: np.ndarray, *, cfa: str = "RGGB", black=synthet
                    (Tag.Make, "diffraw-jax"), (Tag.Model, "synthetic phone"),
                    (Tag.DNGVersion, DNGVersion.V1_4), (Tag.DNGBackwardVersion, DNGVersion.V1_2)):
         t.set(tag, v)
-    if linear:
+    if linear or monochrome:
         t.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Linear_Raw)
-        t.set(Tag.SamplesPerPixel, 3)
+        t.set(Tag.SamplesPerPixel, 1 if monochrome else 3)
     else:
         t.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
         t.set(Tag.SamplesPerPixel, 1)

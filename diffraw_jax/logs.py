@@ -34,6 +34,8 @@ class _CurrentStderrHandler(logging.StreamHandler):
 def setup(verbose: bool = False) -> None:
     """Configures logging once per process (idempotent)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")
+    if not verbose:  # TensorFlow (file I/O, TFDS, TensorBoard here) prints its oneDNN notice regardless
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     library_level = logging.INFO if verbose else logging.WARNING
     try:
         import absl.logging

@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from diffraw_jax import configuration
+from diffraw_jax import configuration, paths
 from diffraw_jax.paths import as_path
 from diffraw_jax.models import factory
 
@@ -239,11 +239,14 @@ def load_inference(path: str, *, use_ema: Optional[bool] = None, step: Optional[
         folder's ``color_net/``, a workdir's ``color_net.workdir``); a missing
         G is not an error (``LoadedModel.color_net`` is then None).
 
-    Raises FileNotFoundError (nothing there), ValueError (a model that does not
+    Raises ConnectionError (a gs:// path whose storage does not answer), FileNotFoundError (nothing there), ValueError (a model that does not
     match its config, a damaged weights file), RuntimeError (an unreadable
     checkpoint; the workdir is left exactly as it was).
     """
     path = os.fspath(path)
+    unreachable = paths.unreachable_reason(path)  # before any gs:// read: no retries, no client noise
+    if unreachable:
+        raise ConnectionError(f"{path}: cannot reach the storage: {unreachable}")
     if not epath.Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such model folder")
     config = load_config(path)

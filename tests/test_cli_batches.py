@@ -150,3 +150,74 @@ def test_a_student_runs_only_the_sampler_it_was_distilled_for(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("warning: --other-sampler") == 1
     assert "DTDM-DDIM-2 (student of DTDM-DDIM-1)" in err
+
+
+def test_monochrome_and_truncated_dngs_end_in_one_clear_line_each(tmp_path, capsys):
+    pytest.importorskip("pidng")
+    from diffraw_jax import dng_writer
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    codes = (63 + rng.uniform(0.1, 0.6, (64, 64)) * 957).astype(np.uint16)
+    dng_writer.write_dng(str(src / "mono.dng"), codes, monochrome=True)
+    dng_writer.write_dng(str(src / "full.dng"), codes)
+    data = (src / "full.dng").read_bytes()
+    (src / "truncated.dng").write_bytes(data[: len(data) // 3])
+    (src / "full.dng").unlink()
+    assert cli.main(_args(src, tmp_path / "out")) == 1
+    o = capsys.readouterr()
+    errors = [ln for ln in o.err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 2 and len(o.err.strip().splitlines()) <= 5, o.err  # no LibRaw lines of its own
+    (mono,) = [e for e in errors if "mono.dng" in e]
+    (trunc,) = [e for e in errors if "truncated.dng" in e]
+    assert "a monochrome RAW (one channel, no colour filter array)" in mono and "X-Trans" not in mono
+    assert "the file is truncated or damaged (LibRaw: Unexpected end of file)" in trunc
+    assert "Input/output error" not in o.err and "Unexpected end of file\n" not in o.err.replace(trunc, "")
+    assert "processed 0, failed 2" in o.out
+
+
+def test_unreachable_gs_checkpoint_says_cannot_reach_in_one_line(tmp_path, capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: the "storage" does not answer
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    src = _mosaics(tmp_path / "in", n=1)
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    assert cli.main(["--checkpoint", "gs://bucket/model", "--input", str(src), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: gs://bucket/model: cannot reach the storage: 127.0.0.1:")
+    assert "no such model folder" not in err[0] and err[0].count("gs://bucket/model") == 1
+    assert not out.exists()  # no empty output folder left by a run that did nothing
+    assert time.perf_counter() - t0 < 30
+
+
+def test_export_weights_refusal_names_the_output_folder(tmp_path, capsys):
+    out = tmp_path / "weights"
+    out.mkdir()
+    assert cli.main(["export-weights", "--checkpoint", STUDENT, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {out}: exists; choose a new folder (weights are never overwritten)"]
+
+
+def _main_py(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, timeout=300)
+
+
+def test_main_py_bad_flags_and_a_file_as_workdir_end_in_one_line(tmp_path):
+    r = _main_py("--config=configs/distill.py:3", f"--workdir={tmp_path / 'w'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: --config=configs/distill.py:3: ValueError: configs/distill.py:<n> takes n in [1, 2, 4, 8], "
+        "got 3 (python main.py --helpshort lists the flags)"]
+    file = tmp_path / "a_file"
+    file.write_text("x")
+    r = _main_py("--config=configs/test.py", f"--workdir={file}", "--config.data.data_dir=/nonexistent")
+    lines = [ln for ln in r.stderr.strip().splitlines() if not ln[:2].isdigit()]  # drop the log lines
+    assert r.returncode == 2 and lines == [f"error: --workdir {file} is a file, not a folder"], r.stderr
+    assert file.read_text() == "x"

@@ -27,8 +27,10 @@ Imports numpy, jax and the core modules.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -229,6 +231,10 @@ def frame_from_rawpy(raw_obj) -> BayerFrame:
     non-Bayer sensors (no / non-2x2 pattern: Foveon, X-Trans, linear DNG) or a
     3-channel ``raw_image``.
     """
+    pattern = raw_obj.raw_pattern
+    if int(getattr(raw_obj, "num_colors", 3) or 3) == 1 or (pattern is not None and np.asarray(pattern).size == 1):
+        raise ValueError("a monochrome RAW (one channel, no colour filter array): DiffRAW needs a "
+                         "Bayer mosaic")
     if getattr(getattr(raw_obj, "raw_type", None), "name", "") == "Stack":
         raise ValueError("non-Bayer RAW: the raw image is stacked (linear DNG / Foveon), "
                          "not a colour filter array mosaic")
@@ -289,18 +295,44 @@ def read_bayer_image(path: str, black: Level, white: Level, cfa: str) -> BayerFr
     return BayerFrame(mosaic=arr, cfa=cfa, black_level=black, white_level=white)
 
 
+@contextlib.contextmanager
+def _libraw_stderr():
+    """Collects what LibRaw prints on the process's stderr (fd 2) meanwhile, e.g. "Unexpected
+    end of file" for a truncated file, into the yielded list (one string) instead of the terminal."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    text = []
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text.append(tmp.read().decode("utf-8", "replace"))
+
+
 def read_camera_raw(path: str) -> BayerFrame:
-    """A camera RAW (via rawpy / LibRaw) -> BayerFrame."""
+    """A camera RAW (via rawpy / LibRaw) -> BayerFrame. InputError in one line for a file LibRaw
+    cannot read (naming a truncated file as such), ValueError for a non-Bayer one."""
     import rawpy
 
-    try:
-        with rawpy.imread(path) as r:
-            return frame_from_rawpy(r)
-    except rawpy.LibRawError as e:
-        msg = e.args[0] if e.args else type(e).__name__
-        if isinstance(msg, bytes):
-            msg = msg.decode("utf-8", "replace")
-        raise InputError(f"cannot read as RAW ({msg})") from e
+    with _libraw_stderr() as printed:
+        try:
+            with rawpy.imread(path) as r:
+                return frame_from_rawpy(r)
+        except rawpy.LibRawError as e:
+            error = e
+    msg = error.args[0] if error.args else type(error).__name__
+    if isinstance(msg, bytes):
+        msg = msg.decode("utf-8", "replace")
+    said = " ".join(ln.split(": ", 1)[-1].strip() for ln in "".join(printed).splitlines() if ln.strip())
+    if "end of file" in said.lower() or (isinstance(error, rawpy.LibRawIOError) and os.path.getsize(path) > 0):
+        raise InputError(f"cannot read as RAW: the file is truncated or damaged (LibRaw: {said or msg})") from error
+    raise InputError(f"cannot read as RAW ({msg}{'; ' + said if said else ''})") from error
 
 
 def read_color_image(spec: str, src: str, prepared: PreparedFrame) -> np.ndarray:

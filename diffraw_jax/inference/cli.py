@@ -46,6 +46,7 @@ any failed, 2 for usage, checkpoint or output-folder errors (nothing processed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import os
@@ -307,6 +308,8 @@ def prepare_output_dir(output_dir: str) -> Optional[str]:
 
 def _err(path: str, reason) -> None:
     text = str(reason).strip() or type(reason).__name__
+    if text.startswith(f"{path}: "):  # the reason names the path already
+        text = text[len(path) + 2:]
     print(f"error: {path}: {' '.join(text.split())}", file=sys.stderr, flush=True)
 
 
@@ -356,6 +359,9 @@ def export_weights_main(argv: Sequence[str]) -> int:
     try:
         manifest = weights.export_weights(args.checkpoint, args.out, step=args.step,
                                           sample_method=args.method, sample_num_steps=args.steps)
+    except FileExistsError:
+        _err(args.out, "exists; choose a new folder (weights are never overwritten)")
+        return 2
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         _err(args.checkpoint, e)
         return 2
@@ -392,6 +398,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 2
     logs.setup(args.verbose)
+    created = not os.path.exists(args.output)
     problem = prepare_output_dir(args.output)  # before the model loads: nothing is sampled in vain
     if problem:
         _err(args.output, problem)
@@ -400,6 +407,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pipe = _load_pipeline(args)
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:
         _err(args.checkpoint, e)
+        if created:  # leave no empty folder behind for a run that did nothing
+            with contextlib.suppress(OSError):
+                os.rmdir(args.output)
         return 2
     if "(student of " in pipe.label:
         log.warning("warning: --other-sampler: running %s, which this student was not distilled for",
