@@ -2,7 +2,7 @@
 
     diffraw --checkpoint W --input PATH [PATH ...] --output DIR
         [--steps N] [--method dtdm|dtdm_ddim|ddpm] [--color g|classic|IMAGE] [--seed S]
-        [--tile T] [--overlap O] [--batch B] [--step N] [--overwrite]
+        [--tile T] [--overlap O] [--batch B] [--step N] [--overwrite] [--other-sampler]
         [--black 63] [--white 1020] [--cfa RGGB] [--bits16] [--quiet]
     diffraw export-weights --checkpoint W --out DIR [--step N] [--method M] [--steps N]
 
