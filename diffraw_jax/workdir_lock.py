@@ -42,7 +42,7 @@ import time
 import uuid
 from typing import Optional
 
-from diffraw_jax import paths
+from diffraw_jax import paths, processes
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,6 @@ def _utc(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
-
-
 def describe(owner: dict) -> str:
     """'pid 123 on host h (since ..., heartbeat 5 s ago)'."""
     age = max(0.0, _now() - float(owner.get("heartbeat", 0)))
@@ -84,7 +74,7 @@ def describe(owner: dict) -> str:
 
 def stale_reason(owner: dict, stale_after: float = STALE_AFTER_S) -> Optional[str]:
     """Why ``owner``'s lock is stale, or None when it is held (the rule in the module docstring)."""
-    if owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", -1))):
+    if owner.get("host") == socket.gethostname() and not processes.pid_alive(int(owner.get("pid", -1))):
         return f"its process {owner.get('pid')} on this host is gone"
     age = _now() - float(owner.get("heartbeat", 0))
     if age > stale_after:

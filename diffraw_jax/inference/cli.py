@@ -59,7 +59,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from diffraw_jax import dtdm, logs, raw
+from diffraw_jax import dtdm, logs, processes, raw
 from diffraw_jax.inference.camera import (COLOR_IMAGE_EXTENSIONS, InputError, read_bayer_image,
                                           read_camera_raw)
 
@@ -249,16 +249,6 @@ _TEMPORARY = re.compile(r"^\.(?P<name>.+\.png)\.(?:(?P<pid>\d+)\.)?[^.]+\.tmp$")
 _OLD_TEMPORARY_AGE_S = 60.0
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def remove_stale_temporaries(output_dir: str) -> int:
     """Removes the temporary files that killed runs of ``diffraw`` left in ``output_dir``
     (their process is gone; pid-less ones from older releases once a minute old);
@@ -273,7 +263,7 @@ def remove_stale_temporaries(output_dir: str) -> int:
         path = os.path.join(output_dir, name)
         try:
             if m.group("pid") is not None:
-                stale = int(m.group("pid")) != os.getpid() and not _process_alive(int(m.group("pid")))
+                stale = int(m.group("pid")) != os.getpid() and not processes.pid_alive(int(m.group("pid")))
             else:
                 stale = time.time() - os.stat(path).st_mtime > _OLD_TEMPORARY_AGE_S
             if stale and os.path.isfile(path):
