@@ -45,10 +45,16 @@ def test_two_trainers_started_at_once_exactly_one_trains(tmp_path):
     wd = tmp_path / "wd"
     procs = [_train(wd, 6) for _ in range(2)]
     t0 = time.time()
+    ended = {}
+    while len(ended) < len(procs) and time.time() - t0 < 900:  # when each one exits
+        for i, p in enumerate(procs):
+            if i not in ended and p.poll() is not None:
+                ended[i] = time.time() - t0
+        time.sleep(0.05)
     results = []
-    for p in procs:
-        out, err = p.communicate(timeout=900)
-        results.append((p.returncode, out, err, time.time() - t0))
+    for i, p in enumerate(procs):
+        out, err = p.communicate(timeout=60)
+        results.append((p.returncode, out, err, ended[i]))
     winners = [r for r in results if r[0] == 0]
     losers = [r for r in results if r[0] != 0]
     assert len(winners) == 1 and len(losers) == 1, [(r[0], r[2][-500:]) for r in results]

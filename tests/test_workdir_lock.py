@@ -12,13 +12,13 @@ import pytest
 from diffraw_jax import workdir_lock as wl
 
 
-def _race(workdir, start_at, queue):
+def _race(workdir, start_at, queue, all_tried):
     while time.time() < start_at:
         time.sleep(0.0005)
     try:
         lock = wl.WorkdirLock(workdir, heartbeat_every=0).acquire()
         queue.put(("ok", os.getpid()))
-        time.sleep(1.0)  # hold it while the others try
+        all_tried.wait(60)  # hold it until every racer has tried, however slowly they start
         lock.release()
     except wl.WorkdirLockedError as e:
         queue.put(("refused", str(e)))
@@ -26,12 +26,13 @@ def _race(workdir, start_at, queue):
 
 def test_of_trainers_started_at_the_same_moment_exactly_one_gets_the_lock(tmp_path):
     ctx = mp.get_context("fork")
-    q = ctx.Queue()
+    q, all_tried = ctx.Queue(), ctx.Event()
     start_at = time.time() + 0.5
-    procs = [ctx.Process(target=_race, args=(str(tmp_path), start_at, q)) for _ in range(6)]
+    procs = [ctx.Process(target=_race, args=(str(tmp_path), start_at, q, all_tried)) for _ in range(6)]
     for p in procs:
         p.start()
-    results = [q.get(timeout=30) for _ in procs]
+    results = [q.get(timeout=60) for _ in procs]
+    all_tried.set()
     for p in procs:
         p.join(timeout=30)
     winners = [r for r in results if r[0] == "ok"]
