@@ -54,6 +54,7 @@ import re
 import struct
 import sys
 import tempfile
+import time
 import zlib
 from typing import List, Optional, Sequence, Tuple
 
@@ -303,6 +304,71 @@ def _err(path: str, reason) -> None:
     print(f"error: {path}: {' '.join(text.split())}", file=sys.stderr, flush=True)
 
 
+CACHE_ENV = "DIFFRAW_CACHE_DIR"
+
+
+def enable_compilation_cache() -> Optional[str]:
+    """Turns on JAX's persistent compilation cache, so a second run compiles nothing: in
+    ``$DIFFRAW_CACHE_DIR`` or ``~/.cache/diffraw-jax/jax`` (JAX's own ``JAX_COMPILATION_CACHE_DIR``
+    wins when set; ``DIFFRAW_CACHE_DIR=off`` turns it off). Every program is cached, however
+    fast it compiled, unless JAX's own thresholds are set in the environment. Returns the folder."""
+    import jax
+
+    folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get(CACHE_ENV) or os.path.join(
+        os.path.expanduser("~"), ".cache", "diffraw-jax", "jax")
+    if folder == "off":
+        return None
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        log.warning("no compilation cache (%s: %s)", folder, e.strerror or e)
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
+
+
+class CompileStats:
+    """Counts XLA compilations while it is installed: ``compiled`` (built from scratch), ``cached``
+    (read from the persistent cache) and ``seconds`` (both), from JAX's monitoring events."""
+
+    REQUEST, HIT = "/jax/compilation_cache/compile_requests_use_cache", "/jax/compilation_cache/cache_hits"
+    COMPILE = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.requests = self.cached = self.programs = 0
+        self.seconds = 0.0
+
+    @property
+    def compiled(self) -> int:
+        return self.programs - self.cached
+
+    def _event(self, event, **_):
+        if event == self.HIT:
+            self.cached += 1
+
+    def _duration(self, event, duration, **_):
+        if event == self.COMPILE:
+            self.programs += 1
+            self.seconds += float(duration)
+
+    def __enter__(self):
+        import jax.monitoring as m
+
+        m.register_event_listener(self._event)
+        m.register_event_duration_secs_listener(self._duration)
+        return self
+
+    def __exit__(self, *exc):
+        import jax.monitoring as m
+
+        m.unregister_event_listener(self._event)
+        m.unregister_event_duration_listener(self._duration)
+
+
 def _load_pipeline(args):
     from diffraw_jax.inference.pipeline import DiffRAWPipeline
 
@@ -313,8 +379,8 @@ def _load_pipeline(args):
         eta=args.eta, step=args.step, other_sampler=args.other_sampler)
 
 
-def process_file(pipe, path: str, out: str, args) -> None:
-    """One input -> ``out`` (raises on any problem)."""
+def process_file(pipe, path: str, out: str, args) -> int:
+    """One input -> ``out`` (raises on any problem); returns the output's pixel count."""
     from diffraw_jax.inference import camera
 
     frame = read_input(path, args)
@@ -326,6 +392,7 @@ def process_file(pipe, path: str, out: str, args) -> None:
     cond = pipe.condition(prepared, wb_gains=frame.wb_gains, ccm=frame.ccm, color_image=color_image)
     img = pipe.sample_planes(prepared.planes, cond, seed=args.seed, progress=not args.quiet)
     write_atomic(out, encode_png(camera.finish(img, prepared), args.bits16), args.overwrite)
+    return int(prepared.height) * int(prepared.width)
 
 
 def export_weights_main(argv: Sequence[str]) -> int:
@@ -393,6 +460,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         _err(args.output, problem)
         return 2
+    enable_compilation_cache()
+    with CompileStats() as stats:
+        return _run(args, created, stats)
+
+
+def _run(args, created: bool, stats: "CompileStats") -> int:
+    """Loads the model and renders every input; the last log line gives the time per megapixel."""
+    t0 = time.perf_counter()
     try:
         pipe = _load_pipeline(args)
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:
@@ -418,7 +493,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if existing:
         log.info("skipping %d input%s whose output exists (--overwrite replaces them)", len(existing),
                  "s" * (len(existing) > 1))
-    failed, done, claimed = len(failures), 0, {}
+    failed, done, claimed, pixels = len(failures), 0, {}, 0
     for path in files:
         out = outputs[path]
         try:
@@ -427,7 +502,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             claimed[out] = path
             if path in existing:
                 continue
-            process_file(pipe, path, out, args)
+            pixels += process_file(pipe, path, out, args) or 0
         except FileExistsError:
             failed += 1
             _err(path, f"output {out} exists (use --overwrite to replace it)")
@@ -441,6 +516,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"wrote {out}", flush=True)
     skipped = f", skipped {len(existing)} (outputs exist; --overwrite replaces them)" if existing else ""
     print(f"processed {done}, failed {failed}{skipped}", flush=True)
+    seconds = time.perf_counter() - t0
+    compiling = (f"compiled {stats.compiled} program{'s' * (stats.compiled != 1)}, {stats.cached} from the cache, "
+                 f"{stats.seconds:.1f} s")
+    if pixels:
+        log.info("%.1f s for %.3g MP: %.3g s per megapixel (%s)", seconds, pixels / 1e6, seconds / (pixels / 1e6),
+                 compiling)
+    else:
+        log.info("%.1f s, nothing rendered (%s)", seconds, compiling)
     return 1 if failed else 0
 
 

@@ -22,6 +22,7 @@ core modules only (rawpy is never imported here: ``from_rawpy`` takes an open
 """
 from __future__ import annotations
 
+import sys
 from typing import Optional, Tuple
 
 import jax
@@ -155,12 +156,18 @@ class DiffRAWPipeline:
             self._check_tile((height, width))
         return tiling.TilePlan.make(height, width, self.tile, self.overlap, self.batch)
 
-    def sampler(self, plan: tiling.TilePlan):
-        """The jitted frame sampler ``fn(params, w, c, x, key)`` for ``plan`` (cached per plan)."""
-        fn = self._samplers.get(plan)
+    def sampler(self, plan: tiling.TilePlan, progress: bool = False):
+        """The jitted frame sampler ``fn(params, w, c, x, key)`` for ``plan`` (cached per plan).
+
+        ``progress``: the variant that reports every network evaluation to the host (the
+        progress bar). Its host callback keeps XLA from storing it in the persistent
+        compilation cache, so it is used only when a bar is shown; without one the
+        sampler has no callback and a second run loads it from the cache."""
+        fn = self._samplers.get((plan, progress))
         if fn is None:
-            fn = self._samplers[plan] = sampling.make_sampler(
-                self.model, self.schedule, self.settings, eta=self.eta, plan=plan, on_step=self._tick)
+            fn = self._samplers[(plan, progress)] = sampling.make_sampler(
+                self.model, self.schedule, self.settings, eta=self.eta, plan=plan,
+                on_step=self._tick if progress else None)
         return fn
 
     def _tick(self):
@@ -182,8 +189,8 @@ class DiffRAWPipeline:
             raise ValueError(f"condition shape {cond01.shape} != {(height, width, 3)}")
         plan = self.plan(height, width)
         c = sampling.to_model_range(jnp.asarray(cond01, jnp.float32))[None]
-        fn = self.sampler(plan)
         self._bar = _progress(len(plan.tiles), self.num_evaluations, progress)
+        fn = self.sampler(plan, progress=self._bar is not None)
         try:
             y = fn(self.params, jnp.asarray(planes)[None], c, c, jax.random.key(int(seed)))
             out = np.asarray(sampling.to_unit_range(y))[0]
@@ -235,6 +242,6 @@ def _progress(tiles: int, steps: int, enabled: bool):
         from tqdm import tqdm
     except ImportError:  # tqdm is optional for the API
         return None
-    # disable=None: no bar when stderr is not a terminal (logs, pipes).
-    return tqdm(total=steps, desc=f"sampling ({tiles} tile{'s' * (tiles > 1)})", unit="step",
-                leave=False, disable=None)
+    if not sys.stderr.isatty():  # no bar for logs and pipes (and no host callback in the sampler)
+        return None
+    return tqdm(total=steps, desc=f"sampling ({tiles} tile{'s' * (tiles > 1)})", unit="step", leave=False)
