@@ -59,3 +59,15 @@ def logical_shardings(abstract_variables: Any, mesh: Mesh, rules: Sequence[tuple
     shapes = jax.tree.map(lambda x: x.shape, nn.meta.unbox(abstract_variables))
     return jax.tree.map(lambda s, shp: NamedSharding(mesh, _fit(s, shp, mesh)), mesh_specs, shapes,
                         is_leaf=lambda x: isinstance(x, P))
+
+
+TILE_AXIS = "tiles"
+
+
+def tile_sharding(devices: Sequence[jax.Device] | None = None) -> NamedSharding | None:
+    """The sharding that spreads a batch of tiles over this process's devices (inference:
+    ``tiling.tiled_denoiser``), or None with one local device."""
+    devices = list(devices if devices is not None else jax.local_devices())
+    if len(devices) < 2:
+        return None
+    return NamedSharding(Mesh(np.array(devices), (TILE_AXIS,)), P(TILE_AXIS))

@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # annotations only
 
 def make_sampler(model, schedule: dtdm.Schedule, settings: "factory.SamplerSettings", *,
                  eta: float = 0.0, plan: Optional[tiling.TilePlan] = None,
-                 on_step: Optional[Callable[[], Any]] = None, jit: bool = True) -> Callable:
+                 on_step: Optional[Callable[[], Any]] = None, jit: bool = True,
+                 tile_sharding=None) -> Callable:
     """``fn(params, w, c, x, key) -> y_hat`` (``dtdm.sample`` with the U-Net as denoiser).
 
     ``settings``: the validated sampler (``factory.sampler_settings``): ``dtdm.sample``
@@ -31,6 +32,7 @@ def make_sampler(model, schedule: dtdm.Schedule, settings: "factory.SamplerSetti
     every step (``tiling.tiled_denoiser``). ``on_step()`` is called on the host
     after every network evaluation of the frame (a progress bar). Jitted unless
     ``jit=False`` (for ``jax.export`` or an outer jit); compiles once per input shape.
+    ``tile_sharding``: spread each tile batch over devices (``tiling.tiled_denoiser``).
     """
     method, num_steps, s = settings.method, settings.num_steps, settings.s
 
@@ -41,7 +43,7 @@ def make_sampler(model, schedule: dtdm.Schedule, settings: "factory.SamplerSetti
         if plan is None:
             denoise = lambda m, t: apply(m, w, c, t)  # noqa: E731
         else:
-            denoise = tiling.tiled_denoiser(apply, plan, w, c)
+            denoise = tiling.tiled_denoiser(apply, plan, w, c, tile_sharding)
         if on_step is not None:
             inner = denoise
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import dtdm, raw, sampling, tiling, weights
+from diffraw_jax import dtdm, parallel, raw, sampling, tiling, weights
 from diffraw_jax.inference import camera
 from diffraw_jax.models import factory
 
@@ -41,7 +41,8 @@ class DiffRAWPipeline:
     ``settings``, the sampler that ``factory.sampler_settings`` validated).
     ``tile``: tile side or (H, W) in output pixels, a multiple of the U-Net's
     2**(levels-1); None / 0: the whole frame in one piece. ``overlap``: minimum
-    overlap of neighbouring tiles (even). ``batch``: tiles per network call.
+    overlap of neighbouring tiles (even). ``batch``: tiles per network call, spread
+    over all local devices (rounded up to a multiple of their number).
     ``color``: "g" (the trained G), "classic" (the classical ISP) or "image"
     (an sRGB colour condition given per call).
     """
@@ -55,6 +56,10 @@ class DiffRAWPipeline:
             raise ValueError("color 'g' needs color_model and color_params")
         if int(batch) < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
+        # Tiles go to every local device: the parameters are replicated over them.
+        self.tile_sharding = parallel.tile_sharding()
+        if self.tile_sharding is not None:
+            params = jax.device_put(params, parallel.replicated(self.tile_sharding.mesh))
         self.model, self.params, self.schedule = model, params, schedule
         self.settings, self.eta = settings, float(eta)
         self.s, self.method, self.num_steps = settings.s, settings.method, settings.num_steps
@@ -167,7 +172,7 @@ class DiffRAWPipeline:
         if fn is None:
             fn = self._samplers[(plan, progress)] = sampling.make_sampler(
                 self.model, self.schedule, self.settings, eta=self.eta, plan=plan,
-                on_step=self._tick if progress else None)
+                on_step=self._tick if progress else None, tile_sharding=self.tile_sharding)
         return fn
 
     def _tick(self):
