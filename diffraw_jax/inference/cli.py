@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CFA layout of PNG/TIFF mosaics: RGGB, BGGR, GRBG, GBRG")
     p.add_argument("--bits16", action="store_true", help="write 16-bit PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--coordinator_address", default=None, metavar="HOST:PORT",
+                   help="multi-host: process 0's address (with --num_processes, --process_id); the "
+                   "inputs are split over the processes, each writes its own share")
+    p.add_argument("--num_processes", type=int, default=None)
+    p.add_argument("--process_id", type=int, default=None)
     p.add_argument("--verbose", action="store_true", help="library logs (orbax, absl) too")
     return p
 
@@ -369,6 +374,20 @@ class CompileStats:
         m.unregister_event_duration_listener(self._duration)
 
 
+def share_of_this_process(files: List[str], failures: list) -> Tuple[List[str], list]:
+    """The inputs this process renders: every ``process_count``-th file from its index (all of
+    them in a single process), so no two processes write the same output; input errors are
+    reported by process 0 only."""
+    import jax
+
+    n, i = jax.process_count(), jax.process_index()
+    if n == 1:
+        return files, failures
+    mine = files[i::n]
+    log.info("process %d of %d: %d of the %d inputs", i, n, len(mine), len(files))
+    return mine, (failures if i == 0 else [])
+
+
 def _load_pipeline(args):
     from diffraw_jax.inference.pipeline import DiffRAWPipeline
 
@@ -460,6 +479,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         _err(args.output, problem)
         return 2
+    if args.coordinator_address:
+        import jax
+
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
     enable_compilation_cache()
     with CompileStats() as stats:
         return _run(args, created, stats)
@@ -486,6 +510,7 @@ def _run(args, created: bool, stats: "CompileStats") -> int:
         log.info("removed %d temporary file%s left by an interrupted run in %s", removed,
                  "s" * (removed > 1), args.output)
     files, failures = expand_inputs(args.input, args.output)
+    files, failures = share_of_this_process(files, failures)
     for path, reason in failures:
         _err(path, reason)
     outputs = {path: output_path(args.output, path) for path in files}
