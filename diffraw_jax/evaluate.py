@@ -302,16 +302,18 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         y01 = np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"])))
         outs = sampler(params, batch["raw"], first_index=b * batch_size)
         x01 = outs.pop("c")
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in np.asarray(batch["id"])[mask]]
-        gt = y01[mask]
-        dslr_scorer.update(gt, None)
-        for name in names:
-            o = outs[name][mask]
-            for prot in ("original", "aligned"):
-                res = scorers[(name, prot)].update(o, gt)
-                for i, ident in enumerate(ids):
+        # Scored one image at a time: the scores do not depend on how images were batched
+        # (the batch size follows the device count; XLA's reductions follow the shape).
+        for i in np.flatnonzero(mask):
+            ident = batch["id"][i]
+            ident = ident.decode() if isinstance(ident, bytes) else str(ident)
+            gt = y01[i:i + 1]
+            dslr_scorer.update(gt, None)
+            for name in names:
+                for prot in ("original", "aligned"):
+                    res = scorers[(name, prot)].update(outs[name][i:i + 1], gt)
                     row = {"id": ident, "method": name, "protocol": prot}
-                    row.update({m: (v if isinstance(v, str) else float(v[i])) for m, v in res.items()})
+                    row.update({m: (v if isinstance(v, str) else float(v[0])) for m, v in res.items()})
                     rows.append(row)
         for i in np.flatnonzero(mask):
             if len(grid_rows) < e.grid_images:
