@@ -70,7 +70,10 @@ has the same shape and count -- what a jitted/sharded eval step needs::
     "id":   bytes   [b]  (b"" for padding)
     "mask": bool    [b]  True for real examples, False for padding (zeros)
 
-Every example appears exactly once with ``mask=True`` over all processes.
+Every example appears exactly once with ``mask=True`` over all processes. Evaluation
+(``evaluate``, PeriodicEval through ``first_images``) passes ``shard_options=EVERY_RECORD``
+instead: every process reads every record (the whole global batch), and the devices of
+all processes split it (``parallel.global_from_full``).
 
 Prefetching
 -----------
