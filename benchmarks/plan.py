@@ -366,7 +366,7 @@ def plan_sample(config, devices, batch: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from diffraw_jax import parallel, sampling, train
+    from diffraw_jax import parallel, sampling
     from diffraw_jax.models import factory
 
     mesh = parallel.create_mesh(int(config.mesh.fsdp), devices)
@@ -374,7 +374,7 @@ def plan_sample(config, devices, batch: int) -> dict:
     method = factory.sampler_settings(config).method
     one_step = factory.sampler_settings(config, method, None if method == "ddpm" else 1)
     fn = sampling.make_sampler(model, factory.create_schedule(config), one_step, jit=False)
-    param_sh = train.param_shardings(config, model, mesh)
+    param_sh = factory.param_shardings(model, mesh)
     params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           factory.abstract_params(model), param_sh)
     data, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)

@@ -275,13 +275,44 @@ def posterior_mean_variance(schedule: Schedule, m_t: Array, f: Array, x: Array, 
     return mean, posterior_variance(schedule, t)
 
 
+def is_key_batch(key: Array) -> bool:
+    """True for one PRNG key per example ([B] typed keys or [B, 2] raw uint32 keys), False
+    for a single key."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return jnp.ndim(key) > (0 if typed else 1)
+
+
+def normal(key: Array, shape) -> Array:
+    """N(0, I) float32 of ``shape`` [B, ...]: ``jax.random.normal(key, shape)`` for a single
+    key; for one key per example (``is_key_batch``), example i drawn from ``key[i]`` alone
+    (so a draw does not depend on the batch it is in, nor on the device layout)."""
+    if not is_key_batch(key):
+        return jax.random.normal(key, shape, dtype=jnp.float32)
+    return jax.vmap(lambda k: jax.random.normal(k, tuple(shape[1:]), dtype=jnp.float32))(key)
+
+
+def _split(key: Array):
+    """``jax.random.split(key)`` as two keys (two [B] key batches for a batch of keys)."""
+    if not is_key_batch(key):
+        return jax.random.split(key)
+    pairs = jax.vmap(jax.random.split)(key)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _fold_in(key: Array, data) -> Array:
+    """``jax.random.fold_in`` of one key or of every key of a batch."""
+    if not is_key_batch(key):
+        return jax.random.fold_in(key, data)
+    return jax.vmap(lambda k: jax.random.fold_in(k, data))(key)
+
+
 def reverse_step(schedule: Schedule, m_t: Array, f: Array, x: Array, t, s, key: Array) -> Array:
     """One ancestral DTDM step m_t -> m_{t-1} (eq. 23; Algorithm 2 lines 5-6).
 
     The noise is zero at t = 1, as in Algorithm 2 (the exact variance is 0 there too).
     """
     mean, var = posterior_mean_variance(schedule, m_t, f, x, t, s)
-    z = jax.random.normal(key, m_t.shape, dtype=jnp.float32)
+    z = normal(key, m_t.shape)
     std = jnp.where(_t(t) > 1, jnp.sqrt(var), 0.0)
     return mean + _bcast(std, m_t) * z
 
@@ -320,7 +351,7 @@ def ddim_step(schedule: Schedule, m_t: Array, f: Array, x: Array, t, t_next, s, 
         return out
     if key is None:
         raise ValueError("ddim_step with eta > 0 needs a key")
-    z = jax.random.normal(key, m_t.shape, dtype=jnp.float32)
+    z = normal(key, m_t.shape)
     return out + _bcast(jnp.sqrt(sig2), m_t) * z
 
 
@@ -334,7 +365,7 @@ def ddpm_reverse_step(schedule: Schedule, y_t: Array, eps: Array, t, key: Array)
     alpha = schedule.alphas[t - 1]
     beta = schedule.betas[t - 1]
     mean = (y_t - _bcast(beta / _sqrt_1mab(schedule, t), y_t) * eps) / _bcast(jnp.sqrt(alpha), y_t)
-    z = jax.random.normal(key, y_t.shape, dtype=jnp.float32)
+    z = normal(key, y_t.shape)
     std = jnp.where(t > 1, jnp.sqrt(posterior_variance(schedule, t)), 0.0)
     return mean + _bcast(std, y_t) * z
 
@@ -385,7 +416,10 @@ def sample(
       x: [B, H, W, C] low-quality estimate (G(w) at test time), in [-1, 1].
       s: Python int. For "dtdm"/"dtdm_ddim", the DTDM length used in training
         (gamma_s); for "ddpm", the step the start point is noised to.
-      key: PRNG key.
+      key: a PRNG key, or one key per example ([B] typed keys; ``is_key_batch``): then
+        example i's start noise and step noise come from ``key[i]`` alone, so its sample
+        does not depend on the batch size or the device layout. A single key draws the
+        batch's noise at once (the original numbers).
       method:
         "dtdm": Algorithm 2, ancestral. Starts from m_n ~ N(sqrt(ab_n) x, (1-ab_n) I)
           with n = num_steps (default s) and runs n steps. n < s is the paper's
@@ -407,7 +441,7 @@ def sample(
     n = s if num_steps is None else _check_static_int("num_steps", num_steps, 1, s)
     x = jnp.asarray(x, jnp.float32)
     batch = x.shape[0]
-    key_start, key_loop = jax.random.split(key)
+    key_start, key_loop = _split(key)
 
     def call(m, t):
         f = denoise_fn(m, jnp.full((batch,), t, dtype=jnp.int32))
@@ -416,35 +450,35 @@ def sample(
     if method == "ddpm":
         if n != s:
             raise ValueError("method='ddpm' runs s ancestral steps; num_steps must be None or s")
-        start = q_sample(schedule, x, x, s, jax.random.normal(key_start, x.shape), s)
+        start = q_sample(schedule, x, x, s, normal(key_start, x.shape), s)
 
         def body(m, t):
             eps = call(m, t)
-            return ddpm_reverse_step(schedule, m, eps, t, jax.random.fold_in(key_loop, t)), None
+            return ddpm_reverse_step(schedule, m, eps, t, _fold_in(key_loop, t)), None
 
         out, _ = jax.lax.scan(body, start, jnp.arange(s, 0, -1, dtype=jnp.int32))
         return out
 
     if method == "dtdm":
         # m_n ~ N(sqrt(ab_n) x, (1 - ab_n) I): q_sample with y = x.
-        start = q_sample(schedule, x, x, n, jax.random.normal(key_start, x.shape), s)
+        start = q_sample(schedule, x, x, n, normal(key_start, x.shape), s)
 
         def body(m, t):
             f = call(m, t)
-            return reverse_step(schedule, m, f, x, t, s, jax.random.fold_in(key_loop, t)), None
+            return reverse_step(schedule, m, f, x, t, s, _fold_in(key_loop, t)), None
 
         out, _ = jax.lax.scan(body, start, jnp.arange(n, 0, -1, dtype=jnp.int32))
         return out
 
     # dtdm_ddim
     ts = sampling_timesteps(s, n)
-    start = q_sample(schedule, x, x, s, jax.random.normal(key_start, x.shape), s)
+    start = q_sample(schedule, x, x, s, normal(key_start, x.shape), s)
     stochastic = eta != 0.0
 
     def body(m, tt):
         t, r = tt[0], tt[1]
         f = call(m, t)
-        k = jax.random.fold_in(key_loop, t) if stochastic else None
+        k = _fold_in(key_loop, t) if stochastic else None
         return ddim_step(schedule, m, f, x, t, r, s, key=k, eta=eta), None
 
     pairs = jnp.stack([jnp.asarray(ts[:-1]), jnp.asarray(ts[1:])], axis=1)

@@ -12,10 +12,29 @@ Table 2, "Original GT" protocol) and ``samples.png`` (a grid: classical ISP | c 
 DDPM-s for an epsilon-objective model) and DTDM-DDIM-k (``eval.ddim_steps``).
 PSNR and SSIM follow LiteISPNet: outputs quantised to 8 bits, full image, data
 range 1, Gaussian SSIM with window 11.
+
+Every device of every process takes part (``ShardedSampler``): on a pod slice run
+the same command on every host (``--coordinator_address``, ``--num_processes``,
+``--process_id``, as for training). Every process reads the whole list of images
+it evaluates (the first ``eval.num_images`` records of the split, not a 1/N
+shard), the parameters are laid out as in training (``factory.param_shardings``)
+and each batch of ``data.eval_batch_size`` images (rounded up to a multiple of the
+global device count; the last batch padded, the padding masked out) is split over
+the mesh's data axes. The outputs are gathered once per batch, every process
+computes the same metrics, and process 0 alone writes files. The processes must
+agree on the config, the checkpoint step and the number of images
+(``check_processes_agree``: a ValueError in one line otherwise).
+
+Randomness is per example: image ``i`` of the split (its global index) samples
+with ``fold_in(key(seed + 1), i)`` (``dtdm.sample`` with one key per example), so
+the table does not depend on the device count, the process count or the batch
+size. (Before this layout the key was folded with the batch index, so the
+DiffRAW rows' draws, and hence their numbers, differ from tables of that time.)
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -26,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import input_pipeline, isp_classic, sampling, weights
+from diffraw_jax import input_pipeline, isp_classic, parallel, sampling, weights
 from diffraw_jax.models import factory
 from diffraw_jax.paths import as_path
 
@@ -61,6 +80,96 @@ def _grid(rows, labels):
             tile = Image.fromarray(np.round(np.clip(np.asarray(im), 0, 1) * 255).astype(np.uint8))
             img.paste(tile, (pad + j * (w + pad), top + pad + i * (h + pad)))
     return img
+
+
+# ------------------------------------------------------------ sharded sampling
+
+class ShardedSampler:
+    """The rows of a table for a batch of images, computed over every device of every process.
+
+    ``ShardedSampler(mesh, param_shardings, samplers, condition, key, rows=None)``:
+      mesh: ``parallel.create_mesh``; the images are split over its data axes
+        (``parallel.batch_sharding``) across all devices and processes.
+      param_shardings: the parameters' layout (``factory.param_shardings``, as in training).
+      samplers: {name: ``sampling.make_sampler`` fn(params, w, c, x, key)}.
+      condition: c = x = condition(w) (``sampling.color_condition``), [-1, 1].
+      key: the base PRNG key; image ``i`` (its global index) samples with
+        ``fold_in(key, i)``, so a sample does not depend on the device count or the batch.
+      rows: {name: fn(w) -> [B, H, W, 3] in [0, 1]} computed alongside (the classical ISP, G).
+
+    ``sampler(params, w, first_index=0)``: w packed RAW float32 [b, h, w, 4] in [0, 1], the
+    same on every process (all b images: every process holds the whole batch); image j has
+    the global index ``first_index + j``. b is padded (edge rows) to a multiple of the
+    global device count; the padding is dropped from the result. Returns
+    {"c": x in [0, 1], **rows, **samplers (in [0, 1])}: numpy float32 [b, H, W, 3], the
+    same on every process (one ``process_allgather`` per call). Compiles once per batch shape.
+    """
+
+    def __init__(self, mesh, param_shardings, samplers: dict, condition, key, rows: dict | None = None):
+        self.mesh, self.param_shardings = mesh, param_shardings
+        self.data = parallel.batch_sharding(mesh)
+        rows = dict(rows or {})
+
+        def run(params, w, index):
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+            x = condition(w)
+            out = {"c": sampling.to_unit_range(x)}
+            out.update({name: fn(w) for name, fn in rows.items()})
+            for name, fn in samplers.items():
+                out[name] = sampling.to_unit_range(fn(params, w, x, x, keys))
+            return out
+
+        self._run = jax.jit(run, in_shardings=(param_shardings, self.data, self.data),
+                            out_shardings=self.data)
+
+    @property
+    def num_devices(self) -> int:
+        return int(self.mesh.devices.size)
+
+    def padded_size(self, n: int) -> int:
+        """``n`` rounded up to a multiple of the global device count."""
+        return -(-int(n) // self.num_devices) * self.num_devices
+
+    def place_params(self, params):
+        """Host or single-device parameters (the same on every process) -> laid out by
+        ``param_shardings`` over the mesh."""
+        return jax.tree.map(lambda p, sh: parallel.global_from_full(np.asarray(p), sh),
+                            params, self.param_shardings)
+
+    def __call__(self, params, w, first_index: int = 0) -> dict:
+        from jax.experimental import multihost_utils
+
+        w = np.asarray(w, np.float32)
+        b = len(w)
+        pad = self.padded_size(b) - b
+        if pad:
+            w = np.concatenate([w, np.repeat(w[-1:], pad, axis=0)])
+        index = np.arange(first_index, first_index + b + pad, dtype=np.int32)
+        out = self._run(params, parallel.global_from_full(w, self.data),
+                        parallel.global_from_full(index, self.data))
+        out = multihost_utils.process_allgather(out, tiled=True)
+        return {name: np.asarray(v, np.float32)[:b] for name, v in out.items()}
+
+
+def check_processes_agree(**values) -> None:
+    """ValueError (one line, on every process) when the processes of a multi-process run do
+    not all pass the same ``values`` (e.g. config=its JSON, checkpoint_step=6): each is
+    hashed and the hashes are gathered from every process. A no-op on one process."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    names = sorted(values)
+    digest = lambda v: np.frombuffer(hashlib.sha256(str(v).encode()).digest()[:4], np.int32)[0]  # noqa: E731
+    mine = np.array([digest(values[k]) for k in names], np.int32)
+    every = np.asarray(multihost_utils.process_allgather(mine))  # [process_count, len(names)]
+    bad = [k for j, k in enumerate(names) if len(set(every[:, j].tolist())) > 1]
+    if bad:
+        shown = ", ".join(f"{k}={values[k]}" for k in bad if not k.startswith("config"))
+        raise ValueError(
+            f"the {jax.process_count()} evaluation processes disagree on {', '.join(bad)}"
+            + (f" (process {jax.process_index()} has {shown})" if shown else "")
+            + ": start every process with the same --config, overrides and --workdir, on the same checkpoint")
 
 
 NIQE_MIN_SIZE = 192  # two 96-px patches at the half scale
@@ -110,17 +219,25 @@ def write_tables(summary, out_dir):
     return "\n".join(lines)
 
 
+def _config_sections(config) -> dict:
+    """{"config.<section>": its JSON} (sorted keys) for ``check_processes_agree``."""
+    d = json.loads(config.to_json_best_effort(sort_keys=True))
+    return {f"config.{k}": json.dumps(v, sort_keys=True) for k, v in d.items()}
+
+
 def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> dict:
-    """Samples ``split`` and writes metrics; returns the summary dict."""
+    """Samples ``split`` and writes metrics (process 0); returns the summary dict (every process)."""
     from tqdm import tqdm
 
     from diffraw_jax import metrics as M
 
     e = config.eval
+    lead = jax.process_index() == 0  # the one process that writes files and prints
+    check_processes_agree(**_config_sections(config))  # before any process loads or reads anything
     out_dir = as_path(workdir) / "eval" / split  # local (absolute) or gs://
     model_path = e.model or workdir  # a weights folder or another workdir, read-only
     loaded = weights.load_inference(model_path, use_ema=config.sample.use_ema, color_net=False)
-    model, params, step, schedule = loaded.model, loaded.params, loaded.step, loaded.schedule
+    model, step, schedule = loaded.model, loaded.step, loaded.schedule
     # The trained model's objective and s; the sampler as this run's config asks.
     # A distilled student runs only the sampler it was distilled for (its own config's).
     distilled = factory.is_distilled(loaded.config)
@@ -145,15 +262,27 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     if k > 0 and main.method != "ddpm" and not distilled:
         ddim = factory.sampler_settings(run_cfg, "dtdm_ddim", k)
         methods.setdefault(f"DiffRAW {ddim.label}", sampling.make_sampler(model, schedule, ddim))
-    out_dir.mkdir(parents=True, exist_ok=True)
     if data_source is None:
         data_source = input_pipeline.load_data_sources(config)[1 if split == "test" else 0]
     n = len(data_source) if e.num_images <= 0 else min(e.num_images, len(data_source))
+    check_processes_agree(checkpoint_step=step, num_images=n)
     if n == 0:
         raise ValueError(f"the {split} split is empty")
+
+    mesh = parallel.create_mesh(config.mesh.fsdp)
+    rows_fns = {"Classical ISP": isp_classic.process}
+    if g_fn is not None:
+        rows_fns["G (color_net)"] = lambda w: sampling.to_unit_range(g_fn(w))
+    sampler = ShardedSampler(mesh, factory.param_shardings(model, mesh), methods, cond_fn,
+                             jax.random.key(config.seed + 1), rows_fns)
+    params = sampler.place_params(loaded.params)
+    # Every process reads the same first n records; batches of a multiple of the device count.
+    batch_size = sampler.padded_size(config.data.eval_batch_size)
     loader = input_pipeline.create_eval_loader(
-        [data_source[i] for i in range(n)], batch_size=config.data.eval_batch_size,
+        [data_source[i] for i in range(n)], batch_size=batch_size, shard_options=input_pipeline.EVERY_RECORD,
         black_level=config.data.black_level, white_level=config.data.white_level)
+    if lead:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     names = ["Classical ISP"] + (["G (color_net)"] if g_fn is not None else []) + list(methods)
     size = e.crop_size or int(np.asarray(data_source[0]["dslr"]).shape[0])
@@ -165,35 +294,30 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     dslr_scorer = M.SplitMetrics(no_ref)  # Table 1's "DSLR (reference)" row
 
     rows, grid_rows = [], []
-    key = jax.random.key(config.seed + 1)
     t0 = time.time()
-    bar = tqdm(total=n, desc=f"eval {split}", unit="img")
+    bar = tqdm(total=n, desc=f"eval {split}", unit="img", disable=not lead)
     for b, batch in enumerate(loader):
         batch = input_pipeline.center_crop(batch, e.crop_size)
         mask = np.asarray(batch["mask"]).astype(bool)
-        w = jnp.asarray(batch["raw"])
-        y01 = sampling.to_unit_range(jnp.asarray(batch["dslr"]))
-        outs = {"Classical ISP": isp_classic.process(w)}
-        if g_fn is not None:
-            outs["G (color_net)"] = sampling.to_unit_range(g_fn(w))
-        x = cond_fn(w)
-        for name, fn in methods.items():
-            outs[name] = sampling.to_unit_range(fn(params, w, x, x, jax.random.fold_in(key, b)))
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in np.asarray(batch["id"])[mask]]
-        gt = np.asarray(y01)[mask]
-        dslr_scorer.update(gt, None)
-        for name, o in outs.items():
-            o = np.asarray(o)[mask]
-            for prot in ("original", "aligned"):
-                res = scorers[(name, prot)].update(o, gt)
-                for i, ident in enumerate(ids):
+        y01 = np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"])))
+        outs = sampler(params, batch["raw"], first_index=b * batch_size)
+        x01 = outs.pop("c")
+        # Scored one image at a time: the scores do not depend on how images were batched
+        # (the batch size follows the device count; XLA's reductions follow the shape).
+        for i in np.flatnonzero(mask):
+            ident = batch["id"][i]
+            ident = ident.decode() if isinstance(ident, bytes) else str(ident)
+            gt = y01[i:i + 1]
+            dslr_scorer.update(gt, None)
+            for name in names:
+                for prot in ("original", "aligned"):
+                    res = scorers[(name, prot)].update(outs[name][i:i + 1], gt)
                     row = {"id": ident, "method": name, "protocol": prot}
-                    row.update({m: (v if isinstance(v, str) else float(v[i])) for m, v in res.items()})
+                    row.update({m: (v if isinstance(v, str) else float(v[0])) for m, v in res.items()})
                     rows.append(row)
         for i in np.flatnonzero(mask):
             if len(grid_rows) < e.grid_images:
-                main = outs[next(iter(methods))]
-                grid_rows.append([outs["Classical ISP"][i], sampling.to_unit_range(x)[i], main[i], y01[i]])
+                grid_rows.append([outs["Classical ISP"][i], x01[i], outs[next(iter(methods))][i], y01[i]])
         bar.update(int(mask.sum()))
     bar.close()
 
@@ -202,7 +326,8 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     wr = csv.DictWriter(table, fieldnames=fields)
     wr.writeheader()
     wr.writerows(rows)
-    (out_dir / "metrics.csv").write_text(table.getvalue())
+    if lead:
+        (out_dir / "metrics.csv").write_text(table.getvalue())
     summary = {"split": split, "num_images": n, "checkpoint_step": step, "crop_size": e.crop_size,
                "model": os.fspath(as_path(model_path)), "model_kind": loaded.kind,
                "seconds": round(time.time() - t0, 1), "metrics_status": M.available_metrics(
@@ -218,6 +343,8 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     ref = dslr_scorer.summary()
     ref.setdefault("niqe", f"n/a (images < {NIQE_MIN_SIZE} px)")
     summary["methods"]["DSLR (reference)"] = {"original": ref}
+    if not lead:  # process 0 writes the files
+        return summary
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     text = write_tables(summary, out_dir)
     if grid_rows:

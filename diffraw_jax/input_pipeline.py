@@ -70,7 +70,10 @@ has the same shape and count -- what a jitted/sharded eval step needs::
     "id":   bytes   [b]  (b"" for padding)
     "mask": bool    [b]  True for real examples, False for padding (zeros)
 
-Every example appears exactly once with ``mask=True`` over all processes.
+Every example appears exactly once with ``mask=True`` over all processes. Evaluation
+(``evaluate``, PeriodicEval through ``first_images``) passes ``shard_options=EVERY_RECORD``
+instead: every process reads every record (the whole global batch), and the devices of
+all processes split it (``parallel.global_from_full``).
 
 Prefetching
 -----------
@@ -373,6 +376,11 @@ def create_train_loader(data_source, *, global_batch_size: int, crop_size: int, 
         shard_options=shard_options, read_options=read_options or DEFAULT_READ_OPTIONS)
 
 
+# Evaluation reads every record on every process (each then holds the whole global batch,
+# which is split over the devices by ``parallel.global_from_full``): not 1/N per process.
+EVERY_RECORD = grain.sharding.NoSharding()
+
+
 def create_eval_loader(data_source, *, batch_size: int, worker_count: int = 0,
                        shard_options: Optional[grain.sharding.ShardOptions] = None,
                        black_level=raw_lib.ZRR_BLACK_LEVEL,
@@ -458,7 +466,7 @@ def center_crop(batch, crop: int):
 def first_images(config, num_images: int, crop: int, data_source=None):
     """(w, y01, n): the first ``n = min(num_images, len(data_source))`` records of
     ``data_source`` (default: the test split of ``load_data_sources(config)``) as one
-    batch, normalised with ``config.data.black_level``/``white_level`` and centre-cropped
+    batch, the same on every process (``EVERY_RECORD``), normalised with ``config.data.black_level``/``white_level`` and centre-cropped
     to ``crop`` px (``center_crop``; 0: whole images). w: packed RAW float32
     [n, crop/2, crop/2, 4] in [0, 1] (jax); y01: the DSLR image float32 [n, crop, crop, 3]
     in [0, 1] (numpy)."""
@@ -471,7 +479,7 @@ def first_images(config, num_images: int, crop: int, data_source=None):
     n = min(int(num_images), len(data_source))
     if n < 1:
         raise ValueError(f"no images to take: num_images={num_images}, {len(data_source)} records")
-    loader = create_eval_loader([data_source[i] for i in range(n)], batch_size=n,
+    loader = create_eval_loader([data_source[i] for i in range(n)], batch_size=n, shard_options=EVERY_RECORD,
                                 black_level=config.data.black_level, white_level=config.data.white_level)
     batch = center_crop(next(iter(loader)), crop)
     return jnp.asarray(batch["raw"]), np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"]))), n

@@ -61,6 +61,14 @@ def logical_shardings(abstract_variables: Any, mesh: Mesh, rules: Sequence[tuple
                         is_leaf=lambda x: isinstance(x, P))
 
 
+def global_from_full(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A host array that EVERY process holds in full (the same values) -> the global
+    ``jax.Array`` laid out by ``sharding``: each device gets its slice of ``x``. (For data
+    each process holds only its share of, see ``input_pipeline.to_global_batch``.)"""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 TILE_AXIS = "tiles"
 
 

@@ -34,7 +34,6 @@ import optax
 from diffraw_jax import batches, dtdm, logs, parallel, paths, sampling, weights, workdir_lock
 from diffraw_jax import distill as distill_lib
 from diffraw_jax.models import factory
-from diffraw_jax.models import unet as unet_lib
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +105,11 @@ def create_train_state(config, model, tx, mesh, key) -> TrainState:
     return jax.jit(lambda x: x, out_shardings=shardings)(state)
 
 
-def param_shardings(config, model, mesh):
-    """NamedShardings of the model's parameters from its logical-axis annotations."""
-    rules = unet_lib.default_logical_axis_rules(*parallel.DATA_AXES)
-    return parallel.logical_shardings(factory.abstract_variables(model), mesh, rules)["params"]
-
-
 def train_state_shardings(config, model, tx, mesh, abstract_opt_state) -> TrainState:
     """The TrainState's layout: parameters, EMA and the optimiser leaves that mirror the
-    parameters (Adam moments) by ``param_shardings``; everything else replicated.
+    parameters (Adam moments) by ``factory.param_shardings``; everything else replicated.
     ``abstract_opt_state``: ``tx.init`` of the parameters (abstract is enough)."""
-    param_sh = param_shardings(config, model, mesh)
+    param_sh = factory.param_shardings(model, mesh)
     rep = parallel.replicated(mesh)
     opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abstract_opt_state, param_sh,
                                    transform_non_params=lambda _: rep)
@@ -456,7 +449,7 @@ def _train(config, workdir: str, data_sources, lock) -> TrainState:
     if eval_every > 0:
         from diffraw_jax.periodic_eval import PeriodicEval
 
-        periodic_eval = PeriodicEval(config, model, schedule, test_src, workdir)
+        periodic_eval = PeriodicEval(config, model, schedule, test_src, workdir, mesh)
     writer.write_hparams(_flatten(config.to_dict()))
 
     # The host waits for the devices only at reports, checkpoints and evaluations: the

@@ -194,7 +194,7 @@ def test_real_init_zero_output_and_annotations():
     m_t, raw, c, t = _inputs(2, 16, 16)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
     variables = factory.init_variables(model, jax.random.key(0), (16, 16))
-    # laid out on the mesh as the trainer does (train.param_shardings): draw, then reshard
+    # laid out on the mesh as the trainer does (factory.param_shardings): draw, then reshard
     shardings = parallel.logical_shardings(factory.abstract_variables(model), mesh, default_logical_axis_rules())
     laid_out = jax.device_put(nn.unbox(variables), shardings)
     k = laid_out["params"]["down_0_res_0"]["conv1"]["conv"]["kernel"]

@@ -6,7 +6,8 @@ config means the same model everywhere. The model helpers live here once:
 ``create_model`` (config -> module), ``model_inputs`` (the abstract call
 arguments, None for an input the model does not use), ``abstract_variables`` /
 ``abstract_params`` (``jax.eval_shape``, no memory), ``init_variables`` (the
-jitted init with the "rbg" PRNG) and ``count_params``. Imports only jax, flax,
+jitted init with the "rbg" PRNG), ``param_shardings`` (their layout on a mesh) and
+``count_params``. Imports only jax, flax,
 numpy and the project's core modules.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import dtdm
+from diffraw_jax import dtdm, parallel
 from diffraw_jax.models import color_net as color_net_lib
 from diffraw_jax.models import unet as unet_lib
 
@@ -109,7 +110,7 @@ def init_variables(model: nn.Module, key, crop_size=64, *, fast_rng: bool = True
     """``model.init`` on zeros shaped like ``model_inputs(model, 1, crop_size)``, jitted:
     the one way parameters are drawn (the trainer, tests, benchmarks). The draw is not
     sharded: ``train.create_train_state`` lays the parameters out on a mesh
-    (``train.param_shardings``), so the values never depend on the mesh.
+    (``param_shardings``), so the values never depend on the mesh.
 
     Args:
       model: the U-Net f or the colour network G.
@@ -136,6 +137,15 @@ def init_variables(model: nn.Module, key, crop_size=64, *, fast_rng: bool = True
         return model.init(k, *[None if a is None else jnp.zeros(a.shape, a.dtype) for a in inputs])
 
     return jax.jit(init)(key)
+
+
+def param_shardings(model: nn.Module, mesh) -> Any:
+    """NamedShardings of ``model``'s parameters on ``mesh`` (``parallel.create_mesh``) from
+    its logical-axis annotations (``unet.default_logical_axis_rules``: split over "fsdp",
+    replicated over "data"): the one layout of the parameters, used by the trainer (train
+    state, EMA, Adam moments), evaluation and PeriodicEval."""
+    rules = unet_lib.default_logical_axis_rules(*parallel.DATA_AXES)
+    return parallel.logical_shardings(abstract_variables(model), mesh, rules)["params"]
 
 
 def count_params(tree: Any) -> int:
