@@ -447,15 +447,7 @@ def main(argv=None) -> int:
     cache.cleanup()
     meta["wall_s"] = time.monotonic() - t_start
     report = dict(meta=meta, stages=stages)
-    os.makedirs(a.out, exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1)
-    md = markdown(report)
-    with open(md_path, "w") as f:
-        f.write(md + "\n")
-    print()
-    print(md)
-    print(f"wrote {json_path} and {os.path.basename(md_path)}")
+    run.write_report(report, markdown(report), json_path, md_path)
     return 1 if any("error" in r for st in stages.values() for r in st["items"]) else 0
 
 

@@ -781,6 +781,19 @@ def output_paths(out: str, tag: str, overwrite: bool = False) -> tuple[str, str]
     return paths
 
 
+def write_report(report: dict, md: str, json_path: str, md_path: str) -> None:
+    """Writes ``report`` as JSON and ``md`` (its Markdown) to the two paths (making their
+    folder), then prints the Markdown and where both went."""
+    os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=1)
+    with open(md_path, "w") as f:
+        f.write(md + "\n")
+    print()
+    print(md)
+    print(f"wrote {json_path} and {os.path.basename(md_path)}")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -855,15 +868,7 @@ def main(argv=None) -> int:
         print("error: " + r["error"] if "error" in r else f"done in {r['wall_s']:.0f} s", flush=True)
     report = dict(meta=meta, results=results)
     report["summary"] = summarize(results, device=a.device)
-    os.makedirs(a.out, exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1)
-    md = markdown(report)
-    with open(md_path, "w") as f:
-        f.write(md + "\n")
-    print()
-    print(md)
-    print(f"wrote {json_path} and {os.path.basename(md_path)}")
+    write_report(report, markdown(report), json_path, md_path)
     return 1 if any("error" in r for r in results) else 0
 
 

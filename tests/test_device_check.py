@@ -162,3 +162,45 @@ def test_makefile_runs_the_device_check():
     with open(os.path.join(REPO, "Makefile")) as f:
         text = f.read()
     assert "git add results/benchmarks/<device>.*" in text  # how to commit the result
+
+
+def test_device_report_renders_the_verdicts(tmp_path):
+    """The device-mode report on made-up numbers: a plan row against the committed row's
+    estimate (confirmed and refuted), a row the device could not fit, a short run that
+    stopped early, skipped items; no jax needed."""
+    s = device_check.sizes(smoke=False)
+    specs = [sp for sp, _ in device_check.plan_specs(s, num_devices=1, smoke=False)]
+    gib = 2 ** 30
+    rows = []
+    for spec, total in zip(specs, (0.9, 3.0)):
+        ref = spec["reference"]
+        row = {k: v for k, v in spec.items() if k != "config"}
+        row.update(argument_bytes=gib, output_bytes=gib, alias_bytes=gib, temp_bytes=int(total * ref["estimate_bytes"]) - gib,
+                   compile_s=12.0)
+        row["total_bytes"] = row["argument_bytes"] + row["output_bytes"] - row["alias_bytes"] + row["temp_bytes"]
+        row.update(device_check.verdict(row))
+        rows.append(row)
+    assert rows[0]["verdict"].startswith("confirmed") and rows[1]["verdict"].startswith("refuted")
+    assert rows[0]["device_over_estimate"] == pytest.approx(0.9, rel=1e-6)
+    rows.append(dict(goal="g", devices=1, fsdp=1, remat="full", batch=64, stand_in=False, reference=None,
+                     verdict="does not fit this device: RESOURCE_EXHAUSTED"))
+    meta = dict(FAKE_META, device_kind="NVIDIA H200", tag="nvidia-h200", smoke=False, budget_s=480.0,
+                wall_s=470.0, plan_date="2026-11-29", command="python -m benchmarks.device_check")
+    run_row = dict(kind="train_run", steps=120, steps_asked=200, batch=8, config_batch=32, crop=448, model="zrr",
+                   remat="none", dtype="bfloat16", warmup_steps=20, learning_rate=1e-4, compile_s=60.0,
+                   steps_per_s=10.0, images_per_s=80.0, loss_first=1.5, loss_last=0.9, loss_falls=True, window=12,
+                   all_finite=True, loss_every=[1.5, 0.9], overrides=["optim.warmup_steps=20"],
+                   notes=["batch 8 instead of the config's 32: ...", "stopped after 120 of 200 steps: ..."])
+    report = dict(meta=meta, stages=dict(
+        bench=dict(share_s=134, wall_s=1, items=[dict(kind="train", model="zrr", crop=448, batch=8,
+                                                      dtype="bfloat16", skipped=device_check.OUT_OF_TIME)]),
+        plan=dict(share_s=100, wall_s=90, items=rows),
+        sample=dict(share_s=100, wall_s=0, items=[dict(kind="sample", method="dtdm", num_steps=100,
+                                                       skipped=device_check.OUT_OF_TIME)]),
+        train_run=dict(share_s=110, wall_s=100, items=[run_row])))
+    md = device_check.markdown(report)
+    assert "| 120 of 200 | 8 |" in md and "Note: stopped after 120 of 200 steps" in md
+    assert "confirmed: the device needs 0.90x the estimate" in md and "refuted: the device needs 3.00x" in md
+    assert "results/plan/zrr.json` (XLA:CPU, 2026-11-29)" in md and "(per-device stand-in)" in md
+    assert "does not fit this device: RESOURCE_EXHAUSTED" in md
+    assert md.count(device_check.OUT_OF_TIME) == 2 and "error" not in md.lower()
