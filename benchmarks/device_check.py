@@ -66,7 +66,7 @@ MIN_ITEM_S = 2.0  # an item with less time than this left is not started
 RESERVE_S = 2.0   # kept back from the budget for writing the report
 TITLES = {"bench": "(a) Train step and forward pass, bfloat16 (benchmarks.run)",
           "plan": "(b) The memory plan's goal rows on this device (benchmarks.plan)",
-          "sample": "(c) Sampling throughput, zrr U-Net (benchmarks.run)",
+          "sample": "(c) Sampling throughput: the 1-step student and DTDM-100 (benchmarks.run)",
           "train_run": "(d) A short run of configs/zrr.py (the trainer's jitted step)"}
 
 
