@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-fast demo demo-train pretrained distill clean
+.PHONY: install test test-fast demo demo-train pretrained distill device-check clean
 
 install: $(STAMP)
 
@@ -80,6 +80,18 @@ distill: install
 	done
 	$(BIN)/python scripts/distill_report.py --out results/distill
 	$(BIN)/diffraw export-weights --checkpoint workdir/distill/student-$(DISTILL_SHIP) --out pretrained/distill-$(DISTILL_SHIP)-new
+
+# One short check on a GPU/TPU (at most 8 minutes, benchmarks/device_check.py): train step and
+# forward in bfloat16 with MFU (against PyTorch where torch is installed), the memory plan's goal
+# rows compiled on the device, sampling throughput (1-step student, DTDM-100), a 200-step run of
+# configs/zrr.py. Writes results/benchmarks/<device>.md and .json; commit them with
+#   git add results/benchmarks/<device>.* && git commit -m "device check on <device>"
+# (a rerun that would replace a committed result needs DEVICE_CHECK_ARGS=--overwrite).
+# SMOKE=1: the same stages on the CPU at a tiny size -> results/benchmarks/cpu-smoke.md.
+SMOKE ?=
+DEVICE_CHECK_ARGS ?=
+device-check: install
+	$(BIN)/python -m benchmarks.device_check $(if $(SMOKE),--smoke) $(DEVICE_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

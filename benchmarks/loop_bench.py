@@ -55,11 +55,29 @@ def synthetic_source(n: int, size: int = 448, seed: int = 0):
     return out
 
 
-def bare_step_rate(config, steps: int) -> float:
-    import jax
+def code_batch(records) -> dict:
+    """What the trainer's loader yields (``as_codes``) for ``records``: {"raw": uint16 packed
+    RGGB codes [B, h, w, 4], "dslr": uint8 [B, H, W, 3]} (normalised inside the step)."""
     import numpy as np
 
-    from diffraw_jax import input_pipeline, parallel, train
+    from diffraw_jax import raw as raw_lib
+
+    return {"raw": np.stack([raw_lib.pack(np.asarray(r["raw"])) for r in records]),
+            "dslr": np.stack([r["dslr"] for r in records])}
+
+
+def bare_train_step(config, num_batches: int = 1):
+    """The trainer's own jitted step for ``config`` and synthetic batches already on the devices.
+
+    Returns (state, step_fn, batches, key): ``train.create_train_state`` and
+    ``train.make_train_step`` on ``parallel.create_mesh(config.mesh.fsdp)``, and
+    ``num_batches`` distinct batches of ``data.global_batch_size`` random pairs at
+    ``data.crop_size`` (uint16/uint8 codes, as the loader yields them). The trainer
+    passes one key to every step (the step folds in its own count), and so does this.
+    """
+    import jax
+
+    from diffraw_jax import parallel, train
     from diffraw_jax.models import factory
 
     mesh = parallel.create_mesh(config.mesh.fsdp)
@@ -67,11 +85,15 @@ def bare_step_rate(config, steps: int) -> float:
     state = train.create_train_state(config, model, tx, mesh, jax.random.key(0))
     step_fn = train.make_train_step(config, model, tx, schedule, mesh, jax.tree.map(lambda x: x.sharding, state))
     b, crop = config.data.global_batch_size, config.data.crop_size
-    rec = synthetic_source(b, size=crop)
-    batch = {"raw": np.stack([input_pipeline.ToModelInputs(as_codes=True).map(r)["raw"] for r in rec]),
-             "dslr": np.stack([r["dslr"] for r in rec])}
-    batch = input_pipeline.to_global_batch(batch, parallel.batch_sharding(mesh))
-    key = jax.random.key(1)
+    batches = [jax.device_put(code_batch(synthetic_source(b, size=crop, seed=i)), parallel.batch_sharding(mesh))
+               for i in range(num_batches)]
+    return state, step_fn, batches, jax.random.key(1)
+
+
+def bare_step_rate(config, steps: int) -> float:
+    import jax
+
+    state, step_fn, (batch,), key = bare_train_step(config)
     state, m = step_fn(state, batch, key)  # compile
     jax.block_until_ready(m)
     t = time.perf_counter()

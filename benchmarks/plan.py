@@ -329,8 +329,10 @@ def block_working_set(config, model, batch: int, crop: int) -> tuple[int, str]:
     return best
 
 
-def plan_train(config, devices) -> dict:
-    """Compiles ``train.make_train_step`` for ``config`` on ``devices``; returns its stats."""
+def plan_train(config, devices, estimate: bool = True) -> dict:
+    """Compiles ``train.make_train_step`` for ``config`` on ``devices``; returns its stats
+    (``estimate``: also the residuals, the largest block and the estimate, which compile
+    every block once more; off, only XLA's analysis of the whole step)."""
     import jax
 
     from diffraw_jax import parallel, train
@@ -349,6 +351,8 @@ def plan_train(config, devices) -> dict:
     compiled = step.lower(state, batch, abstract_key(parallel.replicated(mesh))).compile()
     out = dict(compile_s=time.perf_counter() - t0, params=factory.count_params(state.params))
     out.update(compiled_stats(compiled))
+    if not estimate:
+        return out
     per_device = int(config.data.global_batch_size) // len(devices)
     out["residual_bytes"] = residual_bytes(config, model, per_device, int(config.data.crop_size))
     out["floor_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
@@ -392,7 +396,8 @@ def plan_sample(config, devices, batch: int) -> dict:
 
 def run_child(spec: dict) -> dict:
     """One variant in this process (``--child``): spec has config (a dict), what
-    ("train" | "sample"), devices, fsdp, remat, batch, crop, sample_batch."""
+    ("train" | "sample"), devices, fsdp, remat, batch, crop, sample_batch, and optionally
+    estimate (default true: see ``plan_train``)."""
     import jax
 
     config = variant_config(spec["config"], spec["remat"], spec["batch"], spec["crop"])
@@ -403,7 +408,7 @@ def run_child(spec: dict) -> dict:
                          f"({jax.default_backend()})")
     devices = devices[:spec["devices"]]
     if spec["what"] == "train":
-        out = plan_train(config, devices)
+        out = plan_train(config, devices, spec.get("estimate", True))
     else:
         out = plan_sample(config, devices, spec["sample_batch"])
     out.update(backend=jax.default_backend(), device_kind=devices[0].device_kind)

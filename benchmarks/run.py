@@ -513,16 +513,19 @@ RUNNERS = {"train": run_train, "forward": run_forward, "sample": run_sample,
            "torch": run_torch, "conv": run_conv, "input": run_input}
 
 
-def _run_case_here(case: dict) -> None:
-    """Child process: run one case, print one RESULT line."""
+def _run_case_here(case: dict, runners: dict | None = None) -> None:
+    """Child process: run one case (``runners``: kind -> function, default ``RUNNERS``),
+    print one RESULT line."""
     try:
-        res = RUNNERS[case["kind"]](case)
+        res = (runners or RUNNERS)[case["kind"]](case)
     except Exception as e:  # reported as the case's error, the run goes on
         res = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
     print(RESULT_PREFIX + json.dumps(res), flush=True)
 
 
-def run_case(case: dict, device: bool, timeout: float) -> dict:
+def run_case(case: dict, device: bool, timeout: float, module: str = "benchmarks.run") -> dict:
+    """Runs ``case`` in a subprocess (``python -m <module> --case JSON``); returns the case
+    with its results, or with "error" (a failure, or "timed out after N s")."""
     env = dict(os.environ)
     if not device:
         env["JAX_PLATFORMS"] = "cpu"
@@ -530,7 +533,7 @@ def run_case(case: dict, device: bool, timeout: float) -> dict:
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--case", json.dumps(case)],
+        proc = subprocess.run([sys.executable, "-m", module, "--case", json.dumps(case)],
                               cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return dict(case, error=f"timed out after {timeout:.0f} s", wall_s=timeout)
@@ -778,6 +781,19 @@ def output_paths(out: str, tag: str, overwrite: bool = False) -> tuple[str, str]
     return paths
 
 
+def write_report(report: dict, md: str, json_path: str, md_path: str) -> None:
+    """Writes ``report`` as JSON and ``md`` (its Markdown) to the two paths (making their
+    folder), then prints the Markdown and where both went."""
+    os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=1)
+    with open(md_path, "w") as f:
+        f.write(md + "\n")
+    print()
+    print(md)
+    print(f"wrote {json_path} and {os.path.basename(md_path)}")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -852,15 +868,7 @@ def main(argv=None) -> int:
         print("error: " + r["error"] if "error" in r else f"done in {r['wall_s']:.0f} s", flush=True)
     report = dict(meta=meta, results=results)
     report["summary"] = summarize(results, device=a.device)
-    os.makedirs(a.out, exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1)
-    md = markdown(report)
-    with open(md_path, "w") as f:
-        f.write(md + "\n")
-    print()
-    print(md)
-    print(f"wrote {json_path} and {os.path.basename(md_path)}")
+    write_report(report, markdown(report), json_path, md_path)
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -56,6 +56,8 @@ RULES = {
     "main.py configs/distill.py:2 train": "tests/test_distill.py::test_distill_config_chains_the_rounds_and_trains",
     "main.py configs/distill.py:1 train": "tests/test_distill.py::test_distill_config_chains_the_rounds_and_trains",
     "python -m benchmarks.plan": "tests/test_plan.py::test_plan_rows_are_consistent",
+    "make device-check": "tests/test_device_check.py::test_makefile_runs_the_device_check",
+    "python -m benchmarks.device_check": "tests/test_device_check.py::test_smoke_mode_reports_every_stage_with_numbers",
 }
 
 
