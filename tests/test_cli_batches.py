@@ -242,3 +242,18 @@ def test_a_second_run_compiles_nothing_and_the_last_line_gives_seconds_per_megap
     assert "(compiled 0 programs, " in last[1] and f"{first_compiled} from the cache" in last[1], last
     same = [np.asarray(Image.open(tmp_path / f"out{run}" / "m0.png")) for run in range(2)]
     assert np.array_equal(*same)
+
+
+def test_cli_profile_splits_a_run_and_measures_the_network_apart(tmp_path):
+    pytest.importorskip("pidng")
+    from benchmarks import cli_profile
+    from diffraw_jax import dng_writer
+
+    rng = np.random.default_rng(2)
+    path = dng_writer.write_dng(str(tmp_path / "f.dng"), (63 + rng.uniform(0.1, 0.6, (64, 96)) * 957).astype(np.uint16))
+    r = cli_profile.profile(path, STUDENT, tile=32, batch=2)
+    assert r["tiles"] > 2 and r["network_calls"] == -(-r["tiles"] // 2) and r["sampler"] == "distilled DTDM-DDIM-1"
+    assert set(r["steps_s"]) == {"read", "prepare", "colour condition (G)", "sampling (f, tiled)",
+                                 "finish (crop, orient)", "PNG encode", "write"}
+    assert r["f_s"] > 0 and r["g_s"] is not None and r["network_s"] >= r["f_s"]
+    assert r["wall_s"] >= sum(r["steps_s"].values()) - 0.05 and r["wall_over_network"] > 0
