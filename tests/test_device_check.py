@@ -151,8 +151,9 @@ def test_makefile_runs_the_device_check():
     """`make device-check` runs the check on the device, `SMOKE=1` its smoke mode (the recipe
     printed by `make -n`, the install step taken as done)."""
     def recipe(*args):
-        r = subprocess.run(["make", "-n", "-o", "install", "device-check", *args], cwd=REPO,
-                           capture_output=True, text=True, timeout=60)
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        r = subprocess.run(["make", "--no-print-directory", "-n", "-o", "install", "device-check", *args],
+                           cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
         assert r.returncode == 0, r.stderr
         return r.stdout.split()
 
