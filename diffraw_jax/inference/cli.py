@@ -265,8 +265,6 @@ def remove_stale_temporaries(output_dir: str) -> int:
     """Removes the temporary files that killed runs of ``diffraw`` left in ``output_dir``
     (their process is gone; pid-less ones from older releases once a minute old);
     returns how many. Never touches anything else."""
-    import time
-
     removed = 0
     for name in os.listdir(output_dir):
         m = _TEMPORARY.match(name)
@@ -346,11 +344,11 @@ class CompileStats:
     """Counts XLA compilations while it is installed: ``compiled`` (built from scratch), ``cached``
     (read from the persistent cache) and ``seconds`` (both), from JAX's monitoring events."""
 
-    REQUEST, HIT = "/jax/compilation_cache/compile_requests_use_cache", "/jax/compilation_cache/cache_hits"
+    HIT = "/jax/compilation_cache/cache_hits"
     COMPILE = "/jax/core/compile/backend_compile_duration"
 
     def __init__(self):
-        self.requests = self.cached = self.programs = 0
+        self.cached = self.programs = 0
         self.seconds = 0.0
 
     @property
