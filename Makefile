@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-fast demo demo-train pretrained distill device-check clean
+.PHONY: install test test-fast demo demo-train pretrained pretrained-paper distill device-check clean
 
 install: $(STAMP)
 
@@ -56,25 +56,38 @@ demo-train: install
 		--config.data.data_dir=$(DEMO_TFDS) --config.color_net.workdir=$(DEMO_WORK)/demo_isp
 	@echo "results: $(DEMO_WORK)/demo_train/eval/test/summary.md and samples.png"
 
-# Reproduces the shipped model (pretrained/demo) into pretrained/demo-new: 1,024
-# synthetic pairs, G (configs/pretrained_isp.py), DiffRAW (configs/pretrained.py),
-# then export-weights. About 2 hours on 2 CPU cores; see pretrained/demo/TRAINING.md.
+# Reproduces the shipped model (pretrained/demo, calibrated colour) into pretrained/demo-new:
+# 1,024 photographic synthetic pairs with their calibration (zrr/calibrated), then DiffRAW
+# (configs/pretrained.py, fine-tuned from pretrained/paper-demo) and export-weights.
+# About 45 minutes on 2 CPU cores; see pretrained/demo/TRAINING.md.
+PHOTO_DATA ?= data/synthetic_photo
+PHOTO_TFDS ?= data/tfds_photo
 pretrained: install
+	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.synthetic_zrr --out $(PHOTO_DATA) \
+		--num_train 1024 --num_test 16 --size 448 --seed 0
+	$(BIN)/python -m tfds_zrr.build --manual_dir $(PHOTO_DATA) --data_dir $(PHOTO_TFDS) --config calibrated
+	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/pretrained
+	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/pretrained --out pretrained/demo-new
+
+# The paper-condition model (pretrained/paper-demo: G, then DiffRAW trained on x = c = D2(y)) into
+# pretrained/paper-demo-new. It was made with the generator of commit 2472a45 (dead leaves without
+# the photographic textures), so today's data gives a similar, not the identical, model. ~2 hours.
+pretrained-paper: install
 	test -d data/synthetic_zrr_pretrain/train || $(BIN)/python -m diffraw_jax.synthetic_zrr \
 		--out data/synthetic_zrr_pretrain --num_train 1024 --num_test 16 --size 448 --seed 0
 	$(BIN)/python -m tfds_zrr.build --manual_dir data/synthetic_zrr_pretrain --data_dir data/tfds_pretrain
 	$(BIN)/python main.py --config=configs/pretrained_isp.py --workdir=$(DEMO_WORK)/pretrained_isp
-	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/pretrained
-	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/pretrained --out pretrained/demo-new
+	$(BIN)/python main.py --config=configs/pretrained_paper.py --workdir=$(DEMO_WORK)/pretrained_paper
+	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/pretrained_paper --out pretrained/paper-demo-new
 
 # Few-step DiffRAW (README "Few-step DiffRAW"): four rounds of progressive distillation of
 # pretrained/demo (DTDM-DDIM 16 -> 8 -> 4 -> 2 -> 1 steps; each round resumes if stopped),
 # the measurements in results/distill, and the shipped student's weights folder.
 DISTILL_SHIP ?= 1
 distill: install
-	test -d data/synthetic_zrr_pretrain/train || $(BIN)/python -m diffraw_jax.synthetic_zrr \
-		--out data/synthetic_zrr_pretrain --num_train 1024 --num_test 16 --size 448 --seed 0
-	$(BIN)/python -m tfds_zrr.build --manual_dir data/synthetic_zrr_pretrain --data_dir data/tfds_pretrain
+	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.synthetic_zrr --out $(PHOTO_DATA) \
+		--num_train 1024 --num_test 16 --size 448 --seed 0
+	$(BIN)/python -m tfds_zrr.build --manual_dir $(PHOTO_DATA) --data_dir $(PHOTO_TFDS) --config calibrated
 	for n in 8 4 2 1; do \
 		$(BIN)/python main.py --config=configs/distill.py:$$n --workdir=workdir/distill/student-$$n || exit 1; \
 	done

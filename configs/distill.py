@@ -25,7 +25,8 @@ def get_config(student_steps="4"):
     if n not in ROUND_STEPS:
         raise ValueError(f"configs/distill.py:<n> takes n in {sorted(ROUND_STEPS)}, got {n}")
     c = pretrained.get_config()
-    c.color_net.workdir = "pretrained/demo/color_net"  # the shipped G: c = x = G(w) at test time
+    c.color_net.workdir = "pretrained/demo/color_net"  # G: only the evaluation's comparison row
+    c.train.init_from = ""          # the student starts as its teacher
     c.distill.teacher = "pretrained/demo" if n == max(ROUND_STEPS) else f"workdir/distill/student-{2 * n}"
     c.distill.teacher_steps = 2 * n
     c.sample.method = "dtdm_ddim"

@@ -1,25 +1,31 @@
-"""DiffRAW for the shipped CPU model (`make pretrained`, pretrained/demo): the `demo`
-U-Net on synthetic ZRR-format data (1,024 training pairs), 64 px crops, batch 8,
-EMA 0.999; G from configs/pretrained_isp.py.
+"""The shipped CPU model (`make pretrained`, pretrained/demo): calibrated colour.
+
+The `demo` U-Net with ``model.condition = "calibrated"`` (diffraw_jax/calibration.py):
+the networks see the planes white-balanced and exposed by each file's own calibration,
+x = c is the classical ISP of them with the file's colour matrix, so the colour of
+an unseen camera comes from its file, not from one sensor's training data. Trained on
+the photographic synthetic pairs (textured dead leaves, a sensor model spanning phone
+and camera sensors; `python -m diffraw_jax.synthetic_zrr`), built as ``zrr/calibrated``
+(each pair's true calibration). It starts from the paper-condition model
+pretrained/paper-demo (``train.init_from``; its U-Net has already learned the
+diffusion at this size), 64 px crops, batch 8. G (pretrained/paper-demo/color_net)
+is named only for the evaluation's "G (color_net)" comparison row.
 
     python main.py --config=configs/pretrained.py --workdir=workdir/pretrained
 """
-from configs import synthetic
+from configs import pretrained_paper
 
 
 def get_config():
-    c = synthetic.get_config()
-    c.data.data_dir = "data/tfds_pretrain"
-    c.data.manual_dir = "data/synthetic_zrr_pretrain"
-    c.color_net.name = "small"
-    c.color_net.workdir = "workdir/pretrained_isp"
-    c.optim.learning_rate = 3e-4
-    c.optim.warmup_steps = 200
+    c = pretrained_paper.get_config()
+    c.data.name = "zrr/calibrated"
+    c.data.data_dir = "data/tfds_photo"
+    c.data.manual_dir = "data/synthetic_photo"
+    c.model.condition = "calibrated"
+    c.color_net.workdir = "pretrained/paper-demo/color_net"
+    c.train.init_from = "pretrained/paper-demo"
+    c.optim.learning_rate = 2e-4
+    c.optim.warmup_steps = 100
     c.optim.ema_decay = 0.999
-    c.train.num_train_steps = 5000
-    c.train.log_every_steps = 100
-    c.train.checkpoint_every_steps = 250
-    c.train.keep_checkpoints = 2
-    c.eval.crop_size = 192
-    c.eval.num_images = 16
+    c.train.num_train_steps = 3000
     return c

@@ -1,4 +1,4 @@
-"""G for the shipped CPU model (`make pretrained`, pretrained/demo): the `small`
+"""G for the shipped CPU model (`make pretrained-paper`, pretrained/paper-demo/color_net): the `small`
 colour network on synthetic ZRR-format data, 64 px crops, 3,000 steps.
 
     python main.py --config=configs/pretrained_isp.py --workdir=workdir/pretrained_isp

@@ -65,6 +65,9 @@ def default_config() -> ml_collections.ConfigDict:
                                 # cudnn (flash attention: NVIDIA GPUs, bfloat16); unet.dot_product_attention
     m.use_w = True
     m.use_c = True
+    m.condition = "paper"       # paper: train on x = c = D2(y), test on c = G(w) (Algorithm 1/2) |
+                                # calibrated: x = c = the classical ISP with each file's own calibration,
+                                # the networks see white-balanced, exposed planes (diffraw_jax/calibration.py)
     m.dropout = -1.0            # < 0: the named config's value
 
     c.color_net = g = ml_collections.ConfigDict()
@@ -97,6 +100,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.train = t = ml_collections.ConfigDict()
     t.num_train_steps = 1_000_000
+    t.init_from = ""            # a weights folder or workdir whose EMA parameters start a new run
+                                #   (fine-tuning; a resumed run ignores it)
     t.log_every_steps = 100
     t.checkpoint_every_steps = 5_000
     t.keep_checkpoints = 3

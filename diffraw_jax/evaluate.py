@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import input_pipeline, isp_classic, parallel, sampling, weights
+from diffraw_jax import calibration, input_pipeline, isp_classic, parallel, sampling, weights
 from diffraw_jax.models import factory
 from diffraw_jax.paths import as_path
 
@@ -96,6 +96,10 @@ class ShardedSampler:
       key: the base PRNG key; image ``i`` (its global index) samples with
         ``fold_in(key, i)``, so a sample does not depend on the device count or the batch.
       rows: {name: fn(w) -> [B, H, W, 3] in [0, 1]} computed alongside (the classical ISP, G).
+      calibrated: a calibrated model (``model.condition = "calibrated"``): ``condition`` is
+        not used; the samplers see the planes balanced by each image's calibration and
+        x = c = ``calibration.network_inputs`` (what inference does), and every call passes
+        ``calibration`` ({"wb_gains" [b, 3], "ccm" [b, 3, 3], "baseline_exposure" [b]}).
 
     ``sampler(params, w, first_index=0)``: w packed RAW float32 [b, h, w, 4] in [0, 1], the
     same on every process (all b images: every process holds the whole batch); image j has
@@ -105,21 +109,27 @@ class ShardedSampler:
     same on every process (one ``process_allgather`` per call). Compiles once per batch shape.
     """
 
-    def __init__(self, mesh, param_shardings, samplers: dict, condition, key, rows: dict | None = None):
+    def __init__(self, mesh, param_shardings, samplers: dict, condition, key, rows: dict | None = None,
+                 calibrated: bool = False):
         self.mesh, self.param_shardings = mesh, param_shardings
         self.data = parallel.batch_sharding(mesh)
+        self.calibrated = bool(calibrated)
         rows = dict(rows or {})
 
-        def run(params, w, index):
+        def run(params, w, index, cal):
             keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
-            x = condition(w)
+            if self.calibrated:
+                w_net, x01 = calibration.network_inputs(w, cal["wb_gains"], cal["ccm"], cal["baseline_exposure"])
+                x = sampling.to_model_range(x01)
+            else:
+                w_net, x = w, condition(w)
             out = {"c": sampling.to_unit_range(x)}
             out.update({name: fn(w) for name, fn in rows.items()})
             for name, fn in samplers.items():
-                out[name] = sampling.to_unit_range(fn(params, w, x, x, keys))
+                out[name] = sampling.to_unit_range(fn(params, w_net, x, x, keys))
             return out
 
-        self._run = jax.jit(run, in_shardings=(param_shardings, self.data, self.data),
+        self._run = jax.jit(run, in_shardings=(param_shardings, self.data, self.data, self.data),
                             out_shardings=self.data)
 
     @property
@@ -136,17 +146,22 @@ class ShardedSampler:
         return jax.tree.map(lambda p, sh: parallel.global_from_full(np.asarray(p), sh),
                             params, self.param_shardings)
 
-    def __call__(self, params, w, first_index: int = 0) -> dict:
+    def __call__(self, params, w, first_index: int = 0, calibration_=None) -> dict:
         from jax.experimental import multihost_utils
 
         w = np.asarray(w, np.float32)
         b = len(w)
+        if self.calibrated and calibration_ is None:
+            raise ValueError("a calibrated model's sampler needs each image's calibration")
+        cal = {} if not self.calibrated else {k: np.asarray(calibration_[k], np.float32) for k in calibration.KEYS}
         pad = self.padded_size(b) - b
         if pad:
             w = np.concatenate([w, np.repeat(w[-1:], pad, axis=0)])
+            cal = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in cal.items()}
         index = np.arange(first_index, first_index + b + pad, dtype=np.int32)
         out = self._run(params, parallel.global_from_full(w, self.data),
-                        parallel.global_from_full(index, self.data))
+                        parallel.global_from_full(index, self.data),
+                        {k: parallel.global_from_full(v, self.data) for k, v in cal.items()})
         out = multihost_utils.process_allgather(out, tiled=True)
         return {name: np.asarray(v, np.float32)[:b] for name, v in out.items()}
 
@@ -246,13 +261,14 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         run_cfg.sample = config.sample
     main = factory.sampler_settings(run_cfg)
 
+    calibrated = factory.model_condition(loaded.config) == "calibrated"
     g_fn, g_note = None, "G: needs a trained colour network (color_net.workdir)"
     # G: the one this run's config names for its own workdir, else the model's own.
     g_config = config if config.color_net.workdir and not e.model else loaded.config
     g = weights.find_color_net(g_config, model_path)
     if g is not None:
         g_fn, g_note = sampling.color_condition(g), None
-    else:
+    elif not calibrated:
         log.warning("no trained colour network at %r: DiffRAW rows use the classical ISP as c",
                     config.color_net.workdir)
     cond_fn = g_fn or sampling.color_condition(None)  # else the classical ISP
@@ -274,7 +290,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     if g_fn is not None:
         rows_fns["G (color_net)"] = lambda w: sampling.to_unit_range(g_fn(w))
     sampler = ShardedSampler(mesh, factory.param_shardings(model, mesh), methods, cond_fn,
-                             jax.random.key(config.seed + 1), rows_fns)
+                             jax.random.key(config.seed + 1), rows_fns, calibrated=calibrated)
     params = sampler.place_params(loaded.params)
     # Every process reads the same first n records; batches of a multiple of the device count.
     batch_size = sampler.padded_size(config.data.eval_batch_size)
@@ -284,7 +300,8 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     if lead:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    names = ["Classical ISP"] + (["G (color_net)"] if g_fn is not None else []) + list(methods)
+    names = (["Classical ISP"] + (["Calibrated ISP (c)"] if calibrated else [])
+             + (["G (color_net)"] if g_fn is not None else []) + list(methods))
     size = e.crop_size or int(np.asarray(data_source[0]["dslr"]).shape[0])
     per_image = ["psnr", "ssim", "lpips", "musiq", "clipiqa"] + (["niqe"] if size >= NIQE_MIN_SIZE else [])
     fid_w = e.fid_inception_weights or None
@@ -300,8 +317,11 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         batch = input_pipeline.center_crop(batch, e.crop_size)
         mask = np.asarray(batch["mask"]).astype(bool)
         y01 = np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"])))
-        outs = sampler(params, batch["raw"], first_index=b * batch_size)
+        outs = sampler(params, batch["raw"], first_index=b * batch_size,
+                       calibration_=batch if calibrated else None)
         x01 = outs.pop("c")
+        if calibrated:  # the calibrated model's own condition, scored as a row of its own
+            outs["Calibrated ISP (c)"] = x01
         # Scored one image at a time: the scores do not depend on how images were batched
         # (the batch size follows the device count; XLA's reductions follow the shape).
         for i in np.flatnonzero(mask):

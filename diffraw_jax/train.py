@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffraw_jax import batches, dtdm, logs, parallel, paths, sampling, weights, workdir_lock
+from diffraw_jax import batches, calibration, dtdm, logs, parallel, paths, sampling, weights, workdir_lock
 from diffraw_jax import distill as distill_lib
 from diffraw_jax.models import factory
 
@@ -152,11 +152,31 @@ def global_shift_align(pred, target, max_shift: int = 4):
     return aligned, valid[..., None].astype(pred.dtype)
 
 
+def diffraw_inputs(config, batch, keys):
+    """(w, x = c) of a normalised batch, as the U-Net sees them in training.
+
+    Paper (``model.condition = "paper"``): w = batch["raw"] [B, h, w, 4] and x = D2(y)
+    (``low_quality_image`` with each example's key in ``keys`` [B]; Algorithm 1, line 3).
+    Calibrated: what inference sees, from the batch's calibration: the balanced planes and
+    the classical ISP of them (``calibration.network_inputs``), x in [-1, 1].
+    """
+    w, y = batch["raw"], batch["dslr"]
+    if factory.model_condition(config) == "calibrated":
+        w, x01 = calibration.network_inputs(w, batch["wb_gains"], batch["ccm"], batch["baseline_exposure"])
+        return w, sampling.to_model_range(x01)
+    degrade = bool(config.degradation.enabled)
+    return w, jax.vmap(lambda yy, kk: low_quality_image(yy, kk, degrade))(y, keys)
+
+
 def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx, schedule, config):
     """One optimisation step. batch: {"raw": [B, h, w, 4] in [0, 1], "dslr": [B, H, W, 3] in [-1, 1]}.
 
     The DiffRAW example of each image is Algorithm 1, lines 3-7: x = c = D2(y)
     (``low_quality_image``), then ``dtdm.training_example`` (t, eps, m_t, target).
+    A calibrated model (``model.condition = "calibrated"``) instead sees what inference
+    sees: the batch's calibration ("wb_gains" [B, 3], "ccm" [B, 3, 3],
+    "baseline_exposure" [B]) gives the balanced planes w and x = c, the classical ISP
+    of them (``calibration.network_inputs``).
     ``teacher_params``: given when distilling (``distill.teacher`` set): the teacher's
     parameters; the loss is then ||f - f*||^2 against the teacher's two DTDM-DDIM steps
     (``diffraw_jax.distill``). Returns (new_state, metrics). A non-finite loss or
@@ -183,8 +203,8 @@ def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx,
             ssim = jnp.mean(dm_pix.ssim(pred * mask, target * mask, max_val=1.0))
             return l1 + config.color_net.ssim_weight * (1.0 - ssim), {"l1": l1, "ssim": ssim}
     else:
-        s, degrade = config.diffusion.s, bool(config.degradation.enabled)
-        x = jax.vmap(lambda yy, kk: low_quality_image(yy, kk, degrade))(y, keys)  # x = c = D2(y)
+        s = config.diffusion.s
+        w, x = diffraw_inputs(config, batch, keys)
         if teacher_params is not None:  # the student's examples: targets from the teacher's two steps
 
             def teacher_fn(m, t):
@@ -251,25 +271,37 @@ def _validate_distill(config):
                          f"{config.sample.method!r}, {config.sample.num_steps})")
 
 
-def load_teacher(config, model, param_shardings_):
-    """The teacher's EMA parameters (a weights folder or a workdir, read-only), laid out by
-    ``param_shardings_``. ValueError when its network or diffusion differs from the student's."""
-    teacher = weights.load_inference(config.distill.teacher, color_net=False)
-    mine, theirs = config.diffusion.to_dict(), teacher.config.diffusion.to_dict()
+def load_compatible_params(path: str, role: str, config, model, param_shardings_):
+    """The EMA parameters of the model at ``path`` (a weights folder or a workdir, read-only),
+    laid out by ``param_shardings_``; ``role`` names it in messages ("the teacher").
+    ValueError when its network, diffusion or colour condition differs from ``config``'s."""
+    other = weights.load_inference(path, color_net=False)
+    mine, theirs = config.diffusion.to_dict(), other.config.diffusion.to_dict()
     diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
     if diff:
-        raise ValueError(f"the teacher {config.distill.teacher} was trained with other diffusion settings "
-                         f"(teacher, student): {diff}")
+        raise ValueError(f"{role} {path} was trained with other diffusion settings "
+                         f"(it, this run): {diff}")
     want = jax.tree_util.tree_flatten_with_path(factory.abstract_params(model))[0]
-    have = dict(jax.tree_util.tree_flatten_with_path(teacher.params)[0])
+    have = dict(jax.tree_util.tree_flatten_with_path(other.params)[0])
     bad = [jax.tree_util.keystr(p) for p, a in want if p not in have or tuple(have[p].shape) != tuple(a.shape)]
     if bad or len(have) != len(want):
-        raise ValueError(f"the teacher {config.distill.teacher} ({teacher.config.model.name} U-Net, "
-                         f"{teacher.num_params:,} parameters) is not the student's network "
+        raise ValueError(f"{role} {path} ({other.config.model.name} U-Net, "
+                         f"{other.num_params:,} parameters) is not this run's network "
                          f"({config.model.name}): {len(bad)} parameters differ, e.g. {bad[:3]}")
+    return other, jax.device_put(other.params, param_shardings_)
+
+
+def load_teacher(config, model, param_shardings_):
+    """The teacher's EMA parameters (``load_compatible_params``); its colour condition must be the
+    student's (a student answers the teacher's questions)."""
+    teacher, params = load_compatible_params(config.distill.teacher, "the teacher", config, model,
+                                             param_shardings_)
+    if factory.model_condition(teacher.config) != factory.model_condition(config):
+        raise ValueError(f"the teacher {config.distill.teacher} was trained with model.condition="
+                         f"{teacher.config.model.condition!r}, this student with {config.model.condition!r}")
     log.info("teacher: %s (step %d, %s), DTDM-DDIM-%d -> student DTDM-DDIM-%d", config.distill.teacher,
              teacher.step, teacher.kind, config.distill.teacher_steps, config.distill.teacher_steps // 2)
-    return jax.device_put(teacher.params, param_shardings_)
+    return params
 
 
 # --------------------------------------------------------------------- the loop
@@ -283,8 +315,18 @@ def _validate(config):
                          f"multiple of the device count {jax.device_count()}")
     if config.train.num_train_steps < 0:
         raise ValueError("train.num_train_steps must be >= 0")
+    factory.model_condition(config)
     if distilling(config):
         _validate_distill(config)
+
+
+def _check_calibrated_data(data_source, config) -> None:
+    """A calibrated model needs each pair's calibration: ValueError in one line otherwise."""
+    missing = [k for k in calibration.KEYS if k not in data_source[0]]
+    if missing:
+        raise ValueError(f"model.condition='calibrated' needs each pair's calibration ({', '.join(missing)} "
+                         f"missing from {config.data.name}): build the dataset as zrr/calibrated "
+                         f"(python -m tfds_zrr.build --config calibrated; real ZRR: python -m tfds_zrr.calibrate)")
 
 
 def _flatten(d, prefix=""):
@@ -392,6 +434,9 @@ def _train(config, workdir: str, data_sources, lock) -> TrainState:
 
     # The data first: a missing dataset ends the run before anything is written to the workdir.
     train_src, test_src = data_sources if data_sources is not None else input_pipeline.load_data_sources(config)
+    calibrated = config.task == "diffraw" and factory.model_condition(config) == "calibrated"
+    if calibrated:
+        _check_calibrated_data(train_src, config)
     wd = paths.as_path(workdir)  # local (made absolute) or gs://: every host writes to the same place
     wd.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:  # inference and evaluation rebuild the model from it
@@ -417,10 +462,11 @@ def _train(config, workdir: str, data_sources, lock) -> TrainState:
         seed=config.seed, augment=config.data.augment, worker_count=config.data.worker_count,
         black_level=config.data.black_level, white_level=config.data.white_level, as_codes=True)
     data_sh = parallel.batch_sharding(mesh)
+    batch_keys = ("raw", "dslr") + (calibration.KEYS if calibrated else ())
     # Batches go to the devices as uint16/uint8 codes, data.prefetch_to_device of them in
     # flight; the iterator's checkpointed position is that of the batches trained on.
     data_iter = input_pipeline.DevicePrefetch(
-        iter(loader), lambda b: input_pipeline.to_global_batch({"raw": b["raw"], "dslr": b["dslr"]}, data_sh),
+        iter(loader), lambda b: input_pipeline.to_global_batch({k: b[k] for k in batch_keys}, data_sh),
         size=config.data.prefetch_to_device)
 
     from diffraw_jax import checkpointing  # orbax: only the training loop needs it
@@ -433,9 +479,15 @@ def _train(config, workdir: str, data_sources, lock) -> TrainState:
     if restored is not None:
         state = restored
         log.info("resumed from step %d in %s", start, workdir)
-    elif teacher is not None:  # the student starts as the teacher (parameters and EMA)
+    elif teacher is not None or config.train.init_from:  # the student starts as the teacher;
+        # a fine-tuning run as the model it names (parameters and EMA)
+        first = teacher
+        if first is None:
+            other, first = load_compatible_params(config.train.init_from, "train.init_from", config, model,
+                                                  state_sh.params)
+            log.info("initialised from %s (step %d)", config.train.init_from, other.step)
         state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, ema_params=p,
-                                             opt_state=tx.init(p)), out_shardings=state_sh)(teacher)
+                                             opt_state=tx.init(p)), out_shardings=state_sh)(first)
     start = int(state.step)
 
     step_fn = make_train_step(config, model, tx, schedule, mesh, state_sh, teacher)

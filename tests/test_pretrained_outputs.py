@@ -18,8 +18,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(REPO, "tests", "data", "pretrained_outputs.npz")
 CASES = {  # name -> (model folder, from_checkpoint keyword arguments)
-    "demo_g_ddim4_tiled": ("pretrained/demo", dict(method="dtdm_ddim", num_steps=4, tile=32, overlap=8)),
-    "demo_classic_dtdm10": ("pretrained/demo", dict(color="classic", method="dtdm", num_steps=10, tile=None)),
+    "demo_g_ddim4_tiled": ("pretrained/paper-demo", dict(method="dtdm_ddim", num_steps=4, tile=32, overlap=8)),
+    "demo_classic_dtdm10": ("pretrained/paper-demo", dict(color="classic", method="dtdm", num_steps=10, tile=None)),
     "distill1_default": ("pretrained/distill-1", dict(tile=None)),
 }
 

@@ -57,6 +57,9 @@ class BayerFrame:
         order (R, Gr, Gb, B).
       wb_gains: (r, g, b) gains for the classical ISP, or None (gray world).
       ccm: [3, 3] camera RGB -> linear sRGB for the classical ISP, or None (identity).
+      baseline_exposure: EV by which the normalised RAW is scaled for rendering (DNG
+        BaselineExposure; 0 when the file has none).
+      color_source: one line naming where ``wb_gains``/``ccm`` came from (logged by ``diffraw``).
       flip: LibRaw's orientation code (``sizes.flip``): 0 none, 3 180 degrees,
         5 90 degrees counter-clockwise, 6 90 degrees clockwise (4, 7 and the
         mirrors 1, 2 too); applied to the output (``orient``).
@@ -69,6 +72,8 @@ class BayerFrame:
     wb_gains: Optional[np.ndarray] = None
     ccm: Optional[np.ndarray] = None
     flip: int = 0
+    baseline_exposure: float = 0.0
+    color_source: str = "no colour metadata: gray-world white balance, no colour matrix"
 
 
 class PreparedFrame(NamedTuple):

@@ -1,7 +1,7 @@
 """The ``diffraw`` command: RAW -> sRGB on full frames, and portable weights.
 
     diffraw --checkpoint W --input PATH [PATH ...] --output DIR
-        [--steps N] [--method dtdm|dtdm_ddim|ddpm] [--color g|classic|IMAGE] [--seed S]
+        [--steps N] [--method dtdm|dtdm_ddim|ddpm] [--color calibrated|g|classic|IMAGE] [--seed S]
         [--tile T] [--overlap O] [--batch B] [--step N] [--overwrite] [--other-sampler]
         [--black 63] [--white 1020] [--cfa RGGB] [--bits16] [--quiet]
     diffraw export-weights --checkpoint W --out DIR [--step N] [--method M] [--steps N]
@@ -31,7 +31,12 @@ files of a killed run (``.<name>.png.<pid>.<random>.tmp``, their process gone)
 are removed. The output folder is checked (a folder, writable) before any
 sampling.
 
-``--color``: ``g`` uses the trained colour network G named by the training
+``--color``: default the model's own. ``calibrated`` (the default of a model
+trained with ``model.condition = "calibrated"``, e.g. pretrained/demo) takes the
+colour from each file's own calibration (DNG ColorMatrix/AsShotNeutral/
+BaselineExposure, LibRaw's tables for other RAWs; gray world and no matrix for a
+file without colour metadata) and logs one line per file naming that source.
+``g`` (the default of a paper model) uses the trained colour network G named by the training
 config's ``color_net.workdir`` (an error if there is none), ``classic`` the
 classical ISP (as-shot white balance and camera matrix for camera RAWs, gray
 world for PNGs), anything else is an sRGB image used as c: one file for every
@@ -117,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "distilled for (it was not trained for it: expect a worse picture)")
     p.add_argument("--step", type=int, default=None, metavar="N",
                    help="a workdir's checkpoint step (default: the latest)")
-    p.add_argument("--color", default="g", metavar="g|classic|IMAGE",
-                   help="colour condition c: trained G, classical ISP, or an sRGB image / folder")
+    p.add_argument("--color", default=None, metavar="calibrated|g|classic|IMAGE",
+                   help="colour condition c (default: the model's own): the file's calibration, trained G, "
+                   "classical ISP, or an sRGB image / folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eta", type=float, default=0.0, help="dtdm_ddim noise (0: deterministic)")
     p.add_argument("--tile", type=int, default=None,
@@ -395,7 +401,7 @@ def share_of_this_process(files: List[str], failures: list) -> Tuple[List[str], 
 def _load_pipeline(args):
     from diffraw_jax.inference.pipeline import DiffRAWPipeline
 
-    color = args.color if args.color in ("g", "classic") else "image"
+    color = args.color if args.color in (None, "g", "classic", "calibrated") else "image"
     return DiffRAWPipeline.from_checkpoint(
         args.checkpoint, method=args.method, num_steps=args.steps, color=color,
         tile="train" if args.tile is None else args.tile, overlap=args.overlap, batch=args.batch,
@@ -412,8 +418,10 @@ def process_file(pipe, path: str, out: str, args) -> int:
     color_image = None
     if pipe.color == "image":
         color_image = camera.read_color_image(args.color, path, prepared)
-    cond = pipe.condition(prepared, wb_gains=frame.wb_gains, ccm=frame.ccm, color_image=color_image)
-    img = pipe.sample_planes(prepared.planes, cond, seed=args.seed, progress=not args.quiet)
+    if pipe.color == "calibrated":
+        log.info("%s: colour from %s", os.path.basename(path), frame.color_source)
+    planes, cond = pipe.inputs(prepared, frame, color_image)
+    img = pipe.sample_planes(planes, cond, seed=args.seed, progress=not args.quiet)
     write_atomic(out, encode_png(camera.finish(img, prepared), args.bits16), args.overwrite)
     return int(prepared.height) * int(prepared.width)
 
@@ -473,8 +481,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_usage(sys.stderr)
         print("diffraw: error: --seed must be in [0, 2**32)", file=sys.stderr)
         return 2
-    if args.color not in ("g", "classic") and not os.path.exists(args.color):
-        print(f"error: {args.color}: --color must be g, classic, or an existing image/folder",
+    if args.color not in (None, "g", "classic", "calibrated") and not os.path.exists(args.color):
+        print(f"error: {args.color}: --color must be calibrated, g, classic, or an existing image/folder",
               file=sys.stderr)
         return 2
     logs.setup(args.verbose)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import dtdm, parallel, raw, sampling, tiling, weights
+from diffraw_jax import calibration, dtdm, isp_classic, parallel, raw, sampling, tiling, weights
 from diffraw_jax.inference import camera
 from diffraw_jax.models import factory
 
@@ -43,15 +43,21 @@ class DiffRAWPipeline:
     2**(levels-1); None / 0: the whole frame in one piece. ``overlap``: minimum
     overlap of neighbouring tiles (even). ``batch``: tiles per network call, spread
     over all local devices (rounded up to a multiple of their number).
-    ``color``: "g" (the trained G), "classic" (the classical ISP) or "image"
-    (an sRGB colour condition given per call).
+    ``color``: "g" (the trained G), "classic" (the classical ISP), "calibrated"
+    (a model trained with ``model.condition = "calibrated"``: the networks see the
+    planes white-balanced and exposed by the file's own calibration, and c is the
+    classical ISP of them with the file's colour matrix; ``diffraw_jax.calibration``)
+    or "image" (an sRGB colour condition given per call).
     """
 
     def __init__(self, model, params, schedule: dtdm.Schedule, settings: factory.SamplerSettings, *,
                  eta: float = 0.0, color: str = "classic", color_model=None, color_params=None,
-                 tile=448, overlap: int = 64, batch: int = 4, config=None, step: Optional[int] = None):
-        if color not in ("g", "classic", "image"):
-            raise ValueError(f"color must be 'g', 'classic' or 'image', got {color!r}")
+                 tile=448, overlap: int = 64, batch: int = 4, config=None, step: Optional[int] = None,
+                 condition: str = "paper"):
+        if color not in COLORS:
+            raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+        check_color(color, condition)
+        self.calibrated_model = condition == "calibrated"
         if color == "g" and color_model is None:
             raise ValueError("color 'g' needs color_model and color_params")
         if int(batch) < 1:
@@ -80,15 +86,17 @@ class DiffRAWPipeline:
     # ---- construction ----------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str, *, method: Optional[str] = None, num_steps: Optional[int] = None,
-                        color: str = "g", tile="train", overlap: Optional[int] = None, batch: int = 4,
+                        color: Optional[str] = None, tile="train", overlap: Optional[int] = None, batch: int = 4,
                         eta: float = 0.0, use_ema: Optional[bool] = None,
                         step: Optional[int] = None, other_sampler: bool = False) -> "DiffRAWPipeline":
         """Loads a weights folder or a training workdir (read-only, ``weights.load_inference``).
 
         ``method``/``num_steps``: default what the model's config asks for
         (``factory.sampler_settings``: "ddpm" for an epsilon-objective model,
-        else ``sample.method``, ``sample.num_steps``). ``color``: "g" (the
-        model's trained G; ValueError if there is none), "classic", or "image".
+        else ``sample.method``, ``sample.num_steps``). ``color``: default the
+        model's own: "calibrated" for a model trained with ``model.condition =
+        "calibrated"`` (then only "calibrated" or "image"), else "g" (the model's
+        trained G; ValueError if there is none); or "classic" or "image".
         ``tile``: "train" (the training crop size, the default), a side or
         (H, W), or None / 0 for the whole frame. ``overlap``: default
         min(64, tile / 4) rounded down to even. ``use_ema``: default the
@@ -97,9 +105,11 @@ class DiffRAWPipeline:
         was distilled for (otherwise a ValueError saying which that is).
         Raises FileNotFoundError, ValueError or RuntimeError (see ``load_inference``).
         """
+        cfg = weights.load_config(path)
+        if cfg.task != "diffraw":
+            raise ValueError(f"{path} is a {cfg.task!r} model, not a DiffRAW model")
+        color = check_color(color, factory.model_condition(cfg), path)
         loaded = weights.load_inference(path, use_ema=use_ema, step=step, color_net=(color == "g"))
-        if loaded.config.task != "diffraw":
-            raise ValueError(f"{path} is a {loaded.config.task!r} model, not a DiffRAW model")
         settings = loaded.sampler_settings(method, num_steps, other_than_distilled=other_sampler)
         if isinstance(tile, str):
             if tile != "train":
@@ -115,7 +125,8 @@ class DiffRAWPipeline:
                              "use color 'classic' or an image")
         return cls(loaded.model, loaded.params, loaded.schedule, settings, eta=eta, color=color,
                    color_model=g.model if g else None, color_params=g.params if g else None,
-                   tile=tile, overlap=overlap, batch=batch, config=loaded.config, step=loaded.step)
+                   tile=tile, overlap=overlap, batch=batch, config=loaded.config, step=loaded.step,
+                   condition=factory.model_condition(loaded.config))
 
     def _check_tile(self, tile: Tuple[int, int]) -> None:
         th, tw = tile
@@ -148,6 +159,9 @@ class DiffRAWPipeline:
             return np.pad(img, pad, mode="edge")
         if self.color == "image":
             raise ValueError("this pipeline was built with color='image': pass color_image")
+        if self.color == "calibrated":
+            raise ValueError("a calibrated model's condition comes from the frame's calibration: "
+                             "use calibrated_inputs(prepared, frame)")
         wb = None if wb_gains is None else jnp.asarray(wb_gains, jnp.float32)
         m = None if ccm is None else jnp.asarray(ccm, jnp.float32)
         padded = planes if self.color == "classic" else camera.pad_planes(planes, 8)
@@ -206,6 +220,30 @@ class DiffRAWPipeline:
         return out.astype(np.float32)
 
     # ---- entry points --------------------------------------------------------
+    def calibrated_inputs(self, prepared: camera.PreparedFrame, frame: camera.BayerFrame):
+        """A calibrated model's inputs: (balanced planes float32 [h, w, 4] in [0, 1], condition
+        sRGB float32 [2h, 2w, 3] in [0, 1]) from the frame's calibration (``wb_gains``, gray
+        world when None; ``ccm``, identity when None; ``baseline_exposure`` EV)."""
+        planes = jnp.asarray(prepared.planes)
+        wb = (isp_classic.gray_world_gains(planes) if frame.wb_gains is None
+              else jnp.asarray(frame.wb_gains, jnp.float32))
+        ccm = jnp.eye(3, dtype=jnp.float32) if frame.ccm is None else jnp.asarray(frame.ccm, jnp.float32)
+        ev = jnp.float32(getattr(frame, "baseline_exposure", 0.0) or 0.0)
+        w, cond = _calibrated_inputs(planes, wb, ccm, ev)
+        return np.asarray(w, np.float32), np.asarray(cond, np.float32)
+
+    def inputs(self, prepared: camera.PreparedFrame, frame: camera.BayerFrame, color_image=None):
+        """(planes [h, w, 4], condition [2h, 2w, 3]), float32 in [0, 1], of a prepared frame: the
+        planes as prepared (balanced by the frame's calibration for a calibrated model,
+        ``calibrated_inputs``) and the pipeline's colour condition (or ``color_image``)."""
+        if self.calibrated_model:
+            planes, cond = self.calibrated_inputs(prepared, frame)
+            if color_image is not None:
+                cond = self.condition(prepared, color_image=color_image)
+            return planes, cond
+        return prepared.planes, self.condition(prepared, wb_gains=frame.wb_gains, ccm=frame.ccm,
+                                               color_image=color_image)
+
     def process(self, frame: camera.BayerFrame, *, seed: int = 0, color_image=None,
                 progress: bool = False) -> np.ndarray:
         """BayerFrame -> sRGB float32 [H, W, 3] in [0, 1]: the whole mosaic, oriented by ``frame.flip``.
@@ -214,8 +252,8 @@ class DiffRAWPipeline:
         ([H, W, 3]; ``camera.read_color_image`` un-orients a displayed image).
         """
         prepared = camera.prepare_frame(frame)
-        cond = self.condition(prepared, wb_gains=frame.wb_gains, ccm=frame.ccm, color_image=color_image)
-        out = self.sample_planes(prepared.planes, cond, seed=seed, progress=progress)
+        planes, cond = self.inputs(prepared, frame, color_image)
+        out = self.sample_planes(planes, cond, seed=seed, progress=progress)
         return camera.finish(out, prepared)
 
     def __call__(self, mosaic, *, black_level: camera.Level = raw.ZRR_BLACK_LEVEL,
@@ -238,6 +276,29 @@ class DiffRAWPipeline:
         """An open ``rawpy.RawPy`` -> sRGB float32 [H, W, 3] in [0, 1] (``camera.frame_from_rawpy``)."""
         return self.process(camera.frame_from_rawpy(raw_obj), seed=seed, color_image=color_image,
                             progress=progress)
+
+
+#: The colour conditions a pipeline can use (``DiffRAWPipeline`` ``color``).
+COLORS = ("g", "classic", "calibrated", "image")
+
+_calibrated_inputs = jax.jit(calibration.network_inputs)
+
+
+def check_color(color: Optional[str], condition: str, path: str = "the model") -> str:
+    """The colour condition to use for a model trained with ``condition`` ("paper" or
+    "calibrated"): ``color`` (None: the model's own, "calibrated" or "g"), checked.
+    ValueError in one line for a condition the model was not trained with."""
+    if color is None:
+        return "calibrated" if condition == "calibrated" else "g"
+    if color not in COLORS and not isinstance(color, str):
+        raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+    if condition == "calibrated" and color in ("g", "classic"):
+        raise ValueError(f"{path} takes its colour from each file's calibration (model.condition "
+                         f"'calibrated'): color must be 'calibrated' or an image, not {color!r}")
+    if condition != "calibrated" and color == "calibrated":
+        raise ValueError(f"{path} was trained with the paper's condition (G or the classical ISP), "
+                         "not with calibrated colour: use color 'g', 'classic' or an image")
+    return color
 
 
 def _progress(tiles: int, steps: int, enabled: bool):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import dtdm, parallel
+from diffraw_jax import calibration, dtdm, parallel
 from diffraw_jax.models import color_net as color_net_lib
 from diffraw_jax.models import unet as unet_lib
 
@@ -64,6 +64,15 @@ def create_schedule(config) -> dtdm.Schedule:
     if d.objective not in dtdm.OBJECTIVES:
         raise ValueError(f"diffusion.objective must be one of {dtdm.OBJECTIVES}, got {d.objective!r}")
     return dtdm.make_schedule(d.num_timesteps, d.beta_start, d.beta_end, d.schedule)
+
+
+def model_condition(config) -> str:
+    """``config.model.condition`` checked: "paper" (x = c = D2(y) in training, G(w) at test
+    time) or "calibrated" (each file's own calibration, ``diffraw_jax.calibration``)."""
+    kind = config.model.condition
+    if kind not in calibration.CONDITIONS:
+        raise ValueError(f"model.condition must be one of {calibration.CONDITIONS}, got {kind!r}")
+    return kind
 
 
 def model_inputs(model: nn.Module, batch_size: int = 1, crop_size=64) -> tuple:
