@@ -258,17 +258,19 @@ class DiffRAWPipeline:
 
     def __call__(self, mosaic, *, black_level: camera.Level = raw.ZRR_BLACK_LEVEL,
                  white_level: camera.Level = raw.ZRR_WHITE_LEVEL, cfa: str = raw.ZRR_PATTERN,
-                 seed: int = 0, wb_gains=None, ccm=None, color_image=None, flip: int = 0,
-                 progress: bool = False) -> np.ndarray:
+                 seed: int = 0, wb_gains=None, ccm=None, baseline_exposure: float = 0.0, color_image=None,
+                 flip: int = 0, progress: bool = False) -> np.ndarray:
         """Bayer mosaic [H, W] (``cfa`` layout, codes) -> sRGB float32 [H, W, 3] in [0, 1].
 
         ``black_level``/``white_level``: scalars or 4 values in canonical order
         (R, Gr, Gb, B); ZRR's by default. ``wb_gains``/``ccm`` feed the classical
-        ISP (gray world / identity when None). ``flip``: LibRaw orientation code.
+        ISP (gray world / identity when None) or a calibrated model; ``baseline_exposure``
+        (EV) is a calibrated model's exposure. ``flip``: LibRaw orientation code.
         """
         frame = camera.BayerFrame(mosaic=np.asarray(mosaic), cfa=raw.check_pattern(cfa),
                                   black_level=black_level, white_level=white_level,
-                                  wb_gains=wb_gains, ccm=ccm, flip=flip)
+                                  wb_gains=wb_gains, ccm=ccm, flip=flip,
+                                  baseline_exposure=float(baseline_exposure))
         return self.process(frame, seed=seed, color_image=color_image, progress=progress)
 
     def from_rawpy(self, raw_obj, *, seed: int = 0, color_image=None,
