@@ -32,3 +32,11 @@ def normalize_batch(batch, black_level=raw_lib.ZRR_BLACK_LEVEL, white_level=raw_
 def dslr_to_model_range(dslr):
     """DSLR values 0..255 (any numeric dtype; numpy or jax) -> float32 ``dslr / 127.5 - 1``."""
     return dslr.astype(np.float32) / np.float32(127.5) - np.float32(1)
+
+
+# Per-example camera calibration carried by a calibrated dataset (TFDS ``zrr/calibrated``)
+# next to "raw" and "dslr": name -> shape of one example's float32 value.
+#   "wb_gains" [3]: (r, 1, b), multiply the camera-RGB planes by them to white-balance;
+#   "ccm" [3, 3]: white-balanced camera RGB -> linear sRGB (rows sum to 1), rgb = cam @ ccm.T;
+#   "baseline_exposure" []: EV; the intended rendering is the normalised RAW times 2**EV.
+CALIBRATION_SHAPES = {"wb_gains": (3,), "ccm": (3, 3), "baseline_exposure": ()}

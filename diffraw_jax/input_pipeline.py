@@ -12,6 +12,13 @@ e.g. ``tfds.builder("zrr", ..., file_format="array_record").as_data_source()["tr
 has the mosaic's resolution, so a window of the mosaic and the same pixel
 window of the DSLR cover the same scene.
 
+A calibrated source (``zrr/calibrated``) also carries each example's camera
+calibration, "wb_gains" [3], "ccm" [3, 3] and "baseline_exposure" []
+(``batches.CALIBRATION_SHAPES``); every stage passes these keys on unchanged (as
+float32; crops and flips do not change a calibration), so the train and eval
+batches hold them, stacked: [b, 3], [b, 3, 3], [b]. A source without them gives
+batches without them. Either all examples of a source carry them or none.
+
 Training batches (``create_train_loader``)
 -----------------------------------------
 Per process, ``b = global_batch_size // process_count``::
@@ -125,7 +132,7 @@ import jax
 import numpy as np
 
 from diffraw_jax import raw as raw_lib
-from diffraw_jax.batches import dslr_to_model_range, normalize_batch  # noqa: F401  (re-exported)
+from diffraw_jax.batches import CALIBRATION_SHAPES, dslr_to_model_range, normalize_batch  # noqa: F401
 
 __all__ = [
     "DEFAULT_READ_OPTIONS",
@@ -214,14 +221,31 @@ def _first_shapes(data_source):
     return raw, dslr
 
 
+def _calibration(element) -> dict:
+    """The calibration entries of an example (``CALIBRATION_SHAPES``) as float32 arrays, {} if none."""
+    out = {}
+    have = [k for k in CALIBRATION_SHAPES if k in element]
+    if have and len(have) < len(CALIBRATION_SHAPES):
+        raise ValueError(f"an example carries the calibration keys {have} but not all of "
+                         f"{list(CALIBRATION_SHAPES)}")
+    for k, shape in CALIBRATION_SHAPES.items():
+        if k in element:
+            v = np.asarray(element[k], np.float32)
+            if v.shape != shape:
+                raise ValueError(f"calibration {k!r} must have shape {shape}, got {v.shape}")
+            out[k] = v
+    return out
+
+
 # ----------------------------------------------------------------- transforms
 
 class BayerRandomCrop(grain.transforms.RandomMap):
     """Random even-offset crop (+ optional Bayer-consistent flips/transpose).
 
     In: {"raw": [H, W] RGGB, "dslr": [H, W, 3], ...}. Out: {"raw": [c, c]
-    RGGB mosaic (dtype kept), "dslr": [c, c, 3] (dtype kept)}; other keys are
-    dropped. See the module docstring for how flips are re-canonicalised.
+    RGGB mosaic (dtype kept), "dslr": [c, c, 3] (dtype kept)} plus the calibration
+    keys unchanged (float32) when present; other keys are dropped. See the module
+    docstring for how flips are re-canonicalised.
     """
 
     def __init__(self, crop_size: int, augment: bool = True):
@@ -253,7 +277,7 @@ class BayerRandomCrop(grain.transforms.RandomMap):
         raw, dslr = raw[t:b, l:r], dslr[t:b, l:r]
         if transpose:  # RGGB -> RGGB with Gr/Gb exchanged
             raw, dslr = raw.T, dslr.transpose(1, 0, 2)
-        return {"raw": np.ascontiguousarray(raw), "dslr": np.ascontiguousarray(dslr)}
+        return {"raw": np.ascontiguousarray(raw), "dslr": np.ascontiguousarray(dslr), **_calibration(element)}
 
 
 class ToModelInputs(grain.transforms.Map):
@@ -262,7 +286,8 @@ class ToModelInputs(grain.transforms.Map):
     With ``as_codes`` the normalisation is left to the device
     (``normalize_batch`` inside the jitted step): "raw" stays uint16 packed codes
     and "dslr" uint8, a quarter of float32's bytes on the host-to-device link.
-    With ``keep_id`` the "id" is kept as bytes and "mask" passed through.
+    With ``keep_id`` the "id" is kept as bytes and "mask" passed through. The
+    calibration keys pass through as float32 when present.
     """
 
     def __init__(self, black_level=raw_lib.ZRR_BLACK_LEVEL,
@@ -283,6 +308,7 @@ class ToModelInputs(grain.transforms.Map):
             out = {"raw": raw_lib.normalize(raw, self.black_level, self.white_level)}
             if dslr is not None:
                 out["dslr"] = dslr_to_model_range(dslr)
+        out.update(_calibration(element))
         if self.keep_id:
             ident = element.get("id", b"")
             out["id"] = ident if isinstance(ident, bytes) else str(ident).encode()
@@ -291,11 +317,13 @@ class ToModelInputs(grain.transforms.Map):
 
 
 class _PaddedEvalSource:
-    """The source plus padding records (zeros, id b"", mask False) up to ``length``."""
+    """The source plus padding records (zeros, id b"", mask False) up to ``length``.
+    ``calibrated``: records carry the calibration keys (zeros in the padding)."""
 
-    def __init__(self, source, length: int, raw_like, dslr_like):
+    def __init__(self, source, length: int, raw_like, dslr_like, calibrated: bool = False):
         self._source = source
         self._length = int(length)
+        self._calibrated = bool(calibrated)
         self._raw_shape, self._raw_dtype = raw_like.shape, raw_like.dtype
         self._dslr_shape = None if dslr_like is None else dslr_like.shape
         self._dslr_dtype = None if dslr_like is None else dslr_like.dtype
@@ -312,10 +340,14 @@ class _PaddedEvalSource:
             out = {"raw": ex["raw"], "id": ex.get("id", str(index)), "mask": True}
             if self._dslr_shape is not None:
                 out["dslr"] = ex["dslr"]
+            if self._calibrated:
+                out.update({k: ex[k] for k in CALIBRATION_SHAPES})
             return out
         out = {"raw": np.zeros(self._raw_shape, self._raw_dtype), "id": b"", "mask": False}
         if self._dslr_shape is not None:
             out["dslr"] = np.zeros(self._dslr_shape, self._dslr_dtype)
+        if self._calibrated:
+            out.update({k: np.zeros(shape, np.float32) for k, shape in CALIBRATION_SHAPES.items()})
         return out
 
     def __repr__(self) -> str:  # grain checks it when restoring iterator state
@@ -387,7 +419,8 @@ def create_eval_loader(data_source, *, batch_size: int, worker_count: int = 0,
                        white_level=raw_lib.ZRR_WHITE_LEVEL,
                        worker_buffer_size: int = 1,
                        read_options: Optional[grain.ReadOptions] = None) -> grain.DataLoader:
-    """Full-size, un-augmented, dataset-order, single-epoch batches with "id" and "mask".
+    """Full-size, un-augmented, dataset-order, single-epoch batches with "id" and "mask"
+    (and the calibration keys when the source has them; zeros in the padding).
 
     ``batch_size`` is global, like ``global_batch_size`` of the train loader:
     each process yields ``batch_size // shard_count`` examples per batch. The
@@ -403,7 +436,8 @@ def create_eval_loader(data_source, *, batch_size: int, worker_count: int = 0,
     raw0, dslr0 = _first_shapes(data_source)
     n = len(data_source)
     padded = -(-n // int(batch_size)) * int(batch_size)
-    source = _PaddedEvalSource(data_source, padded, raw0, dslr0)
+    source = _PaddedEvalSource(data_source, padded, raw0, dslr0,
+                               calibrated=bool(_calibration(data_source[0])))
     sampler = grain.samplers.IndexSampler(
         num_records=padded, shard_options=shard_options, shuffle=False, num_epochs=1)
     operations = [
@@ -463,6 +497,22 @@ def center_crop(batch, crop: int):
     return out
 
 
+def first_batch(config, num_images: int, crop: int, data_source=None) -> dict:
+    """The first ``min(num_images, len(data_source))`` records of ``data_source`` (default:
+    the test split of ``load_data_sources(config)``) as one eval batch (numpy; see
+    ``create_eval_loader``: "raw" float32 [n, crop/2, crop/2, 4] in [0, 1], "dslr" float32
+    [n, crop, crop, 3] in [-1, 1], "id", "mask", and the calibration keys when the source
+    has them), normalised with ``config.data`` levels and centre-cropped (``center_crop``)."""
+    if data_source is None:
+        data_source = load_data_sources(config)[1]
+    n = min(int(num_images), len(data_source))
+    if n < 1:
+        raise ValueError(f"no images to take: num_images={num_images}, {len(data_source)} records")
+    loader = create_eval_loader([data_source[i] for i in range(n)], batch_size=n, shard_options=EVERY_RECORD,
+                                black_level=config.data.black_level, white_level=config.data.white_level)
+    return center_crop(next(iter(loader)), crop)
+
+
 def first_images(config, num_images: int, crop: int, data_source=None):
     """(w, y01, n): the first ``n = min(num_images, len(data_source))`` records of
     ``data_source`` (default: the test split of ``load_data_sources(config)``) as one
@@ -474,14 +524,8 @@ def first_images(config, num_images: int, crop: int, data_source=None):
 
     from diffraw_jax import sampling
 
-    if data_source is None:
-        data_source = load_data_sources(config)[1]
-    n = min(int(num_images), len(data_source))
-    if n < 1:
-        raise ValueError(f"no images to take: num_images={num_images}, {len(data_source)} records")
-    loader = create_eval_loader([data_source[i] for i in range(n)], batch_size=n, shard_options=EVERY_RECORD,
-                                black_level=config.data.black_level, white_level=config.data.white_level)
-    batch = center_crop(next(iter(loader)), crop)
+    batch = first_batch(config, num_images, crop, data_source)
+    n = len(batch["raw"])
     return jnp.asarray(batch["raw"]), np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"]))), n
 
 

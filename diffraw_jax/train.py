@@ -239,11 +239,13 @@ def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx,
 def make_train_step(config, model, tx, schedule, mesh, state_shardings, teacher_params=None):
     """The jitted ``train_step``: ``fn(state, batch, key) -> (state, metrics)``; the state is
     donated. ``teacher_params`` (distillation): laid out like the parameters and passed to
-    every step (not donated, not part of the checkpointed state)."""
+    every step (not donated, not part of the checkpointed state). The batch is any dict of
+    arrays with a leading batch dimension ("raw", "dslr", and the calibration keys of a
+    calibrated dataset): one batch sharding is the pytree prefix for all its leaves."""
     fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config)
     data = parallel.batch_sharding(mesh)
     rep = parallel.replicated(mesh)
-    in_sh = (state_shardings, {"raw": data, "dslr": data}, rep)
+    in_sh = (state_shardings, data, rep)
     if teacher_params is not None:
         in_sh += (state_shardings.params,)
     jitted = jax.jit(fn, in_shardings=in_sh, out_shardings=(state_shardings, rep), donate_argnums=(0,))

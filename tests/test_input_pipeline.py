@@ -537,3 +537,91 @@ def test_device_prefetch_checkpoints_the_position_of_consumed_batches():
     assert_batches_equal([jax.device_get(b) for b in take(it, 3)], reference[3:6])
     with pytest.raises(ValueError, match="prefetch size"):
         ip.DevicePrefetch(iter([]), jax.device_put, size=0)
+
+
+# ----------------------------------------------------------------- calibration keys
+
+CAL_KEYS = {"wb_gains": (3,), "ccm": (3, 3), "baseline_exposure": ()}
+
+
+def calibration_of(k):
+    """A calibration that encodes the example index k (float64, as a JSON reader gives it)."""
+    return {"wb_gains": np.array([1.5 + k, 1.0, 2.0 + k / 10]),
+            "ccm": np.eye(3) + k / 100 * np.array([[1, -1, 0], [0, 1, -1], [-1, 0, 1]]),
+            "baseline_exposure": 0.25 * k}
+
+
+def test_calibration_keys_reach_train_and_eval_batches_unchanged():
+    src = [{**coded_example(k), **calibration_of(k)} for k in range(6)]
+    for as_codes in (False, True):
+        loader = ip.create_train_loader(src, global_batch_size=3, crop_size=16, seed=0, augment=True,
+                                        as_codes=as_codes, **CODED)
+        for batch in take(iter(loader), 4):
+            assert set(batch) == {"raw", "dslr"} | set(CAL_KEYS)
+            for key, shape in CAL_KEYS.items():
+                assert batch[key].shape == (3,) + shape and batch[key].dtype == np.float32, key
+            for i in range(3):  # each example keeps its own calibration through crop/flip/batching
+                d = np.asarray(batch["dslr"][i], np.float64)
+                k = int(np.rint(d[0, 0, 2] if as_codes else (d[0, 0, 2] + 1) * 127.5))
+                for key in CAL_KEYS:
+                    np.testing.assert_array_equal(batch[key][i], np.float32(calibration_of(k)[key]))
+    batches = list(ip.create_eval_loader(src[:5], batch_size=2, **CODED))
+    assert len(batches) == 3
+    for key, shape in CAL_KEYS.items():
+        got = np.concatenate([b[key] for b in batches])
+        assert got.shape == (6,) + shape and got.dtype == np.float32
+        for k in range(5):
+            np.testing.assert_array_equal(got[k], np.float32(calibration_of(k)[key]))
+        assert np.all(got[5] == 0)  # padding: zeros, mask False
+    # centre crop and first_batch keep them; a source without them gives batches without them
+    import ml_collections
+    cfg = ml_collections.ConfigDict({"data": {"black_level": 0, "white_level": 65535}})
+    fb = ip.first_batch(cfg, 3, 8, src)
+    assert fb["raw"].shape == (3, 4, 4, 4) and fb["wb_gains"].shape == (3, 3)
+    np.testing.assert_array_equal(fb["ccm"][2], np.float32(calibration_of(2)["ccm"]))
+    plain = next(iter(ip.create_train_loader(coded_source(4), global_batch_size=2, crop_size=16, seed=0, **CODED)))
+    assert set(plain) == {"raw", "dslr"}
+    assert set(next(iter(ip.create_eval_loader(coded_source(3), batch_size=2, **CODED)))) == {
+        "raw", "dslr", "id", "mask"}
+    with pytest.raises(ValueError, match=r"calibration keys \['wb_gains'\] but not all"):
+        ip.ToModelInputs().map({"raw": np.zeros((4, 4), np.uint16), "wb_gains": np.ones(3)})
+    with pytest.raises(ValueError, match=r"'ccm' must have shape \(3, 3\)"):
+        ip.ToModelInputs().map({"raw": np.zeros((4, 4), np.uint16), **calibration_of(0), "ccm": np.eye(2)})
+
+
+def test_loaders_on_tfds_zrr_calibrated(tmp_path):
+    """zrr/calibrated built from synthetic pairs with calibration JSONs: the train loader (as the
+    trainer calls it, as_codes) and the eval loader give the keys with the stored float32 values."""
+    import json
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from diffraw_jax import synthetic_zrr
+    import tfds_zrr  # noqa: F401  registers "zrr"
+
+    root = tmp_path / "root"
+    want = {}
+    for split, n in (("train", 3), ("test", 2)):
+        for d in ("huawei_raw", "canon", "calibration"):
+            os.makedirs(root / split / d)
+        for i in range(n):
+            raw, dslr = synthetic_zrr.make_pair(2, split, i)
+            synthetic_zrr.write_pair(str(root), split, i, raw, dslr)
+            cal = {k: np.asarray(v).tolist() for k, v in calibration_of(i + 10 * (split == "test")).items()}
+            (root / split / "calibration" / f"{i}.json").write_text(json.dumps(cal))
+            want[(split, str(i).encode())] = cal
+    b = tfds.builder("zrr/calibrated", data_dir=str(tmp_path / "d"), file_format="array_record")
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    src = b.as_data_source()
+    batch = next(iter(ip.create_train_loader(src["train"], global_batch_size=3, crop_size=64, seed=0,
+                                             as_codes=True)))
+    assert batch["raw"].shape == (3, 32, 32, 4) and batch["raw"].dtype == np.uint16
+    for key, shape in CAL_KEYS.items():
+        assert batch[key].shape == (3,) + shape and batch[key].dtype == np.float32
+    got = sorted(batch["baseline_exposure"].tolist())
+    assert got == [float(np.float32(want[("train", str(i).encode())]["baseline_exposure"])) for i in range(3)]
+    ev = list(ip.create_eval_loader(src["test"], batch_size=2))
+    assert len(ev) == 1 and ev[0]["raw"].shape == (2, 224, 224, 4)
+    for i, ident in enumerate(ev[0]["id"]):
+        for key, shape in CAL_KEYS.items():
+            assert ev[0][key].dtype == np.float32 and ev[0][key].shape == (2,) + shape
+            np.testing.assert_array_equal(ev[0][key][i], np.float32(want[("test", ident)][key]))

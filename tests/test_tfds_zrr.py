@@ -253,3 +253,135 @@ def test_no_usable_pairs_message():
     assert no_usable_pairs_message("R/test", skipped[3:], "hint") == (
         "no usable pairs in R/test: 2 skipped (all black: 1; missing RAW partner: 1)")  # no size problem
     assert no_usable_pairs_message("R/test", []) == "no usable pairs in R/test: it holds no RAW/DSLR pair"
+
+
+# ------------------------------------------------------------------ calibrated config
+
+# zrr/patches' features as built before the calibrated config existed (TFDS feature JSON):
+# (shape, dtype, encoding, description) per key. The calibrated config must not change them.
+PATCHES_FEATURES = {
+    "raw": ([448, 448], "uint16", "zlib", "RGGB Bayer mosaic, 10-bit codes exactly as stored"),
+    "dslr": ([448, 448, 3], "uint8", "zlib", "Canon sRGB"),
+    "id": ([], "string", "none", "file stem"),
+}
+
+
+def _feature_table(builder):
+    out = {}
+    for k, f in builder.info.features.to_json_content().features.items():
+        t = f.tensor
+        out[k] = ([int(d) for d in t.shape.dimensions], t.dtype, t.encoding, f.description)
+    return out
+
+
+def test_patches_features_unchanged_and_calibrated_adds_three_float32_tensors(tmp_path):
+    import tensorflow_datasets as tfds
+    import tfds_zrr  # noqa: F401
+
+    assert _feature_table(tfds.builder("zrr/patches", data_dir=str(tmp_path))) == PATCHES_FEATURES
+    cal = _feature_table(tfds.builder("zrr/calibrated", data_dir=str(tmp_path)))
+    assert {k: cal[k] for k in PATCHES_FEATURES} == PATCHES_FEATURES
+    assert {k: v[:3] for k, v in cal.items() if k not in PATCHES_FEATURES} == {
+        "wb_gains": ([3], "float32", "none"), "ccm": ([3, 3], "float32", "none"),
+        "baseline_exposure": ([], "float32", "none")}
+
+
+def _calibration(i):
+    """A distinct, valid calibration per index (ccm rows sum to 1)."""
+    rng = np.random.default_rng(100 + i)
+    ccm = synthetic_zrr.random_ccm(rng)
+    return {"wb_gains": [float(rng.uniform(1.5, 2.5)), 1.0, float(rng.uniform(1.3, 2.1))],
+            "ccm": ccm.tolist(), "baseline_exposure": float(rng.uniform(-1, 3))}
+
+
+@pytest.fixture(scope="module")
+def calibrated_zrr(tmp_path_factory):
+    """Synthetic 448x448 pairs, train 0..3 and test 0..1, with calibration JSONs in a separate
+    root (CAL/<split>/calibration/<stem>.json): train 2 has none, train 3 an invalid one."""
+    root, cal_root = tmp_path_factory.mktemp("zrr_cal_root"), tmp_path_factory.mktemp("cal")
+    cals = {}
+    for split, n in (("train", 4), ("test", 2)):
+        for d in ("huawei_raw", "canon"):
+            os.makedirs(root / split / d)
+        os.makedirs(cal_root / split / "calibration")
+        for i in range(n):
+            raw, dslr = synthetic_zrr.make_pair(5, split, i)
+            synthetic_zrr.write_pair(str(root), split, i, raw, dslr)
+            if (split, i) == ("train", 2):
+                continue
+            cal = _calibration(10 * (split == "test") + i)
+            if (split, i) == ("train", 3):
+                cal["ccm"] = [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]]  # a row sums to 2
+            else:
+                cals[(split, str(i))] = cal
+            (cal_root / split / "calibration" / f"{i}.json").write_text(json.dumps(cal))
+    return root, cal_root, cals
+
+
+def test_calibration_round_trip_through_the_builder(calibrated_zrr, tmp_path):
+    import tensorflow_datasets as tfds
+    import tfds_zrr  # noqa: F401
+
+    root, cal_root, cals = calibrated_zrr
+    b = tfds.builder("zrr/calibrated", data_dir=str(tmp_path), file_format="array_record",
+                     calibration_dir=str(cal_root))
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    src = b.as_data_source()
+    seen = set()
+    for split in ("train", "test"):
+        for ex in src[split]:
+            stem = ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"])
+            want = cals[(split, stem)]
+            for k in ("wb_gains", "ccm"):
+                assert ex[k].dtype == np.float32, k
+                np.testing.assert_array_equal(ex[k], np.asarray(want[k], np.float32))  # float32-exact
+            # A scalar comes back as a Python float: the stored float32, not the JSON's double.
+            ev = ex["baseline_exposure"]
+            assert float(ev) == float(np.float32(want["baseline_exposure"])) != want["baseline_exposure"]
+            np.testing.assert_array_equal(  # the pair itself as zrr/patches stores it
+                ex["raw"], np.asarray(Image.open(root / split / "huawei_raw" / f"{stem}.png")))
+            seen.add((split, stem))
+    assert seen == set(cals)
+    kinds = {s["id"]: s["kind"] for s in b.info.metadata["skipped_pairs"]}
+    assert kinds == {"2": "no calibration", "3": "bad calibration"}
+    reason = {s["id"]: s["reason"] for s in b.info.metadata["skipped_pairs"]}["3"]
+    assert "ccm rows sum to [1.0, 2.0, 1.0], not 1" in reason
+    # Pickled builders (TFDS's beam/multiprocess paths) keep the calibration root.
+    import pickle
+    assert pickle.loads(pickle.dumps(b))._calibration_dir == str(cal_root)
+
+
+def test_build_command_calibrated_config_and_missing_calibration(calibrated_zrr, tmp_path, capsys):
+    from tfds_zrr.build import main
+
+    root, cal_root, cals = calibrated_zrr
+    # No calibration/ folder under the root: one line naming the command that estimates one.
+    assert main(["--manual_dir", str(root), "--data_dir", str(tmp_path / "a"), "--config", "calibrated"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"error: zrr/calibrated: {root / 'train' / 'calibration'} does not exist; estimate the calibration "
+        f"with `python -m tfds_zrr.calibrate --manual_dir {root} --out CAL_ROOT`"), err
+    assert main(["--manual_dir", str(root), "--data_dir", str(tmp_path / "b"), "--config", "calibrated",
+                 "--calibration_dir", str(cal_root)]) == 0
+    out = capsys.readouterr().out
+    assert "zrr/calibrated in " in out and ("train: 2, test: 2" in out or "test: 2, train: 2" in out), out
+    assert "skipped train/2: no calibration file" in out
+    with pytest.raises(SystemExit):  # --calibration_dir belongs to the calibrated config
+        main(["--manual_dir", str(root), "--data_dir", str(tmp_path / "c"), "--calibration_dir", str(cal_root)])
+
+
+def test_build_command_default_config_names_itself_when_calibration_exists(tmp_path, capsys):
+    from tfds_zrr.build import main
+
+    root = tmp_path / "root"
+    for split in ("train", "test"):
+        for d in ("huawei_raw", "canon", "calibration"):
+            os.makedirs(root / split / d)
+        raw, dslr = synthetic_zrr.make_pair(1, split, 0)
+        synthetic_zrr.write_pair(str(root), split, 0, raw, dslr)
+        (root / split / "calibration" / "0.json").write_text(json.dumps(_calibration(0)))
+    assert main(["--manual_dir", str(root), "--data_dir", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "zrr/patches in " in out
+    assert (f"built zrr/patches (the default) without the calibration files in {root / 'train' / 'calibration'}; "
+            "--config calibrated builds zrr/calibrated with them") in out

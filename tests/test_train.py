@@ -52,6 +52,19 @@ def test_nan_batch_leaves_state_unchanged():
         np.testing.assert_array_equal(a, b)
 
 
+def test_train_step_accepts_a_batch_with_calibration_keys():
+    """A calibrated dataset's batches carry "wb_gains" [B, 3], "ccm" [B, 3, 3] and
+    "baseline_exposure" [B] beside "raw" and "dslr": the jitted step's in_shardings take them."""
+    cfg = test_config.get_config()
+    cfg.degradation.enabled = False
+    state, step, data_sh = state_and_step(cfg, parallel.create_mesh(1))
+    b = cfg.data.global_batch_size
+    batch = {**fixed_batch(cfg), "wb_gains": jnp.tile(jnp.array([2.0, 1.0, 1.5]), (b, 1)),
+             "ccm": jnp.tile(jnp.eye(3), (b, 1, 1)), "baseline_exposure": jnp.zeros((b,))}
+    new, m = step(state, jax.device_put(batch, data_sh), jax.random.key(1))
+    assert int(new.step) == 1 and bool(m["finite"])
+
+
 def test_learning_rate_schedules():
     cfg = test_config.get_config()
     cfg.optim.learning_rate, cfg.optim.warmup_steps = 1e-3, 10

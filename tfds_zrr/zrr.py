@@ -8,6 +8,20 @@ built dataset is read (``builder.as_data_source()``, Grain) without TensorFlow.
         download_config=tfds.download.DownloadConfig(manual_dir=ZRR_ROOT))
 
 or ``python -m tfds_zrr.build --manual_dir ZRR_ROOT --data_dir D`` (see README).
+
+Configs: ``patches`` (448x448 pairs, the default), ``full_resolution`` (whole phone
+frames) and ``calibrated``: the ``patches`` pairs plus each pair's camera calibration,
+read from ``<calibration root>/<split>/calibration/<stem>.json`` (the calibration root
+is ``manual_dir`` unless the builder gets ``calibration_dir=``; ``python -m
+tfds_zrr.calibrate`` estimates one for real ZRR, the synthetic generator writes the
+true one)::
+
+    {"wb_gains": [r, 1.0, b], "ccm": [[3x3]], "baseline_exposure": EV}
+
+stored as float32 features "wb_gains" [3], "ccm" [3, 3], "baseline_exposure" []
+(``diffraw_jax.batches.CALIBRATION_SHAPES``). A pair without its file, or with an
+invalid one, is skipped like other bad pairs; a split with no ``calibration/`` folder
+at all stops the build with one line naming the command that estimates one.
 """
 from __future__ import annotations
 
@@ -21,11 +35,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from diffraw_jax.batches import CALIBRATION_SHAPES
+
 log = logging.getLogger("tfds_zrr")
 
 PATCH_SIZE = 448
 BLACK_LEVEL = 63  # a RAW with no code above this holds no signal ("all black")
 SKIPPED_FILE = "skipped_pairs.json"
+CALIBRATION_FOLDER = "calibration"
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download the Zurich RAW to RGB dataset (Ignatov, Van Gool and Timofte, "Replacing
@@ -163,6 +180,38 @@ def load_pair(raw_path: str, dslr_path: str, size: int = PATCH_SIZE):
     return raw, dslr
 
 
+def calibration_path(cal_root: str, split: str, stem: str) -> str:
+    """Where a pair's calibration JSON lives: ``cal_root/split/calibration/stem.json``."""
+    return os.path.join(cal_root, split, CALIBRATION_FOLDER, f"{stem}.json")
+
+
+def read_calibration(path: str) -> dict[str, np.ndarray]:
+    """A calibration JSON -> {"wb_gains": float32 [3], "ccm": float32 [3, 3],
+    "baseline_exposure": float32 []}. Raises BadPairError (kind "no calibration" for a
+    missing file, "bad calibration" otherwise) unless the gains are finite and positive,
+    the ccm finite with rows summing to 1 (+-1e-3) and the exposure a finite number."""
+    if not os.path.isfile(path):
+        raise BadPairError(f"no calibration file {path}", "no calibration")
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        out = {k: np.asarray(d[k], np.float64) for k in CALIBRATION_SHAPES}
+    except (OSError, ValueError, TypeError, KeyError) as e:  # KeyError: a missing entry
+        raise BadPairError(f"unreadable calibration {path}: {e!r}", "bad calibration") from e
+    problems = [f"{k} has shape {out[k].shape}, expected {shape}"
+                for k, shape in CALIBRATION_SHAPES.items() if out[k].shape != shape]
+    if not problems:
+        if not all(np.isfinite(v).all() for v in out.values()):
+            problems.append("non-finite values")
+        elif (out["wb_gains"] <= 0).any():
+            problems.append(f"wb_gains {out['wb_gains'].tolist()} not all positive")
+        elif np.abs(out["ccm"].sum(axis=1) - 1).max() > 1e-3:
+            problems.append(f"ccm rows sum to {out['ccm'].sum(axis=1).round(4).tolist()}, not 1")
+    if problems:
+        raise BadPairError(f"bad calibration {path}: {'; '.join(problems)}", "bad calibration")
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
 class ZrrConfig(tfds.core.BuilderConfig):
     pass
 
@@ -176,7 +225,16 @@ class Zrr(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         ZrrConfig(name="patches", description="448x448 RAW/DSLR pairs, splits train and test."),
         ZrrConfig(name="full_resolution", description="Whole phone RAW frames (no DSLR), split test."),
+        ZrrConfig(name="calibrated", description="The 448x448 pairs plus each pair's camera calibration "
+                  "(white-balance gains, colour matrix, baseline exposure), splits train and test."),
     ]
+
+    def __init__(self, *, calibration_dir: str | None = None, **kwargs):
+        """``calibration_dir``: the calibration root of the ``calibrated`` config, holding
+        ``<split>/calibration/<stem>.json`` (default: the manual_dir); other configs ignore it."""
+        super().__init__(**kwargs)
+        self._calibration_dir = None if calibration_dir is None else os.fspath(calibration_dir)
+        self._original_state["calibration_dir"] = self._calibration_dir  # pickling re-runs __init__
 
     def _info(self) -> tfds.core.DatasetInfo:
         if self.builder_config.name == "full_resolution":
@@ -196,6 +254,12 @@ class Zrr(tfds.core.GeneratorBasedBuilder):
                                              doc="Canon sRGB"),
                 "id": tfds.features.Tensor(shape=(), dtype=np.str_, doc="file stem"),
             }
+            if self.builder_config.name == "calibrated":
+                docs = {"wb_gains": "white-balance gains (r, 1, b) for the camera-RGB planes",
+                        "ccm": "white-balanced camera RGB -> linear sRGB, rows sum to 1",
+                        "baseline_exposure": "EV: the rendering is the normalised RAW times 2**EV"}
+                for k, shape in CALIBRATION_SHAPES.items():
+                    features[k] = tfds.features.Tensor(shape=shape, dtype=np.float32, doc=docs[k])
         return self.dataset_info_from_configs(
             description=("Zurich RAW-to-RGB (ZRR). Pairs whose files are unreadable, truncated, "
                          "of the wrong size, all black, or lack a partner are skipped; the list is "
@@ -224,6 +288,14 @@ class Zrr(tfds.core.GeneratorBasedBuilder):
                     f"ZRR manual_dir {root!r} has no full_resolution/*.png frames.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
             return {"test": self._generate_examples(folder, None)}
         check_layout(root)
+        if self.builder_config.name == "calibrated":
+            cal_root = self._calibration_dir or root
+            for split in ("train", "test"):
+                if not os.path.isdir(os.path.join(cal_root, split, CALIBRATION_FOLDER)):
+                    raise DataLayoutError(
+                        f"zrr/calibrated: {os.path.join(cal_root, split, CALIBRATION_FOLDER)} does not exist; "
+                        f"estimate the calibration with `python -m tfds_zrr.calibrate --manual_dir {root} "
+                        f"--out CAL_ROOT` and build with --calibration_dir CAL_ROOT")
         return {split: self._generate_examples(root, split) for split in ("train", "test")}
 
     def _generate_examples(self, root, split):
@@ -235,16 +307,19 @@ class Zrr(tfds.core.GeneratorBasedBuilder):
 
     def _generate_pairs(self, root, split):
         first, yielded = len(self._skipped), 0
+        calibrated = self.builder_config.name == "calibrated"
+        cal_root = self._calibration_dir or root
         for stem, raw_path, dslr_path in scan_split(root, split, self._skipped):
             try:
                 raw, dslr = load_pair(raw_path, dslr_path)
+                cal = read_calibration(calibration_path(cal_root, split, stem)) if calibrated else {}
             except ValueError as e:
                 log.warning("zrr: skipping pair %s/%s: %s", split, stem, e)
                 self._skipped.append({"split": split, "id": stem, "file": raw_path, "reason": str(e),
                                       "kind": getattr(e, "kind", "invalid")})
                 continue
             yielded += 1
-            yield f"{split}/{stem}", {"raw": raw, "dslr": dslr, "id": stem}
+            yield f"{split}/{stem}", {"raw": raw, "dslr": dslr, "id": stem, **cal}
         self._record_skipped()
         if not yielded:  # TFDS would fail with "AssertionError: No examples were yielded."
             raise NoUsablePairsError(no_usable_pairs_message(
