@@ -26,15 +26,16 @@ import logging
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import evaluate, input_pipeline, isp_classic, metrics, parallel, sampling, weights
+from diffraw_jax import calibration, evaluate, input_pipeline, isp_classic, metrics, parallel, sampling, weights
 from diffraw_jax.models import factory
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DDIM_STEPS = 10
-LABELS = ["classical ISP", "c = G(w)", "DiffRAW", "DSLR"]
+LABELS = ["classical ISP", "c (G(w) or calibrated)", "DiffRAW", "DSLR"]
 SCORES = ("psnr", "ssim", "lpips")
 
 
@@ -47,9 +48,12 @@ class PeriodicEval:
             raise ValueError("evaluation during training needs train.eval_num_images >= 1 and a "
                              "non-empty test split")
         # The same images on every process; the sampling is split over every device.
-        w, y01, _ = input_pipeline.first_images(config, n, config.eval.crop_size, test_source)
-        self.w, self.y01 = np.asarray(w), y01
-        g = weights.find_color_net(config, workdir)
+        batch = input_pipeline.first_batch(config, n, config.eval.crop_size, test_source)
+        self.w = np.asarray(batch["raw"], np.float32)
+        self.y01 = np.asarray(sampling.to_unit_range(jnp.asarray(batch["dslr"])))
+        calibrated = factory.model_condition(config) == "calibrated"
+        self.calibration = {k: batch[k] for k in calibration.KEYS} if calibrated else None
+        g = None if calibrated else weights.find_color_net(config, workdir)
         if config.diffusion.objective == "ddpm" or factory.is_distilled(config):  # its own sampler
             settings = factory.sampler_settings(config)
         else:
@@ -60,15 +64,17 @@ class PeriodicEval:
         # evaluate's path: parameters laid out as in training, per-example keys.
         self.sampler = evaluate.ShardedSampler(
             mesh, factory.param_shardings(model, mesh), {self.label: sampling.make_sampler(model, schedule, settings)},
-            sampling.color_condition(g), jax.random.key(config.seed + 2), {"classic": isp_classic.process})
+            sampling.color_condition(g), jax.random.key(config.seed + 2), {"classic": isp_classic.process},
+            calibrated=calibrated)
         self.grid_images = max(1, min(len(self.w), int(config.eval.grid_images)))
-        self.color_note = "G" if g is not None else "classical ISP (no trained G)"
+        self.color_note = ("the calibrated ISP" if calibrated else
+                           "G" if g is not None else "classical ISP (no trained G)")
 
     def __call__(self, step: int, params, writer) -> float:
         """Samples, writes scalars and the grid at ``step``; returns the seconds taken.
         ``params``: the EMA parameters laid out by ``factory.param_shardings`` (the trainer's)."""
         t0 = time.perf_counter()
-        outs = self.sampler(params, self.w)
+        outs = self.sampler(params, self.w, calibration_=self.calibration)
         out01 = outs[self.label]
         scores = metrics.mean_scores(metrics.compute_metrics(out01, self.y01, metrics=SCORES))
         scalars = {f"eval/{self.label}/{m}": scores[m] for m in SCORES}
