@@ -6,7 +6,10 @@
 Each file ``DIR/synthetic_<i>.dng`` holds the RGGB mosaic that
 ``diffraw_jax.synthetic_zrr.make_pair`` unprocesses from a scene (10-bit codes, black
 level 63, white level 1020, the same camera model as the synthetic training
-data), written with pidng and readable by LibRaw/rawpy like a camera's DNG;
+data), written with pidng and readable by LibRaw/rawpy like a camera's DNG, with the
+true calibration of that RAW (``calibration_tags``: AsShotNeutral = 1 / the
+generator's white-balance gains, ColorMatrix1 under D65 and ForwardMatrix1 from
+its colour matrix, BaselineExposure = -log2 of its exposure);
 ``DIR/synthetic_<i>_dslr.jpg`` is the matching sharp "DSLR" image. Scenes come
 from the test split of ``--seed`` (index 1000 + i, so they are not among the
 synthetic test pairs). ``--orientation`` is the TIFF orientation tag (1: none,
