@@ -21,7 +21,7 @@ generator (inverse sRGB curve), ``metrics.align`` (luma), ``scripts/real_photos.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -148,3 +148,238 @@ def srgb_matrix_from_cam_xyz(cam_xyz) -> Optional[np.ndarray]:
     if not np.all(np.abs(sums) > 1e-8):
         return None
     return np.linalg.inv(cam_rgb / sums)
+
+
+# ---------------------------------------------------------------------------
+# DNG calibration: a camera's colour from its DNG tags (numpy only).
+#
+# Adobe, "Digital Negative (DNG) Specification" 1.4.0.0, chapter 6 "Mapping Camera
+# Color Space to CIE XYZ Space", as the DNG SDK implements it (dng_color_spec,
+# dng_temperature, dng_camera_profile): ColorMatrix1/2 map CIE XYZ to the reference
+# camera space under their calibration illuminants; the matrix of a scene is
+# interpolated between them linearly in inverse correlated colour temperature
+# (CCT, Robertson's method on the CIE 1960 uv isotemperature lines, as
+# dng_temperature.cpp) of the scene white, which is itself found from
+# AsShotNeutral by iterating white xy -> CCT -> weight -> matrix -> xy. The
+# profile connection space (PCS) is XYZ relative to D50; ForwardMatrix1/2 (when
+# present) map white-balanced camera RGB straight to it, else the inverse
+# ColorMatrix is adapted from the scene white to D50 with Bradford. D50 -> the
+# D65 white of sRGB is Bradford too (von Kries adaptations compose exactly, so
+# "white -> D50 -> D65" is "white -> D65").
+
+#: CIE xy of the DNG PCS white D50 (the DNG SDK's PCStoXY) and its XYZ with Y = 1, float64.
+WHITE_D50_XY = np.array([0.3457, 0.3585])
+#: Bradford cone response matrix (as dng_color_spec.cpp's MapWhiteMatrix), XYZ -> LMS.
+BRADFORD = np.array([[0.8951, 0.2664, -0.1614],
+                     [-0.7502, 1.7135, 0.0367],
+                     [0.0389, -0.0685, 1.0296]])
+#: Correlated colour temperatures (K) of the EXIF LightSource codes of CalibrationIlluminant1/2,
+#: as dng_camera_profile.cpp's IlluminantToTemperature (fluorescents: the middle of their range).
+#: Codes not listed (0 unknown, 255 other) have no temperature.
+DNG_ILLUMINANT_TEMPERATURE = {
+    17: 2850.0, 3: 2850.0,                       # Standard light A, tungsten
+    24: 3200.0,                                  # ISO studio tungsten
+    23: 5000.0,                                  # D50
+    20: 5500.0, 1: 5500.0, 9: 5500.0, 4: 5500.0, 18: 5500.0,  # D55, daylight, fine weather, flash, B
+    21: 6500.0, 19: 6500.0, 10: 6500.0,          # D65, Standard light C, cloudy
+    22: 7500.0, 11: 7500.0,                      # D75, shade
+    12: (5700.0 + 7100.0) / 2, 13: (4600.0 + 5500.0) / 2,  # daylight / day white fluorescent
+    14: (3800.0 + 4500.0) / 2, 2: (3800.0 + 4500.0) / 2,   # cool white fluorescent, fluorescent
+    15: (3250.0 + 3800.0) / 2, 16: (2600.0 + 3250.0) / 2,  # white / warm white fluorescent
+}
+#: Robertson (1968) isotemperature lines: (reciprocal megakelvin, u, v, slope) in CIE 1960 UCS
+#: (Wyszecki & Stiles, Table 1(3.11); the 325 line with Lindbloom's correction u = 0.24792).
+_ROBERTSON = np.array([
+    (0, 0.18006, 0.26352, -0.24341), (10, 0.18066, 0.26589, -0.25479),
+    (20, 0.18133, 0.26846, -0.26876), (30, 0.18208, 0.27119, -0.28539),
+    (40, 0.18293, 0.27407, -0.30470), (50, 0.18388, 0.27709, -0.32675),
+    (60, 0.18494, 0.28021, -0.35156), (70, 0.18611, 0.28342, -0.37915),
+    (80, 0.18740, 0.28668, -0.40955), (90, 0.18880, 0.28997, -0.44278),
+    (100, 0.19032, 0.29326, -0.47888), (125, 0.19462, 0.30141, -0.58204),
+    (150, 0.19962, 0.30921, -0.70471), (175, 0.20525, 0.31647, -0.84901),
+    (200, 0.21142, 0.32312, -1.0182), (225, 0.21807, 0.32909, -1.2168),
+    (250, 0.22511, 0.33439, -1.4512), (275, 0.23247, 0.33904, -1.7298),
+    (300, 0.24010, 0.34308, -2.0637), (325, 0.24792, 0.34655, -2.4681),
+    (350, 0.25591, 0.34951, -2.9641), (375, 0.26400, 0.35200, -3.5814),
+    (400, 0.27218, 0.35407, -4.3633), (425, 0.28039, 0.35577, -5.3762),
+    (450, 0.28863, 0.35714, -6.7262), (475, 0.29685, 0.35823, -8.5955),
+    (500, 0.30505, 0.35907, -11.324), (525, 0.31320, 0.35968, -15.628),
+    (550, 0.32129, 0.36011, -23.325), (575, 0.32931, 0.36038, -40.770),
+    (600, 0.33724, 0.36051, -116.45)])
+
+
+def xy_to_xyz(xy) -> np.ndarray:
+    """CIE xy [2] -> XYZ [3] with Y = 1 (float64)."""
+    x, y = (float(v) for v in np.asarray(xy, np.float64)[:2])
+    return np.array([x / y, 1.0, (1.0 - x - y) / y])
+
+
+def xyz_to_xy(xyz) -> np.ndarray:
+    """CIE XYZ [3] -> xy [2] (float64); D50's xy when X + Y + Z <= 0 (as the DNG SDK)."""
+    xyz = np.asarray(xyz, np.float64)
+    s = xyz.sum()
+    return WHITE_D50_XY.copy() if s <= 0 else xyz[:2] / s
+
+
+WHITE_D50_XYZ = xy_to_xyz(WHITE_D50_XY)
+
+
+def cct_robertson(xy) -> float:
+    """Correlated colour temperature (K) of CIE xy [2] by Robertson's method (as the DNG SDK's
+    dng_temperature::Set_xy_coord): xy -> CIE 1960 uv, find the two isotemperature lines the
+    point lies between (signed distance along each line's normal) and interpolate linearly in
+    reciprocal temperature. Valid from ~1667 K up (the table's 600 MK^-1 line); a point beyond
+    the table's ends takes the end line's temperature (infinity for 0 MK^-1)."""
+    x, y = (float(v) for v in np.asarray(xy, np.float64)[:2])
+    den = 1.5 - x + 6.0 * y
+    u, v = 2.0 * x / den, 3.0 * y / den
+    last_dt = 0.0
+    for i in range(1, len(_ROBERTSON)):
+        r, tu, tv, slope = _ROBERTSON[i]
+        n = np.hypot(1.0, slope)
+        dt = -(u - tu) * (slope / n) + (v - tv) * (1.0 / n)
+        if dt <= 0.0 or i == len(_ROBERTSON) - 1:
+            dt = -min(dt, 0.0)
+            f = 0.0 if i == 1 else dt / (last_dt + dt)
+            mired = _ROBERTSON[i - 1, 0] * f + r * (1.0 - f)
+            return float("inf") if mired <= 0 else 1e6 / mired
+        last_dt = dt
+    raise AssertionError("unreachable")
+
+
+def bradford_adaptation(src_xy, dst_xy) -> np.ndarray:
+    """Bradford chromatic adaptation XYZ (white ``src_xy``) -> XYZ (white ``dst_xy``), float64
+    [3, 3] (``xyz_dst = M @ xyz_src``): inv(BRADFORD) diag(lms_dst / lms_src) BRADFORD, each
+    cone ratio pinned to [0.1, 10] and negative cone whites to 0 (dng_color_spec's MapWhiteMatrix)."""
+    w1 = np.maximum(BRADFORD @ xy_to_xyz(src_xy), 0.0)
+    w2 = np.maximum(BRADFORD @ xy_to_xyz(dst_xy), 0.0)
+    ratio = np.where(w1 > 0, w2 / np.where(w1 > 0, w1, 1.0), 10.0)
+    return np.linalg.inv(BRADFORD) @ np.diag(np.clip(ratio, 0.1, 10.0)) @ BRADFORD
+
+
+def _normalize_color_matrix(m: np.ndarray) -> np.ndarray:
+    """dng_camera_profile's NormalizeColorMatrix: scale an XYZ -> camera matrix so that the D50
+    white's largest camera coordinate is 1 (ColorMatrix1 and 2 then interpolate on one scale)."""
+    top = (m @ WHITE_D50_XYZ).max()
+    return m / top if top > 0 else m
+
+
+def _normalize_forward_matrix(m: np.ndarray) -> np.ndarray:
+    """dng_camera_profile's NormalizeForwardMatrix: scale the rows of a camera -> XYZ (D50)
+    matrix so that camera white (1, 1, 1) maps to the D50 white exactly."""
+    xyz = m.sum(axis=1)
+    return np.diag(WHITE_D50_XYZ / np.where(xyz != 0, xyz, 1.0)) @ m
+
+
+class DngColor(NamedTuple):
+    """``dng_camera_to_srgb``'s result (float64).
+
+    wb_gains: [3] (r, 1, b) = 1 / neutral with G = 1: multiply the camera RGB planes by these.
+    ccm: [3, 3] white-balanced camera RGB -> linear sRGB (D65), rows summing to 1
+      (``rgb = ccm @ (wb_gains * cam)``; isp_classic.apply_ccm's convention).
+    white_xy: [2] the scene white's CIE xy the iteration converged to.
+    cct: its correlated colour temperature (K, Robertson).
+    weight1: the weight of ColorMatrix1 / ForwardMatrix1 / CameraCalibration1 (1 - weight1 on
+      the second ones), in [0, 1]; 1.0 when the file has one usable calibration.
+    """
+
+    wb_gains: np.ndarray
+    ccm: np.ndarray
+    white_xy: np.ndarray
+    cct: float
+    weight1: float
+
+
+def dng_camera_to_srgb(color_matrix1, neutral=None, *, color_matrix2=None, illuminant1=None,
+                       illuminant2=None, forward_matrix1=None, forward_matrix2=None,
+                       camera_calibration1=None, camera_calibration2=None, analog_balance=None,
+                       white_xy=None) -> DngColor:
+    """The DNG SDK's camera -> linear sRGB colour for a scene white (DNG 1.4 spec, chapter 6).
+
+    Inputs (float, numpy; a 3-colour camera): ``color_matrix1``/``color_matrix2`` [3, 3]
+    ColorMatrix1/2 (XYZ -> reference camera space), ``illuminant1``/``illuminant2`` their
+    CalibrationIlluminant codes (``DNG_ILLUMINANT_TEMPERATURE``), ``forward_matrix1/2`` [3, 3]
+    (white-balanced camera -> XYZ D50), ``camera_calibration1/2`` [3, 3], ``analog_balance`` [3]
+    (identity / ones when None), and the scene white as ``neutral`` [3] (AsShotNeutral: the
+    camera's response to it) or ``white_xy`` [2] (AsShotWhiteXY).
+
+    Steps (the spec's names): XYZtoCamera(w) = AB CC(w) CM(w), with CM(w) = g CM1 + (1 - g) CM2,
+    g = (1/T(w) - 1/T2) / (1/T1 - 1/T2) clipped to [0, 1] (T: CCT, T1 < T2 the illuminants'
+    temperatures; g = 1 when there is one matrix or either temperature is unknown); each CM is
+    first scaled so that D50's largest camera value is 1. The white w of a neutral is the fixed
+    point of w <- xy(inverse(XYZtoCamera(w)) neutral), from D50 (at most 30 passes, as the SDK).
+    Camera -> XYZ(D50): with ForwardMatrix, FM(w) diag(1 / ReferenceNeutral) inverse(AB CC) with
+    ReferenceNeutral = inverse(AB CC) neutral; without, Bradford(w -> D50) inverse(XYZtoCamera(w)).
+    Then Bradford(D50 -> D65) and XYZ -> linear sRGB; ``ccm`` is that matrix times diag(neutral)
+    (so it takes white-balanced camera RGB), rows normalised to sum 1 (the white maps to sRGB white
+    exactly; the overall scale is exposure, which BaselineExposure carries).
+    ValueError for a singular matrix or a neutral with a value <= 0.
+    """
+    cm1 = _normalize_color_matrix(np.asarray(color_matrix1, np.float64).reshape(3, 3))
+    cm2 = None if color_matrix2 is None else _normalize_color_matrix(
+        np.asarray(color_matrix2, np.float64).reshape(3, 3))
+    t1 = DNG_ILLUMINANT_TEMPERATURE.get(None if illuminant1 is None else int(illuminant1), 0.0)
+    t2 = DNG_ILLUMINANT_TEMPERATURE.get(None if illuminant2 is None else int(illuminant2), 0.0)
+    dual = cm2 is not None and t1 > 0 and t2 > 0 and t1 != t2
+    eye = np.eye(3)
+    cc1 = eye if camera_calibration1 is None else np.asarray(camera_calibration1, np.float64).reshape(3, 3)
+    cc2 = eye if camera_calibration2 is None else np.asarray(camera_calibration2, np.float64).reshape(3, 3)
+    fm1 = None if forward_matrix1 is None else _normalize_forward_matrix(
+        np.asarray(forward_matrix1, np.float64).reshape(3, 3))
+    fm2 = None if forward_matrix2 is None else _normalize_forward_matrix(
+        np.asarray(forward_matrix2, np.float64).reshape(3, 3))
+    ab = np.diag(np.ones(3) if analog_balance is None else np.asarray(analog_balance, np.float64).ravel()[:3])
+
+    def weight(xy) -> float:
+        if not dual:
+            return 1.0
+        lo, hi, swap = (t1, t2, False) if t1 < t2 else (t2, t1, True)
+        t = cct_robertson(xy)
+        g = 1.0 if t <= lo else 0.0 if t >= hi else (1.0 / t - 1.0 / hi) / (1.0 / lo - 1.0 / hi)
+        return 1.0 - g if swap else g
+
+    def mix(g, a, b):
+        return a if b is None or g >= 1.0 else g * a + (1.0 - g) * b
+
+    def xyz_to_camera(g):
+        return ab @ mix(g, cc1, cc2 if dual else None) @ mix(g, cm1, cm2 if dual else None)
+
+    if neutral is None:
+        if white_xy is None:
+            raise ValueError("a scene white is needed: AsShotNeutral or AsShotWhiteXY")
+        w = np.asarray(white_xy, np.float64)[:2]
+        g = weight(w)
+        n = xyz_to_camera(g) @ xy_to_xyz(w)
+        n = n / n[1]
+    else:
+        n = np.asarray(neutral, np.float64).ravel()[:3]
+        if not np.all(np.isfinite(n)) or np.any(n <= 0):
+            raise ValueError(f"AsShotNeutral {n.tolist()} has a value <= 0")
+        w = WHITE_D50_XY.copy()
+        for i in range(30):
+            g = weight(w)
+            nxt = xyz_to_xy(np.linalg.solve(xyz_to_camera(g), n))
+            if np.abs(nxt - w).sum() < 1e-7:
+                w = nxt
+                break
+            w = (w + nxt) / 2 if i == 29 else nxt
+        g = weight(w)
+    to_cam = xyz_to_camera(g)
+    if fm1 is not None:
+        abcc_inv = np.linalg.inv(ab @ mix(g, cc1, cc2 if dual else None))
+        ref_neutral = abcc_inv @ n
+        fm = mix(g, fm1, fm2 if dual else None)
+        camera_to_pcs = fm @ np.diag(1.0 / ref_neutral) @ abcc_inv
+    else:
+        camera_to_pcs = bradford_adaptation(w, WHITE_D50_XY) @ np.linalg.inv(to_cam)
+    srgb_from_xyz = np.linalg.inv(XYZ_FROM_SRGB)
+    d65_xy = xyz_to_xy(WHITE_D65_XYZ)
+    cam_to_srgb = srgb_from_xyz @ bradford_adaptation(WHITE_D50_XY, d65_xy) @ camera_to_pcs
+    ccm = cam_to_srgb @ np.diag(n)
+    sums = ccm.sum(axis=1, keepdims=True)
+    if not np.all(np.abs(sums) > 1e-8):
+        raise ValueError("the colour matrix maps the scene white to black (singular calibration)")
+    return DngColor(wb_gains=n[1] / n, ccm=ccm / sums, white_xy=w, cct=cct_robertson(w), weight1=float(g))
+
+__all__ += ["WHITE_D50_XY", "WHITE_D50_XYZ", "BRADFORD", "DNG_ILLUMINANT_TEMPERATURE", "xy_to_xyz",
+            "xyz_to_xy", "cct_robertson", "bradford_adaptation", "DngColor", "dng_camera_to_srgb"]

@@ -13,13 +13,23 @@ mosaic's H x W and applies the camera's orientation (LibRaw ``sizes.flip``).
 Colour
 ------
 The classical ISP itself is ``sampling.make_color_condition()`` (white
-balance, Malvar demosaic, colour matrix, sRGB curve). Camera colour
-(``camera_color``): white balance from rawpy's as-shot ``camera_whitebalance``
-(fallback ``daylight_whitebalance``, then gray world), gains (R/G, 1, B/G);
-colour matrix from rawpy's ``color_matrix`` (LibRaw's ``rgb_cam``: white-balanced
-camera RGB -> linear sRGB, rows summing to 1; the second green's column is
-folded into G), or, when LibRaw leaves it empty, from ``rgb_xyz_matrix`` as
-dcraw does (``color.srgb_matrix_from_cam_xyz``), else identity.
+balance, Malvar demosaic, colour matrix, sRGB curve). A file's colour
+(``frame_from_rawpy``) fills ``wb_gains`` (r, 1, b), ``ccm`` (white-balanced
+camera RGB -> linear sRGB, rows summing to 1), ``baseline_exposure`` (EV) and
+``color_source`` (one line naming where they came from):
+
+- a DNG: its own tags (``dng_tags.read_dng_color_tags``) through the DNG SDK's
+  maths (``color.dng_camera_to_srgb``: AsShotNeutral, ColorMatrix1/2 and
+  ForwardMatrix1/2 interpolated by the scene white's colour temperature), and
+  BaselineExposure (+ BaselineExposureOffset) (``dng_color``);
+- other RAWs (``camera_color``): white balance from rawpy's as-shot
+  ``camera_whitebalance`` (fallback ``daylight_whitebalance``), gains (R/G, 1, B/G);
+  colour matrix from rawpy's ``color_matrix`` (LibRaw's ``rgb_cam`` from its camera
+  table; the second green's column is folded into G), or, when LibRaw leaves it
+  empty, from ``rgb_xyz_matrix`` as dcraw does (``color.srgb_matrix_from_cam_xyz``);
+  baseline exposure 0;
+- what a file lacks falls back (``_fallback_color``): gray-world white balance,
+  identity matrix, and ``color_source`` starts with "fallback: " and says which.
 
 Files: ``read_bayer_image`` (single-channel PNG/TIFF mosaics, ZRR style) and
 ``read_camera_raw`` (anything LibRaw reads, through rawpy, imported only there).
@@ -36,6 +46,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from diffraw_jax import color, raw
+from diffraw_jax.inference import dng_tags
 
 COLOR_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -57,12 +68,15 @@ class BayerFrame:
         order (R, Gr, Gb, B).
       wb_gains: (r, g, b) gains for the classical ISP, or None (gray world).
       ccm: [3, 3] camera RGB -> linear sRGB for the classical ISP, or None (identity).
-      baseline_exposure: EV by which the normalised RAW is scaled for rendering (DNG
-        BaselineExposure; 0 when the file has none).
-      color_source: one line naming where ``wb_gains``/``ccm`` came from (logged by ``diffraw``).
       flip: LibRaw's orientation code (``sizes.flip``): 0 none, 3 180 degrees,
         5 90 degrees counter-clockwise, 6 90 degrees clockwise (4, 7 and the
         mirrors 1, 2 too); applied to the output (``orient``).
+      baseline_exposure: EV; the intended rendering's linear values are the
+        normalised planes times 2**baseline_exposure (DNG BaselineExposure plus
+        BaselineExposureOffset; 0.0 for other files).
+      color_source: one human line naming where ``wb_gains``/``ccm`` came from
+        (``read_camera_raw`` fills it; it starts with "fallback:" when the file had
+        no colour metadata, as it does for a frame built from arrays without them).
     """
 
     mosaic: np.ndarray
@@ -73,7 +87,7 @@ class BayerFrame:
     ccm: Optional[np.ndarray] = None
     flip: int = 0
     baseline_exposure: float = 0.0
-    color_source: str = "no colour metadata: gray-world white balance, no colour matrix"
+    color_source: str = "fallback: no colour metadata (gray-world white balance, no colour matrix)"
 
 
 class PreparedFrame(NamedTuple):
@@ -225,14 +239,17 @@ def camera_color(raw_obj) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     return wb, (None if ccm is None else ccm.astype(np.float32))
 
 
-def frame_from_rawpy(raw_obj) -> BayerFrame:
+def frame_from_rawpy(raw_obj, path: Optional[str] = None) -> BayerFrame:
     """BayerFrame from an open ``rawpy.RawPy`` (copies the pixels).
 
     Uses ``raw_image_visible``, the CFA from ``raw_pattern``/``color_desc``
     (``raw.pattern_from_rawpy``), per-channel black levels
     (``black_level_per_channel`` reordered with ``raw.canonical_channel_values``),
-    ``white_level``, ``camera_color`` for the classical ISP and the
-    orientation ``sizes.flip``. ValueError for
+    ``white_level`` and the orientation ``sizes.flip``. Colour and exposure
+    (``wb_gains``, ``ccm``, ``baseline_exposure``, ``color_source``): when ``path``
+    (the file ``raw_obj`` was opened from) is a DNG, from its own tags
+    (``dng_color``); else LibRaw's (``camera_color``); what is missing falls back
+    (``_fallback_color``). ValueError for
     non-Bayer sensors (no / non-2x2 pattern: Foveon, X-Trans, linear DNG) or a
     3-channel ``raw_image``.
     """
@@ -249,11 +266,119 @@ def frame_from_rawpy(raw_obj) -> BayerFrame:
     if visible.ndim != 2:
         raise ValueError(f"non-Bayer RAW: raw_image has shape {visible.shape} (not one channel)")
     black = raw.canonical_channel_values(raw_obj.black_level_per_channel, cell, desc)
-    wb, ccm = camera_color(raw_obj)
     flip = int(getattr(getattr(raw_obj, "sizes", None), "flip", 0) or 0)
-    return BayerFrame(mosaic=visible.copy(), cfa=raw.pattern_from_rawpy(cell, desc),
-                      black_level=black.astype(np.float32),
-                      white_level=float(raw_obj.white_level), wb_gains=wb, ccm=ccm, flip=flip)
+    frame = BayerFrame(mosaic=visible.copy(), cfa=raw.pattern_from_rawpy(cell, desc),
+                       black_level=black.astype(np.float32),
+                       white_level=float(raw_obj.white_level), flip=flip)
+    tags = None
+    if path is not None and dng_tags.is_tiff(path):
+        try:
+            tags = dng_tags.read_dng_color_tags(path)
+        except ValueError:  # LibRaw read it: take LibRaw's colour (and say so below)
+            tags = None
+    if tags is not None and tags.is_dng:
+        wb, ccm, source = dng_color(tags, frame)
+        exposure = (tags.baseline_exposure or 0.0) + (tags.baseline_exposure_offset or 0.0)
+    else:
+        wb, ccm = camera_color(raw_obj)
+        source = _libraw_color_source(raw_obj, wb, ccm)
+        if wb is None or ccm is None:
+            wb, ccm, source = _fallback_color(frame, wb, ccm, source)
+        exposure = 0.0
+    return dataclasses.replace(frame, wb_gains=np.asarray(wb, np.float32), ccm=np.asarray(ccm, np.float32),
+                               baseline_exposure=float(exposure), color_source=source)
+
+
+# ---------------------------------------------------------------------------
+# Colour calibration of a file: DNG tags, LibRaw's tables, fallback.
+
+FALLBACK = "fallback: "  # the start of ``color_source`` when a file's colour was not in it
+
+
+def _gray_world(frame: BayerFrame) -> np.ndarray:
+    """Gray-world gains (r, 1, b) float64 [3] of the frame's normalised planes
+    (``isp_classic.gray_world_gains``)."""
+    from diffraw_jax import isp_classic
+
+    return np.asarray(isp_classic.gray_world_gains(prepare_frame(frame).planes), np.float64)
+
+
+def _fallback_color(frame: BayerFrame, wb, ccm, source: str):
+    """Fills what the file's metadata lacked: gray-world white balance (the frame's plane
+    means, ``isp_classic.gray_world_gains``) and/or the identity colour matrix (camera RGB
+    taken as linear sRGB). Returns (wb [3], ccm [3, 3], color_source starting with
+    ``FALLBACK``)."""
+    what = []
+    if wb is None:
+        wb = _gray_world(frame)
+        what.append("gray-world white balance")
+    if ccm is None:
+        ccm = np.eye(3)
+        what.append("an identity colour matrix (camera RGB as sRGB)")
+    return wb, ccm, f"{FALLBACK}{source}: {' and '.join(what)}"
+
+
+def _libraw_color_source(raw_obj, wb, ccm) -> str:
+    """The ``color_source`` line of ``camera_color``'s result (a ``FALLBACK`` line's start
+    when a part is None)."""
+    desc = _desc(raw_obj)
+    if wb is None:
+        wb_part = "no white balance in the file"
+    elif _gains(raw_obj.camera_whitebalance, desc) is not None:
+        wb_part = "as-shot white balance"
+    else:
+        wb_part = "daylight white balance (no as-shot one)"
+    cm = np.asarray(raw_obj.color_matrix, np.float64)
+    if ccm is None:
+        cm_part = "no colour matrix"
+    elif cm.shape[0] == 3 and np.any(cm != 0):
+        cm_part = "colour matrix (rgb_cam)"
+    else:
+        cm_part = "colour matrix from rgb_xyz_matrix (dcraw)"
+    return f"LibRaw's camera table: {wb_part}, {cm_part}"
+
+
+def dng_color(tags: "dng_tags.DngColorTags", frame: BayerFrame):
+    """(wb_gains [3], ccm [3, 3], color_source) of a DNG from its own tags.
+
+    With a 3-colour ColorMatrix1 and the scene white (AsShotNeutral or AsShotWhiteXY):
+    ``color.dng_camera_to_srgb`` (the DNG SDK's ColorMatrix1/2 + ForwardMatrix1/2
+    interpolation by the white's colour temperature). With a ColorMatrix but no scene
+    white: the same with the gray-world neutral (a fallback line). Without a ColorMatrix:
+    AsShotNeutral's white balance (else gray world) and the identity matrix (a fallback
+    line). A singular calibration (ValueError from the colour maths) falls back too.
+    """
+    cm1, cm2 = tags.color_matrix1, tags.color_matrix2
+    names = "ColorMatrix1/2" if cm2 is not None else "ColorMatrix1"
+    if tags.forward_matrix1 is not None:
+        names += " + ForwardMatrix1/2" if tags.forward_matrix2 is not None else " + ForwardMatrix1"
+    neutral = tags.as_shot_neutral
+    three = cm1 is not None and cm1.shape == (3, 3) and (cm2 is None or cm2.shape == (3, 3))
+    if neutral is not None and (neutral.size != 3 or not np.all(neutral > 0)):
+        neutral = None
+    if not three:
+        wb = None if neutral is None else neutral[1] / neutral
+        why = "no ColorMatrix" if cm1 is None else f"a {cm1.shape[0]}-colour ColorMatrix"
+        return _fallback_color(frame, wb, None, f"the DNG has {why}" + (
+            " (white balance from its AsShotNeutral)" if wb is not None else " and no AsShotNeutral"))
+    fallback_white = neutral is None and tags.as_shot_white_xy is None
+    if fallback_white:
+        neutral = 1.0 / _gray_world(frame)
+    kw = dict(color_matrix2=cm2, illuminant1=tags.calibration_illuminant1,
+              illuminant2=tags.calibration_illuminant2, forward_matrix1=tags.forward_matrix1,
+              forward_matrix2=tags.forward_matrix2, camera_calibration1=tags.camera_calibration1,
+              camera_calibration2=tags.camera_calibration2, analog_balance=tags.analog_balance)
+    try:
+        c = color.dng_camera_to_srgb(cm1, neutral, white_xy=tags.as_shot_white_xy, **kw)
+    except (ValueError, np.linalg.LinAlgError) as e:
+        return _fallback_color(frame, None if fallback_white else neutral[1] / neutral, None,
+                               f"the DNG's {names} is unusable ({e})")
+    white = "AsShotNeutral" if tags.as_shot_neutral is not None else "AsShotWhiteXY"
+    detail = f"scene white {c.cct:.0f} K" + (f", {c.weight1:.2f} of the first calibration"
+                                               if cm2 is not None else "")
+    if fallback_white:
+        return c.wb_gains, c.ccm, f"{FALLBACK}DNG {names} with a gray-world white (no AsShotNeutral; {detail})"
+    return c.wb_gains, c.ccm, f"DNG {names} + {white} ({detail})"
 
 
 
@@ -321,14 +446,17 @@ def _libraw_stderr():
 
 
 def read_camera_raw(path: str) -> BayerFrame:
-    """A camera RAW (via rawpy / LibRaw) -> BayerFrame. InputError in one line for a file LibRaw
-    cannot read (naming a truncated file as such), ValueError for a non-Bayer one."""
+    """A camera RAW (via rawpy / LibRaw) -> BayerFrame with its colour and exposure
+    (``frame_from_rawpy(r, path)``: a DNG's own tags, else LibRaw's tables, else a fallback named
+    in ``color_source``; this function logs nothing, the caller reports ``color_source``).
+    InputError in one line for a file LibRaw cannot read (naming a truncated file as such),
+    ValueError for a non-Bayer one."""
     import rawpy
 
     with _libraw_stderr() as printed:
         try:
             with rawpy.imread(path) as r:
-                return frame_from_rawpy(r)
+                return frame_from_rawpy(r, path)
         except rawpy.LibRawError as e:
             error = e
     msg = error.args[0] if error.args else type(error).__name__
