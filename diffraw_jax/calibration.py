@@ -84,6 +84,33 @@ def balanced_planes(planes: jax.Array, wb_gains: jax.Array, baseline_exposure: j
     return jnp.clip(x, 0.0, 1.0)
 
 
+#: At most this share of a frame's pixels may clip when its BaselineExposure is applied
+#: (LibRaw's auto-brightness rule: 1% saturated); ``inference_exposure``.
+MAX_CLIPPED = 0.01
+
+
+def inference_exposure(planes, wb_gains, baseline_exposure: float, max_clipped: float = MAX_CLIPPED) -> float:
+    """The exposure (EV) a frame is rendered with: its BaselineExposure, lowered (never below
+    0 EV) where it would clip more than ``max_clipped`` of the pixels.
+
+    The DNG spec scales the linear RAW by 2**BaselineExposure; Adobe's converters then roll
+    the highlights off with a tone curve. The networks were trained on scenes whose
+    highlights fit (``baseline_exposure`` puts white at 1), so instead of clipping a large
+    share of the frame (the Blackmagic Pocket 4K's +2.65 EV would clip ~43%), the gain
+    stops where the (1 - max_clipped) quantile of the brightest white-balanced channel
+    reaches 1. Negative exposures and gains that clip less are applied as the file asks.
+    planes: [h, w, 4] in [0, 1] (numpy or jax); wb_gains [3]. Returns a Python float.
+    """
+    ev = float(baseline_exposure)
+    if ev <= 0.0:
+        return ev
+    x = np.asarray(isp_classic.white_balance(planes, wb_gains))
+    bright = np.quantile(x.max(axis=-1), 1.0 - float(max_clipped))
+    if bright <= 0.0:
+        return ev
+    return float(min(ev, max(0.0, -np.log2(bright))))
+
+
 def calibrated_condition(balanced: jax.Array, ccm: jax.Array) -> jax.Array:
     """The colour condition x = c of a calibrated model, sRGB float32 [..., 2h, 2w, 3] in [0, 1].
 

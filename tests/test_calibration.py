@@ -187,3 +187,19 @@ def test_a_calibrated_model_trains_evaluates_and_renders(tmp_path):
 
         train.train_and_evaluate(cfg, str(tmp_path / "wd2"), data_sources=(tiny_source(4), tiny_source(2)))
     assert not (tmp_path / "wd2" / "config.json").exists()  # refused before anything was written
+
+
+def test_inference_exposure_applies_baseline_exposure_unless_it_clips():
+    """BaselineExposure as the file asks when the highlights fit; lowered so that 1% of the
+    pixels clip when it would blow out more (checked against the quantile by hand)."""
+    rng = np.random.default_rng(0)
+    planes = rng.uniform(0.0, 0.2, (64, 64, 4)).astype(np.float32)
+    gains = np.array([1.5, 1.0, 2.0], np.float32)
+    # Brightest balanced channel: at most 0.4 (B: 0.2 * 2): +1 EV fits, +2 EV would clip ~half.
+    assert calibration.inference_exposure(planes, gains, 1.0) == 1.0
+    assert calibration.inference_exposure(planes, gains, -0.5) == -0.5
+    ev = calibration.inference_exposure(planes, gains, 2.0)
+    bal = planes * np.array([1.5, 1, 1, 2.0])
+    q = np.quantile(bal.max(-1), 0.99)
+    assert ev == pytest.approx(-np.log2(q), abs=1e-6) and 1.0 < ev < 2.0
+    assert np.mean((bal * 2 ** ev).max(-1) > 1.0) == pytest.approx(0.01, abs=0.002)

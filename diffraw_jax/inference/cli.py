@@ -418,9 +418,13 @@ def process_file(pipe, path: str, out: str, args) -> int:
     color_image = None
     if pipe.color == "image":
         color_image = camera.read_color_image(args.color, path, prepared)
-    if pipe.color == "calibrated":
-        log.info("%s: colour from %s", os.path.basename(path), frame.color_source)
     planes, cond = pipe.inputs(prepared, frame, color_image)
+    if pipe.calibrated_model:
+        ev = pipe.last_exposure
+        asked = float(frame.baseline_exposure or 0.0)
+        note = (f"{ev:+.2f} EV" if abs(ev - asked) < 1e-6 else
+                f"{ev:+.2f} EV (the file asks {asked:+.2f} EV, which would clip more than 1% of the pixels)")
+        log.info("%s: colour from %s; exposure %s", os.path.basename(path), frame.color_source, note)
     img = pipe.sample_planes(planes, cond, seed=args.seed, progress=not args.quiet)
     write_atomic(out, encode_png(camera.finish(img, prepared), args.bits16), args.overwrite)
     return int(prepared.height) * int(prepared.width)

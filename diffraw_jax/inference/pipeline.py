@@ -81,6 +81,7 @@ class DiffRAWPipeline:
             raise ValueError(f"overlap must be even and in [0, tile), got {self.overlap}")
         self._samplers = {}
         self._bar = None
+        self.last_exposure = 0.0  # the EV of the last calibrated frame (calibrated_inputs)
         self._color_fn = sampling.make_color_condition(color_model if color == "g" else None, color_params)
 
     # ---- construction ----------------------------------------------------
@@ -223,13 +224,16 @@ class DiffRAWPipeline:
     def calibrated_inputs(self, prepared: camera.PreparedFrame, frame: camera.BayerFrame):
         """A calibrated model's inputs: (balanced planes float32 [h, w, 4] in [0, 1], condition
         sRGB float32 [2h, 2w, 3] in [0, 1]) from the frame's calibration (``wb_gains``, gray
-        world when None; ``ccm``, identity when None; ``baseline_exposure`` EV)."""
+        world when None; ``ccm``, identity when None; ``baseline_exposure`` EV, lowered where
+        it would clip more than 1% of the pixels: ``calibration.inference_exposure``; the EV
+        used is kept in ``last_exposure``)."""
         planes = jnp.asarray(prepared.planes)
         wb = (isp_classic.gray_world_gains(planes) if frame.wb_gains is None
               else jnp.asarray(frame.wb_gains, jnp.float32))
         ccm = jnp.eye(3, dtype=jnp.float32) if frame.ccm is None else jnp.asarray(frame.ccm, jnp.float32)
-        ev = jnp.float32(getattr(frame, "baseline_exposure", 0.0) or 0.0)
-        w, cond = _calibrated_inputs(planes, wb, ccm, ev)
+        ev = calibration.inference_exposure(planes, wb, frame.baseline_exposure or 0.0)
+        self.last_exposure = ev
+        w, cond = _calibrated_inputs(planes, wb, ccm, jnp.float32(ev))
         return np.asarray(w, np.float32), np.asarray(cond, np.float32)
 
     def inputs(self, prepared: camera.PreparedFrame, frame: camera.BayerFrame, color_image=None):
