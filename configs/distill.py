@@ -17,7 +17,7 @@ checkpoints and resume are the trainer's own.
 from configs import pretrained
 
 # Training steps per round: the last halvings are the hard ones.
-ROUND_STEPS = {8: 300, 4: 400, 2: 800, 1: 1500}
+ROUND_STEPS = {8: 150, 4: 200, 2: 400, 1: 800}
 
 
 def get_config(student_steps="4"):

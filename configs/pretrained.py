@@ -27,5 +27,5 @@ def get_config():
     c.optim.learning_rate = 2e-4
     c.optim.warmup_steps = 100
     c.optim.ema_decay = 0.999
-    c.train.num_train_steps = 3000
+    c.train.num_train_steps = 2000
     return c
