@@ -1,4 +1,5 @@
-"""Colour maths, once: the sRGB curve, sRGB <-> CIE XYZ (D65), CIELAB, CIE76 Delta E, luma.
+"""Colour maths, once: the sRGB curve, sRGB <-> CIE XYZ (D65), CIELAB, CIE76 and CIEDE2000
+Delta E, luma.
 
 One implementation for numpy and JAX callers: every function works in the array
 namespace of its input (``array_namespace``). numpy in, numpy out, in the input's
@@ -15,8 +16,8 @@ functions do not clip); XYZ is relative to a white of Y = 1; CIELAB has L in
 Users: ``isp_classic`` (the sRGB curve), ``degradation`` (luma for grey noise),
 ``inference.camera`` (dcraw's colour matrix from ``rgb_xyz_matrix``), the synthetic
 generator (inverse sRGB curve), ``metrics.align`` (luma), ``scripts/real_photos.py``
-(Lab, Delta E, luma Laplacian, dcraw's colour matrix), ``scripts/ablation.py``
-(luma Laplacian) and the tests (Lab, Delta E of low-passes, in test_degradation).
+(Lab, Delta E, luma Laplacian, dcraw's colour matrix), ``metrics.real_camera`` (CIEDE2000,
+luma), ``scripts/ablation.py`` (luma Laplacian) and the tests (Lab, Delta E of low-passes, in test_degradation).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ __all__ = [
     "xyz_to_lab",
     "srgb_to_lab",
     "delta_e76",
+    "delta_e_2000",
     "luma",
     "luma_laplacian",
     "srgb_matrix_from_cam_xyz",
@@ -122,6 +124,59 @@ def delta_e76(lab1, lab2):
     """CIE76 colour difference: the Euclidean distance of two CIELAB arrays [..., 3] -> [...]."""
     xp = array_namespace(lab1, lab2)
     return xp.sqrt(xp.sum(xp.square(lab1 - lab2), axis=-1))
+
+
+def delta_e_2000(lab1, lab2, *, k_l: float = 1.0, k_c: float = 1.0, k_h: float = 1.0):
+    """CIEDE2000 colour difference (CIE 142-2001) of two CIELAB arrays [..., 3] -> [...].
+
+    Written after Sharma, Wu & Dalal, "The CIEDE2000 color-difference formula:
+    implementation notes, supplementary test data, and mathematical observations"
+    (Color Res. Appl. 30(1), 2005), eqs. 1-22: a' = (1 + G) a with
+    G = (1 - sqrt(Cbar^7 / (Cbar^7 + 25^7))) / 2, hue angles in degrees in [0, 360)
+    (0 where a' = b = 0), the hue difference and mean hue taken the short way round the
+    circle (and h1 + h2, dh = 0 where a chroma is 0), weights S_L, S_C, S_H, the rotation
+    term R_T; ``k_l``, ``k_c``, ``k_h`` are the parametric factors (1 for reference
+    conditions). Inputs broadcast against each other; float, the inputs' dtype (float64
+    numpy stays float64); numpy or JAX (jittable). Differentiable except where a
+    chroma is 0 or the two hues are 180 degrees apart (the formula is not smooth there).
+    Values are >= 0, ~1 for a just-noticeable difference.
+    """
+    xp = array_namespace(lab1, lab2)
+    l1, a1, b1 = lab1[..., 0], lab1[..., 1], lab1[..., 2]
+    l2, a2, b2 = lab2[..., 0], lab2[..., 1], lab2[..., 2]
+    c_mean = 0.5 * (xp.sqrt(a1 * a1 + b1 * b1) + xp.sqrt(a2 * a2 + b2 * b2))
+    c7 = c_mean ** 7
+    g = 0.5 * (1.0 - xp.sqrt(c7 / (c7 + 25.0 ** 7)))
+    a1p, a2p = (1.0 + g) * a1, (1.0 + g) * a2
+    c1p, c2p = xp.sqrt(a1p * a1p + b1 * b1), xp.sqrt(a2p * a2p + b2 * b2)
+    h1p = xp.mod(xp.degrees(xp.arctan2(b1, a1p)), 360.0)  # atan2(0, 0) = 0, as the formula asks
+    h2p = xp.mod(xp.degrees(xp.arctan2(b2, a2p)), 360.0)
+    cc = c1p * c2p
+    zero = cc == 0
+    dh = h2p - h1p
+    dh = xp.where(dh > 180.0, dh - 360.0, xp.where(dh < -180.0, dh + 360.0, dh))
+    dh = xp.where(zero, 0.0, dh)
+    d_l = l2 - l1
+    d_c = c2p - c1p
+    d_h = 2.0 * xp.sqrt(cc) * xp.sin(xp.radians(dh) / 2.0)
+    l_mean = 0.5 * (l1 + l2)
+    cp_mean = 0.5 * (c1p + c2p)
+    hsum = h1p + h2p
+    h_mean = xp.where(xp.abs(h1p - h2p) <= 180.0, 0.5 * hsum,
+                      xp.where(hsum < 360.0, 0.5 * (hsum + 360.0), 0.5 * (hsum - 360.0)))
+    h_mean = xp.where(zero, hsum, h_mean)
+    t = (1.0 - 0.17 * xp.cos(xp.radians(h_mean - 30.0)) + 0.24 * xp.cos(xp.radians(2.0 * h_mean))
+         + 0.32 * xp.cos(xp.radians(3.0 * h_mean + 6.0)) - 0.20 * xp.cos(xp.radians(4.0 * h_mean - 63.0)))
+    d_theta = 30.0 * xp.exp(-xp.square((h_mean - 275.0) / 25.0))
+    cp7 = cp_mean ** 7
+    r_c = 2.0 * xp.sqrt(cp7 / (cp7 + 25.0 ** 7))
+    l50 = xp.square(l_mean - 50.0)
+    s_l = 1.0 + 0.015 * l50 / xp.sqrt(20.0 + l50)
+    s_c = 1.0 + 0.045 * cp_mean
+    s_h = 1.0 + 0.015 * cp_mean * t
+    r_t = -xp.sin(xp.radians(2.0 * d_theta)) * r_c
+    tl, tc, th = d_l / (k_l * s_l), d_c / (k_c * s_c), d_h / (k_h * s_h)
+    return xp.sqrt(tl * tl + tc * tc + th * th + r_t * tc * th)
 
 
 def luma(rgb):

