@@ -25,8 +25,10 @@ the training data never shows (``CAMERA``):
 
 The renderings: (a) the classical ISP given the TRUE calibration (white balance
 ``gains / exposure``, i.e. the exposure given back as a digital gain, and the true
-matrix): an oracle ISP; (b) the model's colour network, c = G(w); (c) DiffRAW run as
-users run it, ``DiffRAWPipeline.from_checkpoint(PATH, method, num_steps, color="g")``
+matrix): an oracle ISP; (b) the model's colour condition c: G(w) for a paper model, the
+calibrated classical ISP for a calibrated model (``model.condition = "calibrated"``,
+given the camera's true calibration as a DNG would carry it); (c) DiffRAW run as
+users run it, ``DiffRAWPipeline.from_checkpoint(PATH, method, num_steps)`` (the model's own colour)
 with the training crop as tile. Each is scored against the photo crop with the
 project's metrics (8-bit PSNR / SSIM, LPIPS-Alex; ``metrics.compute_metrics``,
 "original" protocol) plus diagnostics that say where a gap comes from (``diagnostics``):
@@ -48,7 +50,7 @@ training, the misalignment warp off as for the photos), whose difference to the
 control is the cost of real content.
 
 Writes ``OUT/summary.md``, ``OUT/summary.json`` and ``OUT/grid.jpg`` (rows: photos;
-columns: classical ISP | G | DiffRAW | original).
+columns: classical ISP | c | DiffRAW | original).
 """
 from __future__ import annotations
 
@@ -95,7 +97,7 @@ CAMERA = {
 TRAINING_CAMERA = dict(CAMERA, name="training camera (synthetic_zrr.BASE_CCM, gains at the centre of the training "
                                     "ranges)", ccm=None, gains=np.array([2.0, 1.0, 1.7]))
 LOWPASS_SIGMA = 16.0
-METHODS = ("Classical ISP (true calibration)", "G", "DiffRAW")
+METHODS = ("Classical ISP (true calibration)", "c", "DiffRAW")
 SCORES = ("psnr", "ssim", "lpips")
 DIAGNOSTICS = ("lowpass_delta_e", "lowband_share", "psnr_color_fixed", "hf_ratio", "hf_corr")
 
@@ -224,7 +226,7 @@ def _num(v):
 
 
 def analysis(mean: dict, control_mean: dict | None = None, synthetic_mean: dict | None = None) -> list[str]:
-    """Sentences on where the gap of G and DiffRAW to the classical ISP comes from.
+    """Sentences on where the gap of c (G or the calibrated ISP) and DiffRAW to the classical ISP comes from.
 
     ``mean``: the per-method means on the photos through the unseen camera; ``control_mean``:
     the same photos through the training camera; ``synthetic_mean``: synthetic scenes
@@ -282,7 +284,7 @@ def _f(v, digits):
     return v if isinstance(v, str) else f"{v:.{digits}f}"
 
 
-SHORT = {METHODS[0]: "ISP", "G": "G", "DiffRAW": "DiffRAW"}
+SHORT = {METHODS[0]: "ISP", "c": "c", "DiffRAW": "DiffRAW"}
 
 
 def _table(rows: dict, methods, first_col="Photo"):
@@ -313,7 +315,7 @@ def write_summary(summary: dict, out_dir: str) -> str:
             summary["synthetic"]["mean"]
     lines = [f"# Real-photo check: {len(summary['photos'])} photographs, {summary['size']} px centre crops", "",
              f"Model: `{summary['model']}` (step {summary['checkpoint_step']}); DiffRAW through "
-             f"`DiffRAWPipeline.from_checkpoint`, sampler {summary['sampler']}, c = G(w), tile "
+             f"`DiffRAWPipeline.from_checkpoint`, sampler {summary['sampler']}, c = {summary.get('condition', 'G(w)')}, tile "
              f"{summary['tile']} px. Scores against the photo crop: 8-bit PSNR (dB), SSIM, LPIPS-Alex "
              "(`diffraw_jax.metrics.compute_metrics`, original protocol). \"ISP\" is the classical ISP "
              "given the true calibration (white balance gains / exposure, the true matrix).", "",
@@ -344,7 +346,7 @@ def write_summary(summary: dict, out_dir: str) -> str:
                          f"{r['psnr']:.2f} | {r['psnr_color_fixed']:.2f} | {r['hf_ratio']:.2f} | {r['hf_corr']:.2f} |")
     lines += [""] + [f"- {x}" for x in summary["analysis"]]
     lines += ["", f"Grid: `grid.jpg` (rows: {', '.join(summary['photos'])}; columns: classical ISP (true "
-                  f"calibration) | G | DiffRAW | original; the unseen camera). {summary['seconds']:.0f} s."]
+                  f"calibration) | c | DiffRAW | original; the unseen camera). {summary['seconds']:.0f} s."]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(text)
@@ -368,8 +370,13 @@ def save_grid(path: str, rows, labels) -> None:
 
 # ------------------------------------------------------------------------- main
 
-def render_all(pipe, raw, true_gains, true_ccm, seed):
-    """(classical ISP with the true calibration, G, DiffRAW) of a RAW, each [H, W, 3] in [0, 1]."""
+def render_all(pipe, raw, info, seed):
+    """(classical ISP with the true calibration, c, DiffRAW) of a RAW, each [H, W, 3] in [0, 1].
+
+    c is the model's colour condition: G(w) for a paper model; for a calibrated model the
+    classical ISP of the planes balanced by the camera's true calibration, which is also what
+    DiffRAW is given (as a DNG written with that calibration would give it)."""
+    true_gains, true_ccm = info["gains"] / info["exposure"], info["ccm"]
     import jax.numpy as jnp
 
     from diffraw_jax import sampling
@@ -381,8 +388,16 @@ def render_all(pipe, raw, true_gains, true_ccm, seed):
     isp = sampling.to_unit_range(isp_fn(jnp.asarray(prepared.planes)[None], jnp.asarray(true_gains, jnp.float32),
                                         jnp.asarray(true_ccm, jnp.float32)))
     isp = camera.finish(np.asarray(isp)[0], prepared)
-    g = camera.finish(pipe.condition(prepared), prepared)
-    diffraw = pipe(np.asarray(raw), black_level=63, white_level=1020, cfa="RGGB", seed=seed)
+    if pipe.calibrated_model:
+        frame = camera.BayerFrame(np.asarray(raw), black_level=63, white_level=1020,
+                                  wb_gains=np.asarray(info["gains"], np.float32),
+                                  ccm=np.asarray(info["ccm"], np.float32),
+                                  baseline_exposure=-float(np.log2(info["exposure"])))
+        g = camera.finish(pipe.calibrated_inputs(prepared, frame)[1], prepared)
+        diffraw = pipe.process(frame, seed=seed)
+    else:
+        g = camera.finish(pipe.condition(prepared), prepared)
+        diffraw = pipe(np.asarray(raw), black_level=63, white_level=1020, cfa="RGGB", seed=seed)
     return {METHODS[0]: isp, METHODS[1]: g, METHODS[2]: diffraw}
 
 
@@ -390,12 +405,16 @@ def run_items(pipe, items, seed: int):
     """items: (name, reference01, raw, info) -> ({name: {method: scores}}, grid rows)."""
     rows, grid = {}, []
     for name, ref, raw, info in items:
-        outs = render_all(pipe, raw, info["gains"] / info["exposure"], info["ccm"], seed)
+        outs = render_all(pipe, raw, info, seed)
         rows[name] = {m: score(o, ref) for m, o in outs.items()}
         grid.append([outs[m] for m in METHODS] + [ref])
         print(f"  {name}: " + "; ".join(f"{SHORT[m]} {r['psnr']:.2f} dB / {_f(r['lpips'], 4)}"
                                         for m, r in rows[name].items()), flush=True)
     return rows, grid
+
+
+def _c_label(calibrated: bool) -> str:
+    return "the calibrated ISP (true calibration)" if calibrated else "G(w)"
 
 
 def _jsonable(cam):
@@ -428,7 +447,7 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     pipe = DiffRAWPipeline.from_checkpoint(a.model, method=a.method, num_steps=a.steps if a.steps > 0 else None,
-                                           color="g", tile="train")
+                                           tile="train")
     if pipe.tile is not None and a.size < max(pipe.tile):
         p.error(f"--size {a.size} is smaller than the model's tile (its training crop, {max(pipe.tile)} px)")
     os.makedirs(a.out, exist_ok=True)
@@ -442,6 +461,7 @@ def main(argv=None) -> int:
     summary = {
         "model": os.path.abspath(a.model), "checkpoint_step": pipe.step,
         "sampler": f"{pipe.label} ({pipe.method}, {pipe.num_evaluations} steps)", "tile": pipe.tile[0],
+        "condition": _c_label(pipe.calibrated_model),
         "size": a.size, "seed": a.seed, "camera": _jsonable(CAMERA),
         "sources": {os.path.splitext(os.path.basename(n))[0]: photo_path(n) for n in names},
         "photos": rows, "mean": mean_rows(rows), "control": None, "synthetic": None,
@@ -463,7 +483,8 @@ def main(argv=None) -> int:
         json.dump(summary, f, indent=1)
     text = write_summary(summary, a.out)
     save_grid(os.path.join(a.out, "grid.jpg"), grid,
-              ["classical ISP (true calibration)", "c = G(w)", f"DiffRAW {pipe.label}", "original"])
+              ["classical ISP (true calibration)", "c = " + _c_label(pipe.calibrated_model), f"DiffRAW {pipe.label}",
+               "original"])
     print(text)
     print(f"wrote {a.out}/summary.md, summary.json, grid.jpg")
     return 0

@@ -147,12 +147,12 @@ def _rows(isp, g, d, lp=(0.3, 0.35, 0.25)):
 
 def test_means_analysis_and_tables(tmp_path):
     rows = {"a": _rows(24.0, 20.0, 25.0), "b": _rows(22.0, 18.0, 23.0)}
-    rows["b"]["G"]["lpips"] = "needs weights"
+    rows["b"]["c"]["lpips"] = "needs weights"
     mean = rp.mean_rows(rows)
     assert mean[rp.METHODS[0]]["psnr"] == pytest.approx(23.0)
-    assert mean["G"]["lpips"] == "needs weights"  # a string in any row stays a string
+    assert mean["c"]["lpips"] == "needs weights"  # a string in any row stays a string
     colour = dict(rows["a"])
-    colour["G"] = dict(colour["G"], lowpass_delta_e=15.0, lowband_share=0.7)
+    colour["c"] = dict(colour["c"], lowpass_delta_e=15.0, lowband_share=0.7)
     lines = rp.analysis(rp.mean_rows({"a": colour}), rp.mean_rows({"a": _rows(24.0, 23.0, 25.0)}),
                         rp.mean_rows({"a": _rows(16.0, 15.5, 16.5)}))
     text = "\n".join(lines)
