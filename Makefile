@@ -26,15 +26,15 @@ DEMO_DATA ?= data/synthetic_zrr
 DEMO_TFDS ?= data/tfds
 DEMO_WORK ?= workdir
 PRETRAINED ?= pretrained/demo
-TEST_DATA ?= data/synthetic_zrr_test
-TEST_TFDS ?= data/tfds_test
+TEST_DATA ?= data/synthetic_photo_test
+TEST_TFDS ?= data/tfds_photo_test
 
 # The shipped model (pretrained/demo, no training): synthetic test data -> TFDS ->
 # evaluation at 192 px (paper-style tables, sample grid) -> diffraw on a DNG.
 demo: install
 	test -d $(TEST_DATA)/test || $(BIN)/python -m diffraw_jax.synthetic_zrr --out $(TEST_DATA) \
 		--num_train 16 --num_test 16 --size 448 --seed 0
-	$(BIN)/python -m tfds_zrr.build --manual_dir $(TEST_DATA) --data_dir $(TEST_TFDS)
+	$(BIN)/python -m tfds_zrr.build --manual_dir $(TEST_DATA) --data_dir $(TEST_TFDS) --config calibrated
 	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/demo --mode=eval \
 		--config.data.data_dir=$(TEST_TFDS) --config.eval.model=$(PRETRAINED) --config.eval.num_images=8
 	$(BIN)/python -m diffraw_jax.dng_writer --out $(DEMO_WORK)/demo/raw --num 1 --height 256 --width 384

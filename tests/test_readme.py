@@ -81,8 +81,8 @@ def _makefile_demo_commands() -> list[list[str]]:
                      for target in ("demo", "demo-train"))
     recipe = re.sub(r"\\\n\s*", " ", recipe)
     subst = {"$(BIN)/python": "python", "$(BIN)/diffraw": "diffraw", "$(DEMO_TFDS)": "data/tfds",
-             "$(DEMO_WORK)": "workdir", "$(DEMO_DATA)": "data/synthetic_zrr", "$(TEST_TFDS)": "data/tfds_test",
-             "$(TEST_DATA)": "data/synthetic_zrr_test", "$(PRETRAINED)": "pretrained/demo"}
+             "$(DEMO_WORK)": "workdir", "$(DEMO_DATA)": "data/synthetic_zrr", "$(TEST_TFDS)": "data/tfds_photo_test",
+             "$(TEST_DATA)": "data/synthetic_photo_test", "$(PRETRAINED)": "pretrained/demo"}
     out = []
     for line in recipe.splitlines():
         line = line.strip()

@@ -277,6 +277,11 @@ class DiffRAWPipeline:
                                   baseline_exposure=float(baseline_exposure))
         return self.process(frame, seed=seed, color_image=color_image, progress=progress)
 
+    def from_file(self, path: str, *, seed: int = 0, color_image=None, progress: bool = False) -> np.ndarray:
+        """A camera RAW file -> sRGB float32 [H, W, 3] in [0, 1] (``camera.read_camera_raw``: a DNG's
+        own colour tags and BaselineExposure, else LibRaw's tables), oriented."""
+        return self.process(camera.read_camera_raw(path), seed=seed, color_image=color_image, progress=progress)
+
     def from_rawpy(self, raw_obj, *, seed: int = 0, color_image=None,
                    progress: bool = False) -> np.ndarray:
         """An open ``rawpy.RawPy`` -> sRGB float32 [H, W, 3] in [0, 1] (``camera.frame_from_rawpy``)."""
