@@ -9,7 +9,8 @@ import pytest
 from diffraw_jax import configuration, weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = ["pretrained/demo", "pretrained/demo/color_net", "pretrained/distill-1",
+SHIPPED = ["pretrained/demo", "pretrained/demo/color_net", "pretrained/paper-demo", "pretrained/paper-demo/color_net",
+           "pretrained/distill-1",
            "pretrained/distill-1/color_net"]
 
 
