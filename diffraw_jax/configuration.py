@@ -75,6 +75,8 @@ def default_config() -> ml_collections.ConfigDict:
     g.workdir = ""              # trained G's workdir: gives c_test = G(w) in eval/inference
     g.ssim_weight = 0.15        # task "color_net": loss = L1 + ssim_weight * (1 - SSIM), as LiteISPNet
     g.align = True              # task "color_net": align the DSLR target to G's output before the loss
+    g.zero_mean_details = False  # ColorNet option: no constant detail band before each Haar synthesis
+                                 # (no fixed-phase 16/8/4-px lattice; issue 21). Off: the shipped G's design
 
     c.diffusion = df = ml_collections.ConfigDict()
     df.objective = "dtdm"       # dtdm (eq. 20) | ddpm (plain epsilon target; the Fig. 4 baseline)

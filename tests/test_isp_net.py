@@ -321,3 +321,41 @@ def test_tiny_net_learns_colour_transform(tiny):
     assert np.all(np.isfinite(losses))
     print("L1 loss", losses[0], "->", losses[-1])
     assert losses[0] > LEARN_FACTOR * losses[-1], np.round(losses, 3)
+
+
+def test_remove_detail_means_leaves_ll_and_no_constant_detail():
+    from diffraw_jax.models.color_net import remove_detail_means
+
+    rng = np.random.default_rng(0)
+    y = jnp.asarray(rng.normal(size=(2, 6, 5, 12)) + rng.normal(size=(2, 1, 1, 12)), jnp.float32)
+    z = remove_detail_means(y)
+    np.testing.assert_array_equal(np.asarray(z[..., :3]), np.asarray(y[..., :3]))  # LL untouched
+    np.testing.assert_allclose(np.asarray(z[..., 3:]).mean(axis=(1, 2)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(z[..., 3:] - y[..., 3:]).std(axis=(1, 2)), 0.0, atol=1e-6)
+    # what it removes: a constant detail band synthesises to a pattern of period 2
+    const = jnp.zeros((1, 4, 4, 4)).at[..., 1].set(1.0)  # HL = 1 everywhere
+    img = np.asarray(haar_idwt(const))[0, ..., 0]
+    np.testing.assert_allclose(img, np.tile([[-0.5, 0.5]], (8, 4)))
+    np.testing.assert_array_equal(np.asarray(haar_idwt(remove_detail_means(const))), 0.0)
+
+
+def test_zero_mean_details_draws_no_lattice_on_a_flat_frame():
+    """A flat input: the default G's interior carries a fixed 16/8/4-px pattern (its deepest
+    Haar synthesis of constant detail bands); with ``zero_mean_details`` the interior is ~flat.
+    Both use the same parameters (the option adds none). Interior: 64 px (128 output px) from
+    any border, beyond the zero padding's reach."""
+    cfg = color_net_config("tiny")
+    plain, zmd = ColorNet(**cfg), ColorNet(**cfg, zero_mean_details=True)
+    params = _init_params(plain, (1, 256, 256, 4), seed=1)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+        _init_params(zmd, (1, 256, 256, 4), seed=1))
+    flat = jnp.full((1, 256, 256, 4), 0.3, jnp.float32)
+    centre = slice(192, 320)  # output px
+    # 2x2 means: the pixel shuffle's period of 2 px (one Bayer cell) is the demosaic's, not a lattice
+    cells = lambda x: x.reshape(64, 2, 64, 2, 3).mean(axis=(1, 3))  # noqa: E731
+    a = cells(np.asarray(jax.jit(plain.apply)({"params": params}, flat))[0, centre, centre])
+    b = cells(np.asarray(jax.jit(zmd.apply)({"params": params}, flat))[0, centre, centre])
+    sa, sb = a.std(axis=(0, 1)).max(), b.std(axis=(0, 1)).max()
+    assert sa > 2e-3  # the lattice (measured 0.0079)
+    # ~flat: what is left comes from the borders, whose cells enter the mean (measured 0.0003)
+    assert sb < sa / 10, (sa, sb)

@@ -18,7 +18,7 @@ import numpy as np
 from diffraw_jax import color
 
 __all__ = ["LOWPASS_SIGMA", "LATTICE_SIGMA", "low_pass_color_difference", "exposure_gain",
-           "lattice_statistic", "lattice_ratios", "periodic_peak_ratio"]
+           "lattice_statistic", "lattice_ratios", "periodic_peak_ratio", "check_lattice_size"]
 
 #: Default Gaussian sigma (pixels of the compared images) of :func:`low_pass_color_difference`.
 LOWPASS_SIGMA = 8.0
@@ -89,6 +89,27 @@ def low_pass_color_difference(out01, ref01, sigma: float = LOWPASS_SIGMA, *,
             "p95": float(np.percentile(de, 95)), "gain": float(g)}
 
 
+def _bins(n: int, period: float, rel_band: float = 0.25):
+    """(peak bins, neighbour bins) of an rfft of n samples (see :func:`periodic_peak_ratio`)."""
+    f = n / float(period)
+    peak_bins = sorted({int(np.floor(f)), int(np.ceil(f))})
+    k = np.arange(1, n // 2 + 1)
+    periods = n / k
+    near = (periods >= period * (1 - rel_band)) & (periods <= period * (1 + rel_band))
+    near &= ~np.isin(k, peak_bins)
+    if near.sum() < 4 or peak_bins[0] < 1 or peak_bins[-1] > n // 2:
+        raise ValueError(f"a profile of {n} samples is too short to measure a period of {period} "
+                         f"(needs at least 4 neighbouring frequencies within +-{rel_band:.0%})")
+    return peak_bins, k[near]
+
+
+def check_lattice_size(height: int, width: int, period: float = 16) -> None:
+    """ValueError (saying why) when an image of height x width is too small for
+    :func:`lattice_statistic` at ``period`` (each side needs ~10 periods: 160 px for 16)."""
+    _bins(int(width), period)
+    _bins(int(height), period)
+
+
 def periodic_peak_ratio(profile, period: float, rel_band: float = 0.25) -> float:
     """Power of a 1-D ``profile`` [N] at ``period`` samples over the median power of its
     neighbouring frequencies.
@@ -104,19 +125,10 @@ def periodic_peak_ratio(profile, period: float, rel_band: float = 0.25) -> float
     p = np.asarray(profile, np.float64)
     if p.ndim != 1:
         raise ValueError(f"profile must be 1-D, got shape {p.shape}")
-    n = p.shape[0]
     power = np.abs(np.fft.rfft(p - p.mean())) ** 2
-    f = n / float(period)
-    peak_bins = sorted({int(np.floor(f)), int(np.ceil(f))})
-    k = np.arange(1, power.shape[0])
-    periods = n / k
-    near = (periods >= period * (1 - rel_band)) & (periods <= period * (1 + rel_band))
-    near &= ~np.isin(k, peak_bins)
-    if near.sum() < 4 or peak_bins[0] < 1 or peak_bins[-1] >= power.shape[0]:
-        raise ValueError(f"a profile of {n} samples is too short to measure a period of {period} "
-                         f"(needs at least 4 neighbouring frequencies within +-{rel_band:.0%})")
+    peak_bins, near = _bins(p.shape[0], period, rel_band)
     peak = float(power[peak_bins].max())
-    ref = float(np.median(power[k[near]]))
+    ref = float(np.median(power[near]))
     if ref == 0:
         return float("inf") if peak > 0 else 0.0
     return peak / ref
@@ -140,6 +152,7 @@ def lattice_ratios(img01, period: float = 16, sigma: float = LATTICE_SIGMA) -> d
         raise ValueError(f"img01 must be [H, W, 3] or [H, W], got shape {x.shape}")
     if not np.all(np.isfinite(y)):
         raise ValueError("img01 has non-finite values")
+    check_lattice_size(*y.shape, period)
     hp = y - _gaussian(y, sigma)
     return {"columns": periodic_peak_ratio(hp.mean(axis=0), period),
             "rows": periodic_peak_ratio(hp.mean(axis=1), period)}

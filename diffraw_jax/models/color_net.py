@@ -25,6 +25,16 @@ Call
   position in the full frame, normalised to [-1, 1]); if omitted, a grid of
   pixel centres spanning the patch in [-1, 1] (channel 0 = x / column,
   channel 1 = y / row) is used. Off by default.
+* ``zero_mean_details=True`` (off by default; the shipped weights were trained
+  without it) subtracts, before each of the three Haar syntheses (IDWT), the
+  spatial mean over the image of every detail band (HL, LH, HH) of its input.
+  A detail band that is constant over the image synthesises to a fixed pattern
+  of period 2 at that level, i.e. a lattice of 4, 8 and 16 output px (levels
+  1, 2, 3) in phase over the whole frame; without the mean no such lattice can
+  be drawn (issue 21: the shipped G's deepest detail bands are 94% a constant
+  on a real camera crop, and the 16-px lattice is their synthesis). The mean is
+  over the whole input, so the output of a crop then depends slightly on what
+  else the crop holds (a global ramp's constant detail component goes too).
 * ``train`` is accepted for API uniformity; the network has no dropout or
   batch statistics, so it changes nothing.
 * ``dtype`` is the compute dtype (e.g. bfloat16); parameters are stored in
@@ -45,9 +55,9 @@ Layer design (C = ``width`` = 64 by default, s = packed size h; all convs
     d2 = DWT(RCAG(C)(conv 4C -> C)(d1))                 4C        @ s/4
     d3 = DWT(RCAG(2C)(conv 4C -> 2C)(d2))               8C        @ s/8
     m  = d3 + conv 2C -> 8C (RCAG(2C)(RCAG(2C)(conv 8C -> 2C)(d3)))
-    u3 = d2 + conv 2C -> 4C (RCAG(2C)(IDWT(m)))         4C        @ s/4
-    u2 = d1 + conv C -> 4C  (RCAG(C)(IDWT(u3)))         4C        @ s/2
-    u1 = x0 + conv C -> C   (RCAG(C)(IDWT(u2)))         C         @ s
+    u3 = d2 + conv 2C -> 4C (RCAG(2C)(IDWT(Z(m))))      4C        @ s/4
+    u2 = d1 + conv C -> 4C  (RCAG(C)(IDWT(Z(u3))))      4C        @ s/2
+    u1 = x0 + conv C -> C   (RCAG(C)(IDWT(Z(u2))))      C         @ s
     out = conv C -> 3 (PixelShuffle(2)(conv C -> 4C (u1)))  3     @ 2s
 
     RCAB(c)  : x + CA(conv c->c (ReLU(conv c->c (x))))
@@ -55,6 +65,8 @@ Layer design (C = ``width`` = 64 by default, s = packed size h; all convs
                W1: c -> max(1, c // reduction), W2: back to c (1x1 convs)
     RCAG(c)  : x + conv c->c (RCAB(c)^n_blocks (x))
     DWT/IDWT : fixed orthonormal +-0.5 Haar (reshapes and adds, no params)
+    Z        : identity, or with ``zero_mean_details`` the detail bands less their
+               spatial means (``remove_detail_means``)
 
 Parameter counts (exact, ``factory.count_params(factory.abstract_params(net))``;
 coordinate map off)
@@ -87,6 +99,7 @@ __all__ = [
     "haar_dwt",
     "haar_idwt",
     "pixel_shuffle",
+    "remove_detail_means",
     "coordinate_map",
     "ChannelAttention",
     "RCAB",
@@ -160,6 +173,19 @@ def haar_idwt(y: Array) -> Array:
     bot = jnp.stack([x10, x11], axis=3)
     out = jnp.stack([top, bot], axis=2)  # [b, h, 2, w, 2, c]
     return out.reshape(b, 2 * h, 2 * w, c)
+
+
+def remove_detail_means(y: Array) -> Array:
+    """A Haar synthesis input [B, h, w, 4C] (band-major, as :func:`haar_dwt` returns) less the
+    spatial mean (over h and w, per example and channel) of its detail bands HL, LH, HH
+    (channels C..4C); LL is unchanged. ``haar_idwt`` of a constant detail band is a pattern of
+    period 2 in phase over the whole output, so after this the synthesis cannot draw one.
+    The mean is taken in float32; the output has ``y``'s dtype and shape."""
+    if y.ndim != 4 or y.shape[-1] % 4:
+        raise ValueError(f"remove_detail_means expects [B, h, w, 4C], got shape {y.shape}")
+    c = y.shape[-1] // 4
+    mean = jnp.mean(y[..., c:].astype(jnp.float32), axis=(1, 2), keepdims=True)
+    return jnp.concatenate([y[..., :c], y[..., c:] - mean.astype(y.dtype)], axis=-1)
 
 
 def pixel_shuffle(x: Array, r: int) -> Array:
@@ -282,6 +308,7 @@ class ColorNet(nn.Module):
     reduction: int = 16
     use_coords: bool = False
     input_gamma: float = 2.2
+    zero_mean_details: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -327,9 +354,10 @@ class ColorNet(nn.Module):
         m = group("mid_group2")(m)
         m = d3 + _conv(8 * c, "mid_conv_out", dt, pdt)(m)                    # 8C @ s/8
 
-        u3 = d2 + _conv(4 * c, "up3_conv", dt, pdt)(group("up3_group")(haar_idwt(m)))   # 4C @ s/4
-        u2 = d1 + _conv(4 * c, "up2_conv", dt, pdt)(group("up2_group")(haar_idwt(u3)))  # 4C @ s/2
-        u1 = x0 + _conv(c, "up1_conv", dt, pdt)(group("up1_group")(haar_idwt(u2)))      # C  @ s
+        z = remove_detail_means if self.zero_mean_details else (lambda t: t)
+        u3 = d2 + _conv(4 * c, "up3_conv", dt, pdt)(group("up3_group")(haar_idwt(z(m))))   # 4C @ s/4
+        u2 = d1 + _conv(4 * c, "up2_conv", dt, pdt)(group("up2_group")(haar_idwt(z(u3))))  # 4C @ s/2
+        u1 = x0 + _conv(c, "up1_conv", dt, pdt)(group("up1_group")(haar_idwt(z(u2))))      # C  @ s
 
         y = _conv(4 * c, "tail_conv1", dt, pdt)(u1)
         y = pixel_shuffle(y, 2)                                              # C  @ 2s

@@ -33,7 +33,8 @@ def create_model(config) -> nn.Module:
     if dtype is None:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
     if config.task == "color_net":
-        return color_net_lib.ColorNet(**color_net_lib.color_net_config(config.color_net.name), dtype=dtype)
+        return color_net_lib.ColorNet(**color_net_lib.color_net_config(config.color_net.name), dtype=dtype,
+                                      zero_mean_details=bool(config.color_net.zero_mean_details))
     if config.task != "diffraw":
         raise ValueError(f"task must be one of {TASKS}, got {config.task!r}")
     overrides = dict(dtype=dtype, remat=remat_policy(config),

@@ -1,0 +1,310 @@
+"""A real camera file through ``diffraw``, against LibRaw's calibrated rendering of it (issue 21).
+
+    python scripts/real_camera.py --input DNG --checkpoint MODEL [--crop 768x512] \
+        [--out results/real_camera] [-- extra diffraw args]
+
+Renders the RAW file two ways:
+
+* **diffraw**, as a user runs it. Whole frame (no ``--crop``): the ``diffraw`` command in a
+  subprocess, ``diffraw --checkpoint MODEL --input DNG --output TMP --bits16 --quiet`` plus the
+  arguments after ``--`` (the model's own defaults otherwise; ``--bits16`` only keeps the
+  statistics free of 8-bit rounding). With ``--crop WxH``: the centre W x H of the mosaic, its
+  offsets even so the CFA phase is kept, through the Python API
+  (``DiffRAWPipeline.from_checkpoint(MODEL)``, the model's defaults) -- seconds instead of
+  minutes on a CPU; the extra arguments may then be ``--method``, ``--steps``, ``--color
+  g|classic``, ``--seed``, ``--tile``, ``--other-sampler`` (as diffraw's).
+* **LibRaw's calibrated rendering** (the reference): rawpy ``postprocess(use_camera_wb=True,
+  output_bps=16, no_auto_bright=True)``: the file's as-shot white balance, AHD demosaic, the
+  file's colour matrix to sRGB, the sRGB/BT.709 curve LibRaw writes, no automatic brightening;
+  plus ``exp_shift = 2 ** BaselineExposure`` when the file's DNG BaselineExposure can be read
+  (``baseline_exposure``; clamped to LibRaw's usable 0.25..8). With ``--crop`` the same region
+  is cut from it (in sensor layout, before the orientation).
+
+Scores (``diffraw_jax.metrics.real_camera``): the low-pass colour difference of the diffraw
+output against the reference (CIEDE2000 after Gaussian low-passes of ``--sigma`` px and one
+exposure gain: mean, median, p95), and the 16-px lattice statistic of both and their ratio.
+
+Writes ``OUT/summary.json``, ``OUT/summary.md`` (the numbers, the wall time of the diffraw
+rendering, the commands, the date and the machine) and ``OUT/side_by_side.jpg`` (diffraw |
+LibRaw, downscaled to at most ``--jpeg_width`` px wide).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from diffraw_jax.metrics import real_camera  # noqa: E402
+
+LIBRAW_ARGS = dict(use_camera_wb=True, output_bps=16, no_auto_bright=True)
+
+
+def parse_crop(text: str):
+    """'WxH' -> (W, H), both positive and even (whole 2x2 Bayer cells); ValueError otherwise."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--crop must be WIDTHxHEIGHT, e.g. 768x512, got {text!r}") from None
+    if w <= 0 or h <= 0 or w % 2 or h % 2:
+        raise ValueError(f"--crop sides must be positive and even (whole Bayer cells), got {text!r}")
+    return w, h
+
+
+def crop_box(height: int, width: int, crop):
+    """(top, left, h, w) of the centre crop (w, h) of a [height, width] mosaic, top and left even
+    (the CFA phase kept). ValueError when the crop is larger than the mosaic."""
+    cw, ch = crop
+    if cw > width or ch > height:
+        raise ValueError(f"--crop {cw}x{ch} is larger than the mosaic ({width}x{height})")
+    return (height - ch) // 4 * 2, (width - cw) // 4 * 2, ch, cw
+
+
+def baseline_exposure(path: str):
+    """The DNG BaselineExposure (EV, float) of ``path``, or None when unknown.
+
+    TODO(issue 21): the DNG tag reader (``diffraw_jax.inference.dng_tags``) is being added by
+    another change; until it lands this returns None and the reference gets no exp_shift
+    (the colour difference matches exposure by a gain anyway). The hook accepts a function
+    ``baseline_exposure(path)`` or ``read_dng_tags(path)`` returning a dict/object with
+    ``baseline_exposure``."""
+    try:
+        from diffraw_jax.inference import dng_tags  # noqa: F401 (optional until it lands)
+    except ImportError:
+        return None
+    fn = getattr(dng_tags, "baseline_exposure", None)
+    if callable(fn):
+        v = fn(path)
+        return None if v is None else float(v)
+    fn = getattr(dng_tags, "read_dng_tags", None)
+    if callable(fn):
+        tags = fn(path)
+        v = tags.get("baseline_exposure") if isinstance(tags, dict) else getattr(tags, "baseline_exposure", None)
+        return None if v is None else float(v)
+    return None
+
+
+def libraw_reference(path: str, *, exp_shift=None, oriented: bool = True) -> np.ndarray:
+    """LibRaw's rendering (``LIBRAW_ARGS``, ``exp_shift`` if given) as float32 [H, W, 3] in [0, 1];
+    ``oriented=False``: in sensor layout (``user_flip=0``)."""
+    import rawpy
+
+    kw = dict(LIBRAW_ARGS)
+    if exp_shift is not None:
+        kw["exp_shift"] = float(exp_shift)
+    if not oriented:
+        kw["user_flip"] = 0
+    with rawpy.imread(path) as r:
+        img = r.postprocess(**kw)
+    return img.astype(np.float32) / 65535.0
+
+
+def read_png16(path: str) -> np.ndarray:
+    """diffraw's 16-bit (``--bits16``) RGB PNG -> float32 [H, W, 3] in [0, 1] (OpenCV: PIL reads
+    16-bit RGB as 8 bits)."""
+    import cv2
+
+    a = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if a is None or a.ndim != 3:
+        raise RuntimeError(f"diffraw wrote no RGB image at {path}")
+    scale = 65535.0 if a.dtype == np.uint16 else 255.0
+    return a[..., 2::-1].astype(np.float32) / scale  # BGR -> RGB
+
+
+def render_cli(dng: str, checkpoint: str, extra) -> tuple:
+    """diffraw in a subprocess -> (sRGB float32 [H, W, 3], wall seconds, the command)."""
+    with tempfile.TemporaryDirectory(prefix="real_camera_") as tmp:
+        cmd = ["diffraw", "--checkpoint", checkpoint, "--input", dng, "--output", tmp,
+               "--bits16", "--quiet", *extra]
+        exe = os.path.join(os.path.dirname(sys.executable), "diffraw")
+        run = [exe if os.path.exists(exe) else "diffraw", *cmd[1:]]
+        t0 = time.perf_counter()
+        r = subprocess.run(run, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"diffraw failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-2000:]}")
+        out = os.path.join(tmp, os.path.splitext(os.path.basename(dng))[0] + ".png")
+        shown = [("TMP" if c == tmp else c) for c in cmd]
+        return read_png16(out), wall, " ".join(shlex.quote(c) for c in shown)
+
+
+def _pipeline_args(extra):
+    p = argparse.ArgumentParser(prog="real_camera.py ... --crop WxH --", add_help=False)
+    p.add_argument("--method")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--color", default="g", choices=["g", "classic"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile", type=int)
+    p.add_argument("--other-sampler", action="store_true")
+    a, unknown = p.parse_known_args(extra)
+    if unknown:
+        raise ValueError(f"with --crop the diffraw arguments may be --method, --steps, --color, --seed, "
+                         f"--tile, --other-sampler; not {' '.join(unknown)}")
+    return a
+
+
+def render_crop(dng: str, checkpoint: str, crop, extra) -> tuple:
+    """The centre crop of the mosaic through DiffRAWPipeline -> (sRGB float32 [h, w, 3] in sensor
+    layout, wall seconds, a description of the call, (top, left, h, w), LibRaw's flip code)."""
+    from diffraw_jax.inference import DiffRAWPipeline, camera
+
+    a = _pipeline_args(extra)
+    frame = camera.read_camera_raw(dng)
+    top, left, h, w = crop_box(*frame.mosaic.shape, crop)
+    flip = frame.flip
+    sub = camera.BayerFrame(mosaic=frame.mosaic[top:top + h, left:left + w], cfa=frame.cfa,
+                            black_level=frame.black_level, white_level=frame.white_level,
+                            wb_gains=frame.wb_gains, ccm=frame.ccm, flip=0)
+    kw = dict(method=a.method, num_steps=a.steps, color=a.color, other_sampler=a.other_sampler)
+    if a.tile is not None:
+        kw["tile"] = a.tile or None
+    t0 = time.perf_counter()
+    pipe = DiffRAWPipeline.from_checkpoint(checkpoint, **kw)
+    out = pipe.process(sub, seed=a.seed)
+    wall = time.perf_counter() - t0
+    desc = (f"DiffRAWPipeline.from_checkpoint({checkpoint!r}, "
+            + ", ".join(f"{k}={v!r}" for k, v in kw.items() if v not in (None, False)) + ")"
+            + f".process(centre crop {w}x{h} of the mosaic at row {top}, column {left}, seed={a.seed})")
+    return out, wall, desc, (top, left, h, w), flip
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, path: str, max_width: int = 1600, gap: int = 8) -> None:
+    """Writes ``left | right`` (sRGB [H, W, 3] in [0, 1], one shape) as a JPEG at most ``max_width`` wide."""
+    from PIL import Image
+
+    h, w = left.shape[:2]
+    scale = min(1.0, (max_width - gap) / (2 * w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    tiles = [Image.fromarray(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)).resize(size, Image.LANCZOS)
+             for x in (left, right)]
+    canvas = Image.new("RGB", (2 * size[0] + gap, size[1]), (255, 255, 255))
+    canvas.paste(tiles[0], (0, 0))
+    canvas.paste(tiles[1], (size[0] + gap, 0))
+    canvas.save(path, quality=90)
+
+
+def machine() -> dict:
+    info = {"node": platform.node(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version()}
+    try:
+        import jax
+
+        info["jax_devices"] = [str(d) for d in jax.devices()]
+    except Exception as e:  # noqa: BLE001 (informational only)
+        info["jax_devices"] = f"unavailable: {e}"
+    return info
+
+
+def evaluate(out01: np.ndarray, ref01: np.ndarray, sigma: float, period: int) -> dict:
+    """The issue's statistics of ``out01`` against LibRaw's ``ref01`` (both [H, W, 3] in [0, 1])."""
+    if out01.shape != ref01.shape:
+        raise ValueError(f"diffraw's output {out01.shape} and LibRaw's rendering {ref01.shape} differ in size")
+    lat_out = real_camera.lattice_statistic(out01, period)
+    lat_ref = real_camera.lattice_statistic(ref01, period)
+    return {"color_delta_e2000": real_camera.low_pass_color_difference(out01, ref01, sigma),
+            "lowpass_sigma_px": sigma, "lattice_period_px": period,
+            "lattice_diffraw": lat_out, "lattice_libraw": lat_ref,
+            "lattice_ratio": lat_out / lat_ref if lat_ref > 0 else float("inf")}
+
+
+def write_summary(out_dir: str, summary: dict) -> None:
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    s, de = summary["scores"], summary["scores"]["color_delta_e2000"]
+    lines = [
+        f"# {os.path.basename(summary['input'])} through diffraw, against LibRaw",
+        "",
+        f"Model `{summary['checkpoint']}`; {summary['region']}; {summary['date']} on {summary['machine']['node']} "
+        f"({summary['machine']['cpu_count']} CPUs, {', '.join(summary['machine'].get('jax_devices') or []) if isinstance(summary['machine'].get('jax_devices'), list) else summary['machine'].get('jax_devices')}).",
+        "",
+        "| statistic | value |",
+        "|---|---|",
+        f"| low-pass colour, CIEDE2000 mean / median / p95 (sigma {s['lowpass_sigma_px']:g} px, one exposure gain "
+        f"{de['gain']:.3f}) | {de['mean']:.2f} / {de['median']:.2f} / {de['p95']:.2f} |",
+        f"| lattice statistic at {s['lattice_period_px']} px: diffraw | {s['lattice_diffraw']:.2f} |",
+        f"| lattice statistic: LibRaw | {s['lattice_libraw']:.2f} |",
+        f"| lattice ratio diffraw / LibRaw | {s['lattice_ratio']:.1f} |",
+        f"| diffraw wall time | {summary['wall_s']:.1f} s |",
+        "",
+        f"- diffraw: `{summary['diffraw_command']}`",
+        f"- LibRaw: `{summary['libraw_command']}`",
+        f"- BaselineExposure: {summary['baseline_exposure'] if summary['baseline_exposure'] is not None else 'not read (no DNG tag reader)'}",
+        "- Definitions: `diffraw_jax/metrics/real_camera.py` (low_pass_color_difference, lattice_statistic).",
+        "",
+        "![diffraw | LibRaw](side_by_side.jpg)",
+        "",
+    ]
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", required=True, help="a camera RAW (DNG) file")
+    p.add_argument("--checkpoint", required=True, help="a weights folder or training workdir")
+    p.add_argument("--crop", help="WxH: the centre of the mosaic only, through the Python API")
+    p.add_argument("--out", default="results/real_camera")
+    p.add_argument("--sigma", type=float, default=real_camera.LOWPASS_SIGMA, help="low-pass sigma, px")
+    p.add_argument("--period", type=int, default=16, help="lattice period, px")
+    p.add_argument("--jpeg_width", type=int, default=1600)
+    a = p.parse_args(argv)
+    try:
+        if not os.path.isfile(a.input):
+            raise ValueError(f"no such file: {a.input}")
+        crop = parse_crop(a.crop) if a.crop else None
+        if crop is not None:
+            real_camera.check_lattice_size(crop[1], crop[0], a.period)
+        ev = baseline_exposure(a.input)
+        exp_shift = None if ev is None else float(np.clip(2.0 ** ev, 0.25, 8.0))
+        libraw_cmd = (f"rawpy.imread({a.input!r}).postprocess("
+                      + ", ".join(f"{k}={v!r}" for k, v in LIBRAW_ARGS.items())
+                      + (f", exp_shift={exp_shift:.4g}" if exp_shift is not None else "") + ")")
+        if crop is None:
+            out, wall, cmd = render_cli(a.input, a.checkpoint, extra)
+            ref = libraw_reference(a.input, exp_shift=exp_shift)
+            region = f"whole frame {out.shape[1]}x{out.shape[0]}"
+        else:
+            from diffraw_jax.inference import camera
+
+            out, wall, cmd, (top, left, h, w), flip = render_crop(a.input, a.checkpoint, crop, extra)
+            ref = libraw_reference(a.input, exp_shift=exp_shift, oriented=False)[top:top + h, left:left + w]
+            out, ref = camera.orient(out, flip), camera.orient(ref, flip)
+            libraw_cmd += f" (user_flip=0), the same crop, then oriented"
+            region = f"centre crop {w}x{h} of the mosaic (row {top}, column {left})"
+        scores = evaluate(out, ref, a.sigma, a.period)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"real_camera.py: error: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(a.out, exist_ok=True)
+    summary = {"input": a.input, "checkpoint": a.checkpoint, "region": region, "scores": scores,
+               "wall_s": wall, "diffraw_command": cmd, "libraw_command": libraw_cmd,
+               "baseline_exposure": ev, "exp_shift": exp_shift,
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "machine": machine()}
+    write_summary(a.out, summary)
+    side_by_side(out, ref, os.path.join(a.out, "side_by_side.jpg"), a.jpeg_width)
+    de = scores["color_delta_e2000"]
+    print(f"colour dE2000 mean {de['mean']:.2f} (median {de['median']:.2f}, p95 {de['p95']:.2f}); lattice "
+          f"{scores['lattice_diffraw']:.2f} vs LibRaw {scores['lattice_libraw']:.2f}; {wall:.1f} s -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
