@@ -16,8 +16,9 @@ Renders the RAW file two ways:
 * **LibRaw's calibrated rendering** (the reference): rawpy ``postprocess(use_camera_wb=True,
   output_bps=16, no_auto_bright=True)``: the file's as-shot white balance, AHD demosaic, the
   file's colour matrix to sRGB, the sRGB/BT.709 curve LibRaw writes, no automatic brightening;
-  plus ``exp_shift = 2 ** BaselineExposure`` when the file's DNG BaselineExposure can be read
-  (``baseline_exposure``; clamped to LibRaw's usable 0.25..8). With ``--crop`` the same region
+  plus ``exp_shift = 2 ** EV`` with the EV diffraw renders the file at (its BaselineExposure,
+  lowered where it would clip more than 1% of the pixels: ``baseline_exposure``; clamped to
+  LibRaw's usable 0.25..8). With ``--crop`` the same region
   is cut from it (in sensor layout, before the orientation).
 
 Scores (``diffraw_jax.metrics.real_camera``): the low-pass colour difference of the diffraw
@@ -73,27 +74,20 @@ def crop_box(height: int, width: int, crop):
 
 
 def baseline_exposure(path: str):
-    """The DNG BaselineExposure (EV, float) of ``path``, or None when unknown.
+    """(the file's BaselineExposure, the EV diffraw renders it with), both floats (EV).
 
-    TODO(issue 21): the DNG tag reader (``diffraw_jax.inference.dng_tags``) is being added by
-    another change; until it lands this returns None and the reference gets no exp_shift
-    (the colour difference matches exposure by a gain anyway). The hook accepts a function
-    ``baseline_exposure(path)`` or ``read_dng_tags(path)`` returning a dict/object with
-    ``baseline_exposure``."""
-    try:
-        from diffraw_jax.inference import dng_tags  # noqa: F401 (optional until it lands)
-    except ImportError:
-        return None
-    fn = getattr(dng_tags, "baseline_exposure", None)
-    if callable(fn):
-        v = fn(path)
-        return None if v is None else float(v)
-    fn = getattr(dng_tags, "read_dng_tags", None)
-    if callable(fn):
-        tags = fn(path)
-        v = tags.get("baseline_exposure") if isinstance(tags, dict) else getattr(tags, "baseline_exposure", None)
-        return None if v is None else float(v)
-    return None
+    The file's value is the DNG BaselineExposure (+ BaselineExposureOffset; 0 for other
+    RAWs), read by ``diffraw_jax.inference.camera.read_camera_raw``; the rendering's is
+    ``calibration.inference_exposure``: that value, lowered where it would clip more than 1%
+    of the pixels. The reference is rendered at the second, so both clip the same highlights."""
+    from diffraw_jax import calibration
+    from diffraw_jax.inference import camera
+
+    frame = camera.read_camera_raw(path)
+    prepared = camera.prepare_frame(frame)
+    wb = frame.wb_gains if frame.wb_gains is not None else np.ones(3, np.float32)
+    asked = float(frame.baseline_exposure or 0.0)
+    return asked, calibration.inference_exposure(prepared.planes, wb, asked)
 
 
 def libraw_reference(path: str, *, exp_shift=None, oriented: bool = True) -> np.ndarray:
@@ -240,7 +234,8 @@ def write_summary(out_dir: str, summary: dict) -> None:
         "",
         f"- diffraw: `{summary['diffraw_command']}`",
         f"- LibRaw: `{summary['libraw_command']}`",
-        f"- BaselineExposure: {summary['baseline_exposure'] if summary['baseline_exposure'] is not None else 'not read (no DNG tag reader)'}",
+        f"- BaselineExposure: {summary['baseline_exposure']:+.2f} EV; rendered at {summary['exposure_used']:+.2f} EV "
+        "(lowered where it would clip more than 1% of the pixels)",
         "- Definitions: `diffraw_jax/metrics/real_camera.py` (low_pass_color_difference, lattice_statistic).",
         "",
         "![diffraw | LibRaw](side_by_side.jpg)",
@@ -271,8 +266,8 @@ def main(argv=None) -> int:
         crop = parse_crop(a.crop) if a.crop else None
         if crop is not None:
             real_camera.check_lattice_size(crop[1], crop[0], a.period)
-        ev = baseline_exposure(a.input)
-        exp_shift = None if ev is None else float(np.clip(2.0 ** ev, 0.25, 8.0))
+        ev, ev_used = baseline_exposure(a.input)
+        exp_shift = float(np.clip(2.0 ** ev_used, 0.25, 8.0))
         libraw_cmd = (f"rawpy.imread({a.input!r}).postprocess("
                       + ", ".join(f"{k}={v!r}" for k, v in LIBRAW_ARGS.items())
                       + (f", exp_shift={exp_shift:.4g}" if exp_shift is not None else "") + ")")
@@ -295,7 +290,7 @@ def main(argv=None) -> int:
     os.makedirs(a.out, exist_ok=True)
     summary = {"input": a.input, "checkpoint": a.checkpoint, "region": region, "scores": scores,
                "wall_s": wall, "diffraw_command": cmd, "libraw_command": libraw_cmd,
-               "baseline_exposure": ev, "exp_shift": exp_shift,
+               "baseline_exposure": ev, "exposure_used": ev_used, "exp_shift": exp_shift,
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": machine()}
     write_summary(a.out, summary)

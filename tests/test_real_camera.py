@@ -148,8 +148,9 @@ def test_real_camera_script_on_a_crop_of_a_written_dng(tmp_path, capsys):
     assert sc["lattice_ratio"] == pytest.approx(sc["lattice_diffraw"] / sc["lattice_libraw"])
     de = sc["color_delta_e2000"]
     assert 0 <= de["median"] <= de["p95"] and de["mean"] > 0 and de["gain"] > 0
-    assert s["wall_s"] > 0 and s["baseline_exposure"] is None and s["machine"]["cpu_count"] >= 1
-    assert "color='g'" in s["diffraw_command"] and "no_auto_bright=True" in s["libraw_command"]
+    assert s["wall_s"] > 0 and s["machine"]["cpu_count"] >= 1
+    assert s["baseline_exposure"] == 0.0 and s["exposure_used"] == 0.0 and s["exp_shift"] == 1.0
+    assert "from_checkpoint" in s["diffraw_command"] and "no_auto_bright=True" in s["libraw_command"]
     md = (out / "summary.md").read_text()
     assert f"{de['mean']:.2f} / {de['median']:.2f} / {de['p95']:.2f}" in md
     with Image.open(out / "side_by_side.jpg") as im:
