@@ -106,11 +106,12 @@ class DiffRAWPipeline:
         was distilled for (otherwise a ValueError saying which that is).
         Raises FileNotFoundError, ValueError or RuntimeError (see ``load_inference``).
         """
-        cfg = weights.load_config(path)
-        if cfg.task != "diffraw":
-            raise ValueError(f"{path} is a {cfg.task!r} model, not a DiffRAW model")
-        color = check_color(color, factory.model_condition(cfg), path)
-        loaded = weights.load_inference(path, use_ema=use_ema, step=step, color_net=(color == "g"))
+        loaded = weights.load_inference(path, use_ema=use_ema, step=step, color_net=False)
+        if loaded.config.task != "diffraw":
+            raise ValueError(f"{path} is a {loaded.config.task!r} model, not a DiffRAW model")
+        color = check_color(color, factory.model_condition(loaded.config), path)
+        if color == "g":
+            loaded.color_net = weights.find_color_net(loaded.config, path)
         settings = loaded.sampler_settings(method, num_steps, other_than_distilled=other_sampler)
         if isinstance(tile, str):
             if tile != "train":
