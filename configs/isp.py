@@ -11,6 +11,7 @@ def get_config():
     c = synthetic.get_config()
     c.task = "color_net"
     c.color_net.workdir = ""
+    c.color_net.zero_mean_details = True  # no 16-px lattice (issue 21; results/real_camera/lattice_cause.md)
     c.optim.learning_rate = 1e-3
     c.optim.ema_decay = 0.0
     c.train.num_train_steps = 600

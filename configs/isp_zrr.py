@@ -28,6 +28,7 @@ def get_config():
     c.data.worker_count = 8
     c.color_net.name = "default"
     c.color_net.workdir = ""
+    c.color_net.zero_mean_details = True  # no 16-px lattice (issue 21; results/real_camera/lattice_cause.md)
     c.optim.learning_rate = 1e-4
     c.optim.warmup_steps = 0
     c.optim.decay_every_steps = 40 * STEPS_PER_EPOCH

@@ -1,9 +1,11 @@
 """The shipped models give the same pixels as when they were recorded (bit for bit).
 
-``tests/data/pretrained_outputs.npz`` holds the outputs of pretrained/demo and
-pretrained/distill-1 on one fixed 64x96 mosaic, recorded at commit 31f4c66 (before
-the one-path redesign of #20) with this file's ``render`` under the test suite's
-XLA flags (tests/conftest.py). A refactor that changes what the shipped weights
+``tests/data/pretrained_outputs.npz`` holds the outputs of pretrained/paper-demo (the
+paper's G path; pretrained/demo until issue #21) and pretrained/distill-1 on one fixed
+64x96 mosaic, with this file's ``render`` under the test suite's XLA flags
+(tests/conftest.py). First recorded at commit 31f4c66 (before the one-path redesign of
+#20); re-recorded in #21 for two intended changes: paper-demo's G runs with
+``zero_mean_details`` (no 16-px lattice) and distill-1 is the calibrated student. A refactor that changes what the shipped weights
 compute (the loader, the config upgrade, the sampler, G, the colour condition,
 the tiler) fails here. Regenerate only for an intended change of the outputs:
 
