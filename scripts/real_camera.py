@@ -138,7 +138,7 @@ def _pipeline_args(extra):
     p = argparse.ArgumentParser(prog="real_camera.py ... --crop WxH --", add_help=False)
     p.add_argument("--method")
     p.add_argument("--steps", type=int)
-    p.add_argument("--color", default="g", choices=["g", "classic"])
+    p.add_argument("--color", default=None, choices=["calibrated", "g", "classic"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tile", type=int)
     p.add_argument("--other-sampler", action="store_true")
@@ -160,7 +160,9 @@ def render_crop(dng: str, checkpoint: str, crop, extra) -> tuple:
     flip = frame.flip
     sub = camera.BayerFrame(mosaic=frame.mosaic[top:top + h, left:left + w], cfa=frame.cfa,
                             black_level=frame.black_level, white_level=frame.white_level,
-                            wb_gains=frame.wb_gains, ccm=frame.ccm, flip=0)
+                            wb_gains=frame.wb_gains, ccm=frame.ccm, flip=0,
+                            baseline_exposure=baseline_exposure(dng)[1],  # the whole frame's exposure
+                            color_source=frame.color_source)
     kw = dict(method=a.method, num_steps=a.steps, color=a.color, other_sampler=a.other_sampler)
     if a.tile is not None:
         kw["tile"] = a.tile or None
