@@ -63,7 +63,7 @@ demo-train: install
 PHOTO_DATA ?= data/synthetic_photo
 PHOTO_TFDS ?= data/tfds_photo
 pretrained: install
-	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.synthetic_zrr --out $(PHOTO_DATA) \
+	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.synthetic_zrr --out $(PHOTO_DATA) --aligned \
 		--num_train 1024 --num_test 16 --size 448 --seed 0
 	$(BIN)/python -m tfds_zrr.build --manual_dir $(PHOTO_DATA) --data_dir $(PHOTO_TFDS) --config calibrated
 	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/pretrained
@@ -85,7 +85,7 @@ pretrained-paper: install
 # the measurements in results/distill, and the shipped student's weights folder.
 DISTILL_SHIP ?= 1
 distill: install
-	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.synthetic_zrr --out $(PHOTO_DATA) \
+	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.synthetic_zrr --out $(PHOTO_DATA) --aligned \
 		--num_train 1024 --num_test 16 --size 448 --seed 0
 	$(BIN)/python -m tfds_zrr.build --manual_dir $(PHOTO_DATA) --data_dir $(PHOTO_TFDS) --config calibrated
 	for n in 8 4 2 1; do \

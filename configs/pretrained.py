@@ -5,8 +5,10 @@ the networks see the planes white-balanced and exposed by each file's own calibr
 x = c is the classical ISP of them with the file's colour matrix, so the colour of
 an unseen camera comes from its file, not from one sensor's training data. Trained on
 the photographic synthetic pairs (textured dead leaves, a sensor model spanning phone
-and camera sensors; `python -m diffraw_jax.synthetic_zrr`), built as ``zrr/calibrated``
-(each pair's true calibration). It starts from the paper-condition model
+and camera sensors; `python -m diffraw_jax.synthetic_zrr --aligned`), built as
+``zrr/calibrated`` (each pair's true calibration). The pairs are pixel-aligned: the
+condition comes from the RAW itself, and a misaligned target teaches a calibrated model to
+distrust the detail of c (it smeared edges and painted mottled texture on clean input). It starts from the paper-condition model
 pretrained/paper-demo (``train.init_from``; its U-Net has already learned the
 diffusion at this size), 64 px crops, batch 8. G (pretrained/paper-demo/color_net)
 is named only for the evaluation's "G (color_net)" comparison row.

@@ -504,16 +504,17 @@ def write_pair(out: str, split: str, index: int, raw: np.ndarray, dslr: np.ndarr
 
 
 def _work(args):
-    out, seed, split, index, size = args
-    raw, dslr, calib = make_example(seed, split, index, size)
+    out, seed, split, index, size, aligned = args
+    raw, dslr, calib = make_example(seed, split, index, size, **({"warp": False} if aligned else {}))
     write_pair(out, split, index, raw, dslr, calib)
     return index
 
 
 def generate(out: str, num_train: int, num_test: int, size: int = 448, seed: int = 0,
-             workers: int | None = None, progress: bool = True) -> None:
+             workers: int | None = None, progress: bool = True, aligned: bool = False) -> None:
     """Writes the synthetic dataset under ``out`` (see the module docstring). Any even
-    ``size``; only ``tfds_zrr.zrr.PATCH_SIZE`` (448) builds with ``zrr/patches``."""
+    ``size``; only ``tfds_zrr.zrr.PATCH_SIZE`` (448) builds with ``zrr/patches``.
+    ``aligned``: no misalignment warp (the RAW is pixel-aligned with the DSLR image)."""
     jobs = []
     for split, n in (("train", num_train), ("test", num_test)):
         if n < 0:
@@ -521,7 +522,7 @@ def generate(out: str, num_train: int, num_test: int, size: int = 448, seed: int
         os.makedirs(os.path.join(out, split, "huawei_raw"), exist_ok=True)
         os.makedirs(os.path.join(out, split, "canon"), exist_ok=True)
         os.makedirs(os.path.join(out, split, "calibration"), exist_ok=True)
-        jobs += [(out, seed, split, i, size) for i in range(n)]
+        jobs += [(out, seed, split, i, size, aligned) for i in range(n)]
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
     bar = None
     if progress:
@@ -554,6 +555,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    p.add_argument("--aligned", action="store_true",
+                   help="no misalignment warp: the RAW is pixel-aligned with the DSLR image (the training "
+                   "data of calibrated models, whose condition comes from the RAW itself)")
     a = p.parse_args(argv)
     from tfds_zrr.zrr import PATCH_SIZE  # the size the builder stores (loads tensorflow_datasets)
 
@@ -567,7 +571,7 @@ def main(argv=None) -> int:
     if os.path.isdir(a.out) and os.listdir(a.out) and not a.overwrite:
         p.error(f"--out {a.out} is not empty; pass --overwrite to write into it")
     t0 = time.time()
-    generate(a.out, a.num_train, a.num_test, a.size, a.seed, a.workers)
+    generate(a.out, a.num_train, a.num_test, a.size, a.seed, a.workers, aligned=a.aligned)
     print(f"wrote {a.num_train} train + {a.num_test} test pairs ({a.size}x{a.size}) to {a.out} "
           f"in {time.time() - t0:.1f} s")
     return 0

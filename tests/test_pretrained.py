@@ -16,8 +16,9 @@ def test_shipped_weights_load_with_their_manifest():
 
     m = weights.load_inference(MODEL)  # checks sha256 and every shape
     manifest = json.load(open(os.path.join(MODEL, "manifest.json")))
-    assert m.kind == "weights" and m.step == manifest["step"] == 5000
+    assert m.kind == "weights" and m.step == manifest["step"] > 0
     assert m.config.model.name == "demo" and m.num_params == manifest["num_params"] == 2_756_723
+    assert m.config.model.condition == "calibrated"  # colour from each file's own calibration (#21)
     assert m.color_net is not None and m.color_net.num_params == 378_659
     assert m.sampler_settings().label == "DTDM-100"
     assert weights.folder_bytes(MODEL) < 15 * 2**20  # small enough for git
@@ -42,6 +43,8 @@ def test_diffraw_runs_the_shipped_model_on_a_dng(tmp_path):
                        env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "processed 1, failed 0" in r.stdout
+    # The calibrated path by default, naming the colour source: the DNG's own tags.
+    assert "synthetic_0.dng: colour from DNG ColorMatrix" in r.stdout + r.stderr
     img = np.asarray(Image.open(out / "synthetic_0.png"))
     assert img.shape == (96, 64, 3) and img.std() > 10  # rotated as the DNG says, not flat
     ref = np.asarray(Image.open(tmp_path / "raw" / "synthetic_0_dslr.jpg")).astype(float)

@@ -154,3 +154,16 @@ def test_lens_shading_darkens_the_corners_of_the_raw_only():
     assert np.ptp(lin_flat) <= 1  # a flat field stays flat without shading
     assert lin_shaded[31:33, 31:33].mean() == pytest.approx(lin_flat[31:33, 31:33].mean(), rel=0.01)
     assert lin_shaded[0, 0] / lin_flat[0, 0] == pytest.approx(0.7, abs=0.01)  # 30% corner fall-off
+
+
+def test_aligned_generation_writes_unwarped_pairs(tmp_path):
+    """``--aligned`` (calibrated models' training data): each RAW is make_example's with the
+    misalignment warp off, so it is pixel-aligned with its DSLR image."""
+    from PIL import Image
+
+    synthetic_zrr.generate(str(tmp_path), 2, 1, size=64, seed=3, workers=1, progress=False, aligned=True)
+    for split, i in (("train", 0), ("train", 1), ("test", 0)):
+        raw, dslr, cal = synthetic_zrr.make_example(3, split, i, 64, warp=False)
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / split / "huawei_raw" / f"{i}.png")), raw)
+        warped, _, _ = synthetic_zrr.make_example(3, split, i, 64)
+        assert not np.array_equal(raw, warped)
