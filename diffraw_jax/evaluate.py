@@ -368,7 +368,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     text = write_tables(summary, out_dir)
     if grid_rows:
-        label_c = "c = G(w)" if g_fn is not None else "c = classical ISP"
+        label_c = ("c = calibrated ISP" if calibrated else "c = G(w)" if g_fn is not None else "c = classical ISP")
         grid_png(out_dir / "samples.png", grid_rows,
                  ["RAW (classical ISP)", label_c, next(iter(methods)), "DSLR"])
     print(text)
