@@ -1,13 +1,13 @@
 """The paper's ablations at CPU scale, on the synthetic data.
 
-    python scripts/ablation.py --train_steps 1000 --dtdm_workdir pretrained/demo \
-        --color_workdir pretrained/demo/color_net --num_images 16 --out results/ablation
+    python scripts/ablation.py --train_steps 1000 --dtdm_workdir pretrained/paper-demo \
+        --color_workdir pretrained/paper-demo/color_net --num_images 16 --out results/ablation
 
 1. Steps (Fig. 4): quality against the number of sampling steps for DDPM from noised x
    (a network trained on the plain epsilon target, started from x noised to step k,
    k up to 1500), DTDM ancestral (started at step n <= s, the paper's test-time
    setting) and DTDM-DDIM (ours). The DTDM curves use ``--dtdm_workdir`` (a longer-
-   trained model or weights folder, e.g. the shipped pretrained/demo) when given;
+   trained model or weights folder, e.g. the shipped pretrained/paper-demo) when given;
    a DTDM-DDIM-10 row of the model trained as long as the DDPM baseline is added.
 2. Conditions (Fig. 3): no condition, w, and w + c, each trained the same way.
 

@@ -14,8 +14,8 @@ Renders the RAW file two ways:
   minutes on a CPU; the extra arguments may then be ``--method``, ``--steps``, ``--color
   g|classic``, ``--seed``, ``--tile``, ``--other-sampler`` (as diffraw's).
 * **LibRaw's calibrated rendering** (the reference): rawpy ``postprocess(use_camera_wb=True,
-  output_bps=16, no_auto_bright=True)``: the file's as-shot white balance, AHD demosaic, the
-  file's colour matrix to sRGB, the sRGB/BT.709 curve LibRaw writes, no automatic brightening;
+  output_bps=16, no_auto_bright=True, gamma=(2.4, 12.92))``: the file's as-shot white balance,
+  AHD demosaic, the file's colour matrix to sRGB, the sRGB curve, no automatic brightening;
   plus ``exp_shift = 2 ** EV`` with the EV diffraw renders the file at (its BaselineExposure,
   lowered where it would clip more than 1% of the pixels: ``baseline_exposure``; clamped to
   LibRaw's usable 0.25..8). With ``--crop`` the same region
@@ -50,7 +50,9 @@ if ROOT not in sys.path:
 
 from diffraw_jax.metrics import real_camera  # noqa: E402
 
-LIBRAW_ARGS = dict(use_camera_wb=True, output_bps=16, no_auto_bright=True)
+# gamma=(2.4, 12.92): the sRGB curve (LibRaw's default is BT.709's 2.222/4.5), so that both
+# images are linearised exactly by the inverse sRGB curve the colour statistic applies.
+LIBRAW_ARGS = dict(use_camera_wb=True, output_bps=16, no_auto_bright=True, gamma=(2.4, 12.92))
 
 
 def parse_crop(text: str):
