@@ -36,6 +36,7 @@ RULES = {
     "make install": ".ci/run (make test installs first)",
     "python -m diffraw_jax.synthetic_zrr": "workflow",
     "python -m tfds_zrr.build": "workflow",
+    "python -m tfds_zrr.calibrate": "tests/test_calibrate.py::test_estimates_the_shared_ccm_and_each_pairs_gains_and_exposure",
     "tfds build": "workflow",
     "main.py configs/zrr.py train": "workflow",
     "main.py configs/isp_zrr.py train": "workflow",
