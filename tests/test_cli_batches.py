@@ -253,7 +253,7 @@ def test_cli_profile_splits_a_run_and_measures_the_network_apart(tmp_path):
     path = dng_writer.write_dng(str(tmp_path / "f.dng"), (63 + rng.uniform(0.1, 0.6, (64, 96)) * 957).astype(np.uint16))
     r = cli_profile.profile(path, STUDENT, tile=32, batch=2)
     assert r["tiles"] > 2 and r["network_calls"] == -(-r["tiles"] // 2) and r["sampler"] == "distilled DTDM-DDIM-1"
-    assert set(r["steps_s"]) == {"read", "prepare", "colour condition (G)", "sampling (f, tiled)",
+    assert set(r["steps_s"]) == {"read", "prepare", "colour condition (G or calibrated)", "sampling (f, tiled)",
                                  "finish (crop, orient)", "PNG encode", "write"}
-    assert r["f_s"] > 0 and r["g_s"] is not None and r["network_s"] >= r["f_s"]
+    assert r["f_s"] > 0 and r["g_s"] is None and r["network_s"] >= r["f_s"]  # calibrated: no G in the path
     assert r["wall_s"] >= sum(r["steps_s"].values()) - 0.05 and r["wall_over_network"] > 0

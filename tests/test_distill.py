@@ -241,7 +241,7 @@ def test_mismatched_teacher_or_sampler_is_refused(tmp_path, teacher):
         train.train_and_evaluate(cfg, str(tmp_path / "a"), data_sources=_tiny_sources())
     cfg = _distill_config(teacher)
     cfg.model.name = "demo"
-    with pytest.raises(ValueError, match="not the student's network"):
+    with pytest.raises(ValueError, match="not this run's network"):
         train.train_and_evaluate(cfg, str(tmp_path / "b"), data_sources=_tiny_sources())
     cfg = _distill_config(teacher)
     cfg.diffusion.s = 10
