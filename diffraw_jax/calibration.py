@@ -37,13 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import isp_classic
+from diffraw_jax import batches, isp_classic
 
 #: The condition a DiffRAW model is trained with (config ``model.condition``).
 CONDITIONS = ("paper", "calibrated")
 
-#: The batch / TFDS feature keys of a calibration.
-KEYS = ("wb_gains", "ccm", "baseline_exposure")
+#: The batch / TFDS feature keys of a calibration (their shapes: ``batches.CALIBRATION_SHAPES``).
+KEYS = tuple(batches.CALIBRATION_SHAPES)
 
 
 class Calibration(NamedTuple):

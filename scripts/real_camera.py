@@ -151,7 +151,7 @@ def _pipeline_args(extra):
     return a
 
 
-def render_crop(dng: str, checkpoint: str, crop, extra) -> tuple:
+def render_crop(dng: str, checkpoint: str, crop, extra, exposure: float) -> tuple:
     """The centre crop of the mosaic through DiffRAWPipeline -> (sRGB float32 [h, w, 3] in sensor
     layout, wall seconds, a description of the call, (top, left, h, w), LibRaw's flip code)."""
     from diffraw_jax.inference import DiffRAWPipeline, camera
@@ -163,7 +163,7 @@ def render_crop(dng: str, checkpoint: str, crop, extra) -> tuple:
     sub = camera.BayerFrame(mosaic=frame.mosaic[top:top + h, left:left + w], cfa=frame.cfa,
                             black_level=frame.black_level, white_level=frame.white_level,
                             wb_gains=frame.wb_gains, ccm=frame.ccm, flip=0,
-                            baseline_exposure=baseline_exposure(dng)[1],  # the whole frame's exposure
+                            baseline_exposure=exposure,  # the whole frame's (``baseline_exposure``)
                             color_source=frame.color_source)
     kw = dict(method=a.method, num_steps=a.steps, color=a.color, other_sampler=a.other_sampler)
     if a.tile is not None:
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
         else:
             from diffraw_jax.inference import camera
 
-            out, wall, cmd, (top, left, h, w), flip = render_crop(a.input, a.checkpoint, crop, extra)
+            out, wall, cmd, (top, left, h, w), flip = render_crop(a.input, a.checkpoint, crop, extra, ev_used)
             ref = libraw_reference(a.input, exp_shift=exp_shift, oriented=False)[top:top + h, left:left + w]
             out, ref = camera.orient(out, flip), camera.orient(ref, flip)
             libraw_cmd += f" (user_flip=0), the same crop, then oriented"

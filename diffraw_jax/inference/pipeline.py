@@ -302,7 +302,7 @@ def check_color(color: Optional[str], condition: str, path: str = "the model") -
     ValueError in one line for a condition the model was not trained with."""
     if color is None:
         return "calibrated" if condition == "calibrated" else "g"
-    if color not in COLORS and not isinstance(color, str):
+    if color not in COLORS:
         raise ValueError(f"color must be one of {COLORS}, got {color!r}")
     if condition == "calibrated" and color in ("g", "classic"):
         raise ValueError(f"{path} takes its colour from each file's calibration (model.condition "
