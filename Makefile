@@ -32,12 +32,12 @@ TEST_TFDS ?= data/tfds_photo_test
 # The shipped model (pretrained/demo, no training): synthetic test data -> TFDS ->
 # evaluation at 192 px (paper-style tables, sample grid) -> diffraw on a DNG.
 demo: install
-	test -d $(TEST_DATA)/test || $(BIN)/python -m diffraw_jax.synthetic_zrr --out $(TEST_DATA) \
+	test -d $(TEST_DATA)/test || $(BIN)/python -m diffraw_jax.data.synthetic_zrr --out $(TEST_DATA) \
 		--num_train 16 --num_test 16 --size 448 --seed 0
 	$(BIN)/python -m tfds_zrr.build --manual_dir $(TEST_DATA) --data_dir $(TEST_TFDS) --config calibrated
 	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/demo --mode=eval \
 		--config.data.data_dir=$(TEST_TFDS) --config.eval.model=$(PRETRAINED) --config.eval.num_images=8
-	$(BIN)/python -m diffraw_jax.dng_writer --out $(DEMO_WORK)/demo/raw --num 1 --height 256 --width 384
+	$(BIN)/python -m diffraw_jax.data.dng_writer --out $(DEMO_WORK)/demo/raw --num 1 --height 256 --width 384
 	$(BIN)/diffraw --checkpoint $(PRETRAINED) --input $(DEMO_WORK)/demo/raw --output $(DEMO_WORK)/demo/diffraw \
 		--method dtdm_ddim --steps 10 --overwrite
 	@echo "demo results: $(DEMO_WORK)/demo/eval/test/summary.md and samples.png; $(DEMO_WORK)/demo/diffraw/"
@@ -45,7 +45,7 @@ demo: install
 # Training from scratch at demo size (~15 min on 2 cores): G, DiffRAW, evaluation.
 # Every stage is idempotent: a rerun reuses the data and resumes or skips training.
 demo-train: install
-	test -d $(DEMO_DATA)/train || $(BIN)/python -m diffraw_jax.synthetic_zrr --out $(DEMO_DATA) \
+	test -d $(DEMO_DATA)/train || $(BIN)/python -m diffraw_jax.data.synthetic_zrr --out $(DEMO_DATA) \
 		--num_train 256 --num_test 16 --size 448 --seed 0
 	$(BIN)/python -m tfds_zrr.build --manual_dir $(DEMO_DATA) --data_dir $(DEMO_TFDS)
 	$(BIN)/python main.py --config=configs/isp.py --workdir=$(DEMO_WORK)/demo_isp \
@@ -63,7 +63,7 @@ demo-train: install
 PHOTO_DATA ?= data/synthetic_photo
 PHOTO_TFDS ?= data/tfds_photo
 pretrained: install
-	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.synthetic_zrr --out $(PHOTO_DATA) --aligned \
+	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.data.synthetic_zrr --out $(PHOTO_DATA) --aligned \
 		--num_train 1024 --num_test 16 --size 448 --seed 0
 	$(BIN)/python -m tfds_zrr.build --manual_dir $(PHOTO_DATA) --data_dir $(PHOTO_TFDS) --config calibrated
 	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/pretrained
@@ -73,7 +73,7 @@ pretrained: install
 # pretrained/paper-demo-new. It was made with the generator of commit 2472a45 (dead leaves without
 # the photographic textures), so today's data gives a similar, not the identical, model. ~2 hours.
 pretrained-paper: install
-	test -d data/synthetic_zrr_pretrain/train || $(BIN)/python -m diffraw_jax.synthetic_zrr \
+	test -d data/synthetic_zrr_pretrain/train || $(BIN)/python -m diffraw_jax.data.synthetic_zrr \
 		--out data/synthetic_zrr_pretrain --num_train 1024 --num_test 16 --size 448 --seed 0
 	$(BIN)/python -m tfds_zrr.build --manual_dir data/synthetic_zrr_pretrain --data_dir data/tfds_pretrain
 	$(BIN)/python main.py --config=configs/pretrained_isp.py --workdir=$(DEMO_WORK)/pretrained_isp
@@ -85,7 +85,7 @@ pretrained-paper: install
 # the measurements in results/distill, and the shipped student's weights folder.
 DISTILL_SHIP ?= 1
 distill: install
-	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.synthetic_zrr --out $(PHOTO_DATA) --aligned \
+	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.data.synthetic_zrr --out $(PHOTO_DATA) --aligned \
 		--num_train 1024 --num_test 16 --size 448 --seed 0
 	$(BIN)/python -m tfds_zrr.build --manual_dir $(PHOTO_DATA) --data_dir $(PHOTO_TFDS) --config calibrated
 	for n in 8 4 2 1; do \

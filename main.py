@@ -2,7 +2,7 @@
 
     python main.py --config=configs/zrr.py --workdir=DIR [--mode=train|eval] [--verbose] [--config.x=y ...]
 
-Logs: one line per progress report, checkpoint and evaluation (``diffraw_jax.logs``);
+Logs: one line per progress report, checkpoint and evaluation (``diffraw_jax.runtime.logs``);
 ``--verbose`` adds the libraries' INFO lines and full tracebacks.
 
 Multi-host (TPU pod slices, GPU clusters): pass --jax_distributed to call
@@ -34,7 +34,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from diffraw_jax import logs
+    from diffraw_jax.runtime import logs
 
     logs.setup(FLAGS.verbose)
     import jax
@@ -45,18 +45,19 @@ def main(argv):
     logging.getLogger("diffraw_jax").info("JAX process %d / %d, local devices %s", jax.process_index(),
                                           jax.process_count(), jax.local_devices())
     config = FLAGS.config
-    from diffraw_jax import workdir_lock
+    from diffraw_jax.training import workdir_lock
 
     one_line_errors = (ValueError, FileNotFoundError, ConnectionError, FloatingPointError,
                        workdir_lock.WorkdirLockedError)
     try:
         if FLAGS.mode == "train":
-            from diffraw_jax import checkpointing, train
+            from diffraw_jax.checkpoints import checkpointing
+            from diffraw_jax.training import train
 
             one_line_errors += (checkpointing.CheckpointSaveError,)
             train.train_and_evaluate(config, FLAGS.workdir, break_lock=FLAGS.break_lock)
         else:
-            from diffraw_jax import evaluate
+            from diffraw_jax.evaluation import evaluate
 
             evaluate.evaluate(config, FLAGS.workdir)
     except one_line_errors as e:

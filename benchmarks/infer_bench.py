@@ -25,7 +25,7 @@ import numpy as np
 def train_throwaway(workdir: str, size: int = 64):
     """Trains the demo config for 2 steps on random in-memory data into ``workdir``."""
     from configs import synthetic
-    from diffraw_jax import train
+    from diffraw_jax.training import train
 
     cfg = synthetic.get_config()
     cfg.data.data_dir = ""

@@ -3,7 +3,7 @@
     python -m benchmarks.input_pipeline_bench [--num_pairs 32] [--batches 40]
         [--data_dir DIR]  (reuse/keep a built dataset)
 
-Writes ``num_pairs`` synthetic 448x448 training pairs (diffraw_jax.synthetic_zrr),
+Writes ``num_pairs`` synthetic 448x448 training pairs (diffraw_jax.data.synthetic_zrr),
 builds the TFDS "zrr" dataset (array_record) and times
 ``create_train_loader`` (global batch 8, augmentation on) at crop 64 and 448
 with worker_count 0 and 2. Each row: time to the first batch (includes worker
@@ -23,7 +23,7 @@ def build_dataset(data_dir: str, num_pairs: int):
     import tensorflow_datasets as tfds
 
     import tfds_zrr  # noqa: F401  registers "zrr"
-    from diffraw_jax import synthetic_zrr
+    from diffraw_jax.data import synthetic_zrr
 
     manual = os.path.join(data_dir, "manual")
     if not os.path.isdir(os.path.join(manual, "train")):
@@ -42,7 +42,7 @@ def time_source(source, n: int) -> float:
 
 
 def time_loader(source, crop: int, workers: int, batch: int, batches: int, seed: int = 0):
-    from diffraw_jax import input_pipeline as ip
+    from diffraw_jax.data import input_pipeline as ip
 
     t0 = time.perf_counter()
     it = iter(ip.create_train_loader(source, global_batch_size=batch, crop_size=crop, seed=seed,

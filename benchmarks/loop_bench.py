@@ -77,7 +77,8 @@ def bare_train_step(config, num_batches: int = 1):
     """
     import jax
 
-    from diffraw_jax import parallel, train
+    from diffraw_jax import parallel
+    from diffraw_jax.training import train
     from diffraw_jax.models import factory
 
     mesh = parallel.create_mesh(config.mesh.fsdp)
@@ -117,7 +118,7 @@ class _ReportTimes(logging.Handler):
 
 
 def loop_rate(config, steps: int, report_every: int = 20) -> float:
-    from diffraw_jax import train
+    from diffraw_jax.training import train
 
     cfg = config.copy_and_resolve_references()
     cfg.train.num_train_steps = steps + report_every
@@ -125,7 +126,7 @@ def loop_rate(config, steps: int, report_every: int = 20) -> float:
     cfg.train.checkpoint_every_steps = 10 ** 9  # one save, at the end
     cfg.train.eval_every_steps = 0
     handler = _ReportTimes()
-    logger = logging.getLogger("diffraw_jax.train")
+    logger = logging.getLogger("diffraw_jax.training.train")
     logger.addHandler(handler)
     old = logger.level
     logger.setLevel(logging.INFO)
@@ -151,7 +152,7 @@ def main(argv=None):
 
     import jax
 
-    from diffraw_jax import logs
+    from diffraw_jax.runtime import logs
 
     logs.setup()
     config = load_config(a.config)

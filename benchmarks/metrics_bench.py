@@ -1,4 +1,4 @@
-"""Timings of diffraw_jax.metrics on ZRR-sized images (448x448), per image, on this machine.
+"""Timings of diffraw_jax.evaluation.metrics on ZRR-sized images (448x448), per image, on this machine.
 
     python -m benchmarks.metrics_bench [--batch 4] [--inception]
 
@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--inception", action="store_true")
     args = ap.parse_args()
 
-    from diffraw_jax import metrics as M
+    from diffraw_jax.evaluation import metrics as M
 
     b, s = args.batch, args.size
     x = _images(b, s, s, 0)
@@ -58,7 +58,7 @@ def main():
                                                               protocol="aligned")),
     ]
     if args.inception:
-        from diffraw_jax.metrics.inception import inception_features, init_inception_params
+        from diffraw_jax.evaluation.metrics.inception import inception_features, init_inception_params
 
         v = init_inception_params(0)
         rows.append(("inception pool3 (299x299)", lambda: inception_features(x, v, batch_size=b)))

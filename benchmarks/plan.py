@@ -9,7 +9,7 @@ For every variant (device count, FSDP axis size, remat policy) it AOT-lowers and
 compiles, on N devices and from abstract inputs only (``jax.ShapeDtypeStruct``
 with NamedShardings: no parameter is ever materialised):
 
-* ``train``: the trainer's own jitted step, ``diffraw_jax.train.make_train_step``
+* ``train``: the trainer's own jitted step, ``diffraw_jax.training.train.make_train_step``
   (normalising the uint16 / uint8 codes the trainer's loader yields, per-example
   t and m_t, D2 on device when the config enables it, forward, backward,
   clipping, Adam, EMA, the non-finite guard), with the state laid out as
@@ -175,7 +175,7 @@ def abstract_train_state(config, model, tx, mesh):
     """
     import jax
 
-    from diffraw_jax import train
+    from diffraw_jax.training import train
 
     key = jax.random.key(int(config.seed))
     shapes = jax.eval_shape(lambda k: train.create_train_state(config, model, tx, mesh, k), key)
@@ -335,7 +335,8 @@ def plan_train(config, devices, estimate: bool = True) -> dict:
     every block once more; off, only XLA's analysis of the whole step)."""
     import jax
 
-    from diffraw_jax import parallel, train
+    from diffraw_jax import parallel
+    from diffraw_jax.training import train
     from diffraw_jax.models import factory
 
     mesh = parallel.create_mesh(int(config.mesh.fsdp), devices)

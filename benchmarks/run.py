@@ -21,7 +21,7 @@ peak memory and a failure (out of memory, a timeout) stay with that case.
 
 What is measured
 ----------------
-* ``train``: ``diffraw_jax.train.make_train_step`` (the real jitted step:
+* ``train``: ``diffraw_jax.training.train.make_train_step`` (the real jitted step:
   per-example DTDM sampling of t and m_t, forward, backward, global-norm clip,
   Adam, EMA, the non-finite guard; D2 off, it is measured on its own under
   ``input``) on random data: compile seconds (lower + compile), steps/s and
@@ -225,7 +225,8 @@ def _rates(out: dict, seconds_per_call: float, images_per_call: int, flops: floa
 
 def run_train(c: dict) -> dict:
     import jax
-    from diffraw_jax import parallel, train
+    from diffraw_jax import parallel
+    from diffraw_jax.training import train
     from diffraw_jax.models import factory
 
     cfg = _config(c["model"], c["crop"], c["batch"], c["dtype"])

@@ -5,7 +5,7 @@ the networks see the planes white-balanced and exposed by each file's own calibr
 x = c is the classical ISP of them with the file's colour matrix, so the colour of
 an unseen camera comes from its file, not from one sensor's training data. Trained on
 the photographic synthetic pairs (textured dead leaves, a sensor model spanning phone
-and camera sensors; `python -m diffraw_jax.synthetic_zrr --aligned`), built as
+and camera sensors; `python -m diffraw_jax.data.synthetic_zrr --aligned`), built as
 ``zrr/calibrated`` (each pair's true calibration). The pairs are pixel-aligned: the
 condition comes from the RAW itself, and a misaligned target teaches a calibrated model to
 distrust the detail of c (it smeared edges and painted mottled texture on clean input). It starts from the paper-condition model

@@ -75,13 +75,17 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train_only", action="store_true", help="only train the missing models")
     a = p.parse_args(argv)
-    from diffraw_jax import logs
+    from diffraw_jax.runtime import logs
 
     logs.setup()
 
     import jax
 
-    from diffraw_jax import evaluate, input_pipeline, metrics, sampling, train, weights
+    from diffraw_jax.evaluation import evaluate, metrics
+    from diffraw_jax.data import input_pipeline
+    from diffraw_jax import sampling
+    from diffraw_jax.training import train
+    from diffraw_jax.checkpoints import weights
     from diffraw_jax.models import factory
 
     os.makedirs(a.out, exist_ok=True)

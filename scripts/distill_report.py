@@ -48,13 +48,16 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
-    from diffraw_jax import logs
+    from diffraw_jax.runtime import logs
 
     logs.setup()
     import jax
 
     from configs import pretrained
-    from diffraw_jax import evaluate, input_pipeline, metrics, sampling, weights
+    from diffraw_jax.evaluation import evaluate, metrics
+    from diffraw_jax.data import input_pipeline
+    from diffraw_jax import sampling
+    from diffraw_jax.checkpoints import weights
 
     student_steps = [int(v) for v in a.student_steps.split(",") if v]
     paths = {n: a.students.format(n=n) for n in student_steps}

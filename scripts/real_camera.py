@@ -21,7 +21,7 @@ Renders the RAW file two ways:
   LibRaw's usable 0.25..8). With ``--crop`` the same region
   is cut from it (in sensor layout, before the orientation).
 
-Scores (``diffraw_jax.metrics.real_camera``): the low-pass colour difference of the diffraw
+Scores (``diffraw_jax.evaluation.metrics.real_camera``): the low-pass colour difference of the diffraw
 output against the reference (CIEDE2000 after Gaussian low-passes of ``--sigma`` px and one
 exposure gain: mean, median, p95), and the 16-px lattice statistic of both and their ratio.
 
@@ -48,7 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from diffraw_jax.metrics import real_camera  # noqa: E402
+from diffraw_jax.evaluation.metrics import real_camera  # noqa: E402
 
 # gamma=(2.4, 12.92): the sRGB curve (LibRaw's default is BT.709's 2.222/4.5), so that both
 # images are linearised exactly by the inverse sRGB curve the colour statistic applies.
@@ -240,7 +240,7 @@ def write_summary(out_dir: str, summary: dict) -> None:
         f"- LibRaw: `{summary['libraw_command']}`",
         f"- BaselineExposure: {summary['baseline_exposure']:+.2f} EV; rendered at {summary['exposure_used']:+.2f} EV "
         "(lowered where it would clip more than 1% of the pixels)",
-        "- Definitions: `diffraw_jax/metrics/real_camera.py` (low_pass_color_difference, lattice_statistic).",
+        "- Definitions: `diffraw_jax/evaluation/metrics/real_camera.py` (low_pass_color_difference, lattice_statistic).",
         "",
         "![diffraw | LibRaw](side_by_side.jpg)",
         "",

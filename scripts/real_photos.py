@@ -7,7 +7,7 @@ unprocessed to RAW with another camera's calibration, rendered three ways and sc
 The photographs (no download): scikit-image's ``astronaut``, ``chelsea``, ``coffee``,
 ``rocket``, ``motorcycle_left`` and matplotlib's ``grace_hopper`` (``PHOTOS``; a path
 to any RGB image works too). Each is centre-cropped to ``--size`` px and unprocessed
-with the project's own generator, ``diffraw_jax.synthetic_zrr.unprocess``, but with a camera
+with the project's own generator, ``diffraw_jax.data.synthetic_zrr.unprocess``, but with a camera
 the training data never shows (``CAMERA``):
 
 * colour matrix: the Canon EOS 5D Mark III's, built from dcraw's ``adobe_coeff``
@@ -135,7 +135,7 @@ def load_photo(name: str, size: int) -> np.ndarray:
 
 def unprocess_photo(photo01: np.ndarray, index: int, seed: int = 0, camera: dict = CAMERA):
     """The photo as a RAW of ``camera`` (no warp): (raw uint16 [H, W], info)."""
-    from diffraw_jax import synthetic_zrr
+    from diffraw_jax.data import synthetic_zrr
 
     rng = np.random.default_rng([seed, 7, index])  # only the noise is random
     params = {k: camera[k] for k in ("ccm", "gains", "blur_sigma", "exposure", "shot", "read")}
@@ -151,7 +151,7 @@ def synthetic_scene_pair(index: int, size: int, seed: int = 0):
     exposure and noise are drawn from the training distribution (``unprocess``
     defaults); only the warp is off, so the reference is aligned as for the photos.
     """
-    from diffraw_jax import synthetic_zrr
+    from diffraw_jax.data import synthetic_zrr
 
     rng = np.random.default_rng([seed, synthetic_zrr.SPLIT_IDS["test"], index])
     margin = 8
@@ -198,7 +198,7 @@ def diagnostics(out01, gt01, sigma: float = LOWPASS_SIGMA) -> dict:
 
 def score(out01, gt01, metrics=SCORES) -> dict:
     """The project's full-reference scores ("original" protocol, 8-bit) plus ``diagnostics``, one image."""
-    from diffraw_jax.metrics import image, registry
+    from diffraw_jax.evaluation.metrics import image, registry
 
     row = registry.mean_scores(registry.compute_metrics(out01, gt01, metrics=metrics))  # one image
     row.update(diagnostics(image.quantize(np.asarray(out01, np.float32)),
@@ -317,9 +317,9 @@ def write_summary(summary: dict, out_dir: str) -> str:
              f"Model: `{summary['model']}` (step {summary['checkpoint_step']}); DiffRAW through "
              f"`DiffRAWPipeline.from_checkpoint`, sampler {summary['sampler']}, c = {summary.get('condition', 'G(w)')}, tile "
              f"{summary['tile']} px. Scores against the photo crop: 8-bit PSNR (dB), SSIM, LPIPS-Alex "
-             "(`diffraw_jax.metrics.compute_metrics`, original protocol). \"ISP\" is the classical ISP "
+             "(`diffraw_jax.evaluation.metrics.compute_metrics`, original protocol). \"ISP\" is the classical ISP "
              "given the true calibration (white balance gains / exposure, the true matrix).", "",
-             f"RAW by `diffraw_jax.synthetic_zrr.unprocess` through a camera unseen in training: "
+             f"RAW by `diffraw_jax.data.synthetic_zrr.unprocess` through a camera unseen in training: "
              f"{_camera_text(summary['camera'])}. Training: BASE_CCM + N(0, 0.1) or a real-camera-like "
              "matrix + N(0, 0.04) per entry, R gain in [1.3, 2.8], B gain in [1.2, 2.8].", "",
              "## Photos through the unseen camera", ""]
@@ -359,7 +359,7 @@ def save_grid(path: str, rows, labels) -> None:
 
     from PIL import Image
 
-    from diffraw_jax import evaluate
+    from diffraw_jax.evaluation import evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         png = os.path.join(tmp, "grid.png")

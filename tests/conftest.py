@@ -116,7 +116,7 @@ def _train_tiny_model(root):
     from flax import serialization
 
     from configs import test as test_config
-    from diffraw_jax import train
+    from diffraw_jax.training import train
     from tests.helpers import tiny_source
 
     cfg = test_config.get_config()

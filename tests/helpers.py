@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import parallel, raw, train
+from diffraw_jax import parallel, raw
+from diffraw_jax.training import train
 from diffraw_jax.models import factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,10 +60,10 @@ NEUTRAL = (0.5, 1.0, 1.0 / 3.0)  # as-shot neutral: camera R = G/2, B = G/3 for 
 
 
 def write_dng(path, data, pattern="RGGB", *, black=BLACK, white=WHITE, neutral=NEUTRAL, **kw):
-    """A DNG via pidng (``diffraw_jax.dng_writer.write_dng``); ``black`` per canonical plane (R, Gr, Gb, B),
+    """A DNG via pidng (``diffraw_jax.data.dng_writer.write_dng``); ``black`` per canonical plane (R, Gr, Gb, B),
     written per position of the 2x2 cell. Other keywords (orientation, cfa_dim, cfa_codes,
     linear) go to ``write_dng``."""
-    from diffraw_jax import dng_writer  # pidng: only the tests that write DNGs load it
+    from diffraw_jax.data import dng_writer  # pidng: only the tests that write DNGs load it
 
     top, left = raw.cfa_offset(pattern)
     cell = [int(black[((r - top) % 2) * 2 + (c - left) % 2]) for r in (0, 1) for c in (0, 1)]

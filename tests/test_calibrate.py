@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffraw_jax import synthetic_zrr
+from diffraw_jax.data import synthetic_zrr
 
 N_TRAIN, N_TEST = 12, 2
 

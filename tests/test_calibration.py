@@ -6,7 +6,9 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from diffraw_jax import calibration, color, raw, synthetic_zrr, train
+from diffraw_jax import calibration, color, raw
+from diffraw_jax.data import synthetic_zrr
+from diffraw_jax.training import train
 from diffraw_jax.inference import camera, pipeline
 from diffraw_jax.models import factory
 
@@ -164,7 +166,7 @@ def test_a_calibrated_model_trains_evaluates_and_renders(tmp_path):
     """End to end on a calibrated source: training (with evaluation during training), the
     evaluation tables (a "Calibrated ISP (c)" row), and inference from the workdir, which
     uses the calibrated colour by default; an uncalibrated source is refused in one line."""
-    from diffraw_jax import evaluate
+    from diffraw_jax.evaluation import evaluate
 
     cfg = _tiny_config("calibrated")
     cfg.data.crop_size = 32

@@ -154,7 +154,7 @@ def test_a_student_runs_only_the_sampler_it_was_distilled_for(tmp_path, capsys):
 
 def test_monochrome_and_truncated_dngs_end_in_one_clear_line_each(tmp_path, capsys):
     pytest.importorskip("pidng")
-    from diffraw_jax import dng_writer
+    from diffraw_jax.data import dng_writer
 
     src = tmp_path / "in"
     src.mkdir()
@@ -247,7 +247,7 @@ def test_a_second_run_compiles_nothing_and_the_last_line_gives_seconds_per_megap
 def test_cli_profile_splits_a_run_and_measures_the_network_apart(tmp_path):
     pytest.importorskip("pidng")
     from benchmarks import cli_profile
-    from diffraw_jax import dng_writer
+    from diffraw_jax.data import dng_writer
 
     rng = np.random.default_rng(2)
     path = dng_writer.write_dng(str(tmp_path / "f.dng"), (63 + rng.uniform(0.1, 0.6, (64, 96)) * 957).astype(np.uint16))

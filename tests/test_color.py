@@ -106,7 +106,7 @@ def test_camera_matrix_as_dcraw_builds_it():
 
 
 def test_numpy_callers_never_load_jax():
-    code = ("import sys, numpy as np; from diffraw_jax import color, synthetic_zrr; "
+    code = ("import sys, numpy as np; from diffraw_jax import color; from diffraw_jax.data import synthetic_zrr; "
             "color.srgb_to_lab(np.ones((2, 2, 3))); synthetic_zrr.make_pair(0, 'test', 0, 16); "
             "assert 'jax' not in sys.modules, 'jax was imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""The config schema (diffraw_jax.configuration): one set of defaults, one upgrade of a
+"""The config schema (diffraw_jax.runtime.configuration): one set of defaults, one upgrade of a
 saved config.json, and the shipped weights' configs through it."""
 import copy
 import json
@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from diffraw_jax import configuration, weights
+from diffraw_jax.runtime import configuration
+from diffraw_jax.checkpoints import weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = ["pretrained/demo", "pretrained/demo/color_net", "pretrained/paper-demo", "pretrained/paper-demo/color_net",
@@ -120,7 +121,7 @@ class NoConfigs(importlib.abc.MetaPathFinder):
             raise ImportError("configs/ is not installed")
 
 sys.meta_path.insert(0, NoConfigs())
-from diffraw_jax import weights
+from diffraw_jax.checkpoints import weights
 c = weights.load_config(sys.argv[1])
 assert (c.color_net.ssim_weight, c.model.attention_impl) == (0.15, "auto")
 print("OK")

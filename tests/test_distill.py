@@ -1,4 +1,4 @@
-"""Progressive distillation (diffraw_jax/distill.py and the trainer's distillation mode).
+"""Progressive distillation (diffraw_jax/training/distill.py and the trainer's distillation mode).
 
 The math is checked where it has a closed form: Gaussian data, for which the ideal
 DTDM denoiser E[f | m_t, x] is known (derived below, independently of the code),
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffraw_jax import distill, dtdm
+from diffraw_jax.training import distill
+from diffraw_jax import dtdm
 from tests.helpers import tiny_source
 
 S = 100
@@ -212,7 +213,8 @@ def _tree_files(path):
 
 
 def test_distillation_starts_from_the_teacher_and_resumes_exactly(tmp_path, teacher):
-    from diffraw_jax import train, weights
+    from diffraw_jax.training import train
+    from diffraw_jax.checkpoints import weights
 
     before = _tree_files(teacher)
     t_params = weights.load_inference(teacher, color_net=False).params
@@ -233,7 +235,7 @@ def test_distillation_starts_from_the_teacher_and_resumes_exactly(tmp_path, teac
 
 
 def test_mismatched_teacher_or_sampler_is_refused(tmp_path, teacher):
-    from diffraw_jax import train
+    from diffraw_jax.training import train
 
     cfg = _distill_config(teacher)
     cfg.sample.num_steps = 4
@@ -250,7 +252,8 @@ def test_mismatched_teacher_or_sampler_is_refused(tmp_path, teacher):
 
 
 def test_exported_student_samples_its_own_step_count(tmp_path, teacher):
-    from diffraw_jax import train, weights
+    from diffraw_jax.training import train
+    from diffraw_jax.checkpoints import weights
     from diffraw_jax.inference.pipeline import DiffRAWPipeline
 
     wd = str(tmp_path / "student")
@@ -278,7 +281,7 @@ def test_distill_config_chains_the_rounds_and_trains(tmp_path, teacher):
     (one round, tiny overrides, 2 steps) through the trainer."""
     import importlib
 
-    from diffraw_jax import train
+    from diffraw_jax.training import train
 
     distill_cfg = importlib.import_module("configs.distill")
     chain = {}
@@ -309,7 +312,8 @@ def test_distill_config_chains_the_rounds_and_trains(tmp_path, teacher):
 # make_step(devices, fsdp) for the compare_devices fixture (conftest.py).
 DISTILL_ON_DEVICES = """
 from configs import test as tc
-from diffraw_jax import parallel, train
+from diffraw_jax import parallel
+from diffraw_jax.training import train
 from diffraw_jax.models import factory
 from tests.helpers import fixed_batch
 cfg = tc.get_config()

@@ -11,7 +11,8 @@ import struct
 import numpy as np
 import pytest
 
-from diffraw_jax import color, dng_writer, synthetic_zrr
+from diffraw_jax import color
+from diffraw_jax.data import dng_writer, synthetic_zrr
 from diffraw_jax.inference import camera, dng_tags
 
 rawpy = pytest.importorskip("rawpy")

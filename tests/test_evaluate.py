@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from diffraw_jax import evaluate, input_pipeline, metrics
+from diffraw_jax.evaluation import evaluate, metrics
+from diffraw_jax.data import input_pipeline
 from tests.helpers import tiny_source
 
 

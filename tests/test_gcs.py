@@ -48,7 +48,8 @@ import urllib.request
 
 import pytest
 
-from diffraw_jax import checkpointing, paths, weights
+from diffraw_jax.checkpoints import checkpointing, weights
+from diffraw_jax.runtime import paths
 from tests.helpers import REPO
 from tests.readme_commands import TINY, find_commands, substitute
 
@@ -122,7 +123,7 @@ class NoEvents(metric_writers.MultiWriter):
 metric_writers.SummaryWriter = NoEvents
 
 from etils import epath
-from diffraw_jax import synthetic_zrr
+from diffraw_jax.data import synthetic_zrr
 from tfds_zrr import build
 
 REPO, BUCKET, MAIN_ARGV = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -157,7 +158,9 @@ try:
     runpy.run_path(f"{REPO}/main.py", run_name="__main__")
 except SystemExit as e:
     assert e.code in (None, 0), e.code
-from diffraw_jax import checkpointing, evaluate, train, weights
+from diffraw_jax.checkpoints import checkpointing, weights
+from diffraw_jax.evaluation import evaluate
+from diffraw_jax.training import train
 
 out["after_main"] = sorted(checkpointing.create_manager(WD, read_only=True).all_steps())
 out["workdir_files"] = sorted(p.name for p in epath.Path(WD).iterdir())

@@ -19,7 +19,7 @@ from diffraw_jax import raw, sampling, tiling
 from diffraw_jax.inference import camera, cli
 from diffraw_jax.inference.export import export_sampler, load_exported
 from diffraw_jax.inference.pipeline import DiffRAWPipeline
-from diffraw_jax import dng_writer
+from diffraw_jax.data import dng_writer
 from tests.helpers import BLACK, NEUTRAL, REPO, WHITE, write_dng
 
 H, W = 64, 96            # canonical frame of the synthetic scene
@@ -543,7 +543,7 @@ def test_colour_network_g_from_the_training_config(tmp_path, workdir, capsys):
     """--color g: G from config.color_net.workdir, run once on the whole (padded) frame."""
     import jax.numpy as jnp
 
-    from diffraw_jax import checkpointing
+    from diffraw_jax.checkpoints import checkpointing
     from diffraw_jax.models import color_net, factory
 
     gdir = tmp_path / "g"

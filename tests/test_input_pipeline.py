@@ -1,4 +1,4 @@
-"""Tests for diffraw_jax.input_pipeline (Grain loaders, Bayer-safe crops, global batches)."""
+"""Tests for diffraw_jax.data.input_pipeline (Grain loaders, Bayer-safe crops, global batches)."""
 from __future__ import annotations
 
 import gc
@@ -14,7 +14,7 @@ grain = pytest.importorskip("grain")
 
 import jax  # noqa: E402
 
-from diffraw_jax import input_pipeline as ip  # noqa: E402
+from diffraw_jax.data import input_pipeline as ip  # noqa: E402
 from diffraw_jax import parallel  # noqa: E402
 from diffraw_jax import raw as raw_lib  # noqa: E402
 
@@ -109,7 +109,7 @@ def one_process(i=0, n=1):
 @pytest.fixture(scope="module")
 def zrr_source(tmp_path_factory):
     tfds = pytest.importorskip("tensorflow_datasets")
-    from diffraw_jax import synthetic_zrr
+    from diffraw_jax.data import synthetic_zrr
     import tfds_zrr  # noqa: F401  registers "zrr"
 
     root = str(tmp_path_factory.mktemp("zrr_manual"))
@@ -425,7 +425,7 @@ def test_to_global_batch_single_device():
 def test_to_global_batch_eight_devices_subprocess():
     script = textwrap.dedent("""
         import numpy as np, jax
-        from diffraw_jax import input_pipeline as ip
+        from diffraw_jax.data import input_pipeline as ip
         from diffraw_jax import parallel
         from diffraw_jax import raw as raw_lib
         assert jax.device_count() == 8, jax.devices()
@@ -595,7 +595,7 @@ def test_loaders_on_tfds_zrr_calibrated(tmp_path):
     import json
 
     tfds = pytest.importorskip("tensorflow_datasets")
-    from diffraw_jax import synthetic_zrr
+    from diffraw_jax.data import synthetic_zrr
     import tfds_zrr  # noqa: F401  registers "zrr"
 
     root = tmp_path / "root"

@@ -20,10 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("diffraw_jax", "tfds_zrr")
 SCRIPTS = ("main.py", "scripts")
 
-TRAINER = "diffraw_jax.train"
-EVALUATION = ("diffraw_jax.evaluate", "diffraw_jax.periodic_eval", "diffraw_jax.metrics")
+TRAINER = "diffraw_jax.training.train"
+EVALUATION = ("diffraw_jax.evaluation.evaluate", "diffraw_jax.evaluation.periodic_eval", "diffraw_jax.evaluation.metrics")
 INFERENCE = ("diffraw_jax.inference",)
-DATA_PIPELINE = ("diffraw_jax.input_pipeline", "tfds_zrr", "grain", "tensorflow_datasets", "clu")
+DATA_PIPELINE = ("diffraw_jax.data.input_pipeline", "tfds_zrr", "grain", "tensorflow_datasets", "clu")
 
 
 def _module_files(root: str = ROOT) -> dict[str, str]:
@@ -172,12 +172,12 @@ def graph():
 
 def test_the_graph_sees_the_known_edges(graph):
     """The walker finds module-level, function-level, relative and ``from pkg import module`` imports."""
-    assert "diffraw_jax.train" in graph and "main" in graph and "scripts.ablation" in graph
+    assert "diffraw_jax.training.train" in graph and "main" in graph and "scripts.ablation" in graph
     assert "tfds_zrr" in graph and "diffraw_jax.inference.pipeline" in graph
-    assert "diffraw_jax.input_pipeline" in graph["diffraw_jax.train"]  # inside train_and_evaluate
-    assert "diffraw_jax.periodic_eval" in graph["diffraw_jax.train"]  # inside train_and_evaluate
-    assert "diffraw_jax.weights" in graph["diffraw_jax.inference.pipeline"]  # from diffraw_jax import weights
-    assert "grain" in graph["diffraw_jax.input_pipeline"]
+    assert "diffraw_jax.data.input_pipeline" in graph["diffraw_jax.training.train"]  # inside train_and_evaluate
+    assert "diffraw_jax.evaluation.periodic_eval" in graph["diffraw_jax.training.train"]  # inside train_and_evaluate
+    assert "diffraw_jax.checkpoints.weights" in graph["diffraw_jax.inference.pipeline"]  # from diffraw_jax import weights
+    assert "grain" in graph["diffraw_jax.data.input_pipeline"]
 
 
 def test_no_import_cycle(graph):
@@ -201,16 +201,16 @@ def test_cycle_finder_names_a_planted_cycle():
 
 
 def test_layer_check_names_the_offending_chain():
-    g = {"diffraw_jax.evaluate": {"diffraw_jax.weights"}, "diffraw_jax.weights": {"diffraw_jax.train"},
-         "diffraw_jax.train": {"diffraw_jax.periodic_eval"}, "diffraw_jax.periodic_eval": set(),
+    g = {"diffraw_jax.evaluation.evaluate": {"diffraw_jax.checkpoints.weights"}, "diffraw_jax.checkpoints.weights": {"diffraw_jax.training.train"},
+         "diffraw_jax.training.train": {"diffraw_jax.evaluation.periodic_eval"}, "diffraw_jax.evaluation.periodic_eval": set(),
          "diffraw_jax.inference.cli": {"diffraw_jax.inference.pipeline"},
          "diffraw_jax.inference.pipeline": {"grain"}}
     bad = layer_violations(g)
-    assert ("evaluation imports the trainer: diffraw_jax.evaluate -> diffraw_jax.weights -> "
-            "diffraw_jax.train") in bad
+    assert ("evaluation imports the trainer: diffraw_jax.evaluation.evaluate -> diffraw_jax.checkpoints.weights -> "
+            "diffraw_jax.training.train") in bad
     assert ("inference imports the trainer, evaluation or the data pipeline: diffraw_jax.inference.cli "
             "-> diffraw_jax.inference.pipeline -> grain") in bad
-    assert layer_violations({"diffraw_jax.train": {"diffraw_jax.evaluate"}, "diffraw_jax.evaluate": set()}) == []
+    assert layer_violations({"diffraw_jax.training.train": {"diffraw_jax.evaluation.evaluate"}, "diffraw_jax.evaluation.evaluate": set()}) == []
 
 
 def test_walker_resolves_relative_and_function_level_imports(tmp_path):

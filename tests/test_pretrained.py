@@ -12,7 +12,7 @@ MODEL = os.path.join(REPO, "pretrained", "demo")
 
 
 def test_shipped_weights_load_with_their_manifest():
-    from diffraw_jax import weights
+    from diffraw_jax.checkpoints import weights
 
     m = weights.load_inference(MODEL)  # checks sha256 and every shape
     manifest = json.load(open(os.path.join(MODEL, "manifest.json")))
@@ -30,7 +30,7 @@ def test_diffraw_runs_the_shipped_model_on_a_dng(tmp_path):
     from PIL import Image
 
     env = {**os.environ, "PYTHONPATH": REPO}
-    r = subprocess.run([sys.executable, "-m", "diffraw_jax.dng_writer", "--out", str(tmp_path / "raw"), "--num", "1",
+    r = subprocess.run([sys.executable, "-m", "diffraw_jax.data.dng_writer", "--out", str(tmp_path / "raw"), "--num", "1",
                         "--height", "64", "--width", "96", "--orientation", "6"],
                        capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -59,7 +59,7 @@ def test_shipped_student_samples_in_one_step_through_diffraw(tmp_path):
     """pretrained/distill-1: checks out, says one DTDM-DDIM step in its manifest, and diffraw
     runs it on a DNG with no sampler options, logging that sampler."""
     pytest.importorskip("pidng")
-    from diffraw_jax import weights
+    from diffraw_jax.checkpoints import weights
 
     m = weights.load_inference(STUDENT)  # checks sha256 and every shape
     manifest = json.load(open(os.path.join(STUDENT, "manifest.json")))
@@ -70,7 +70,7 @@ def test_shipped_student_samples_in_one_step_through_diffraw(tmp_path):
     assert os.path.isfile(os.path.join(STUDENT, "TRAINING.md"))
 
     env = {**os.environ, "PYTHONPATH": REPO}
-    r = subprocess.run([sys.executable, "-m", "diffraw_jax.dng_writer", "--out", str(tmp_path / "raw"), "--num", "1",
+    r = subprocess.run([sys.executable, "-m", "diffraw_jax.data.dng_writer", "--out", str(tmp_path / "raw"), "--num", "1",
                         "--height", "64", "--width", "96"], capture_output=True, text=True, cwd=REPO,
                        timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]

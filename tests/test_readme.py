@@ -34,7 +34,7 @@ RULES = {
     "make demo-train": "Makefile target, run by hand (its commands are checked against the README below)",
     "make pretrained": "Makefile target, run by hand (made pretrained/demo; pretrained/demo/TRAINING.md)",
     "make install": ".ci/run (make test installs first)",
-    "python -m diffraw_jax.synthetic_zrr": "workflow",
+    "python -m diffraw_jax.data.synthetic_zrr": "workflow",
     "python -m tfds_zrr.build": "workflow",
     "python -m tfds_zrr.calibrate": "tests/test_calibrate.py::test_estimates_the_shared_ccm_and_each_pairs_gains_and_exposure",
     "tfds build": "workflow",
@@ -48,7 +48,7 @@ RULES = {
     "diffraw export-weights": "workflow",
     "python -m benchmarks.run": "tests/test_benchmarks.py::test_benchmark_run_quick_tiny",
     "python -m benchmarks.infer_bench": "workflow",
-    "python -m diffraw_jax.dng_writer": "tests/test_pretrained.py::test_diffraw_runs_the_shipped_model_on_a_dng",
+    "python -m diffraw_jax.data.dng_writer": "tests/test_pretrained.py::test_diffraw_runs_the_shipped_model_on_a_dng",
     "python -m benchmarks.profile_step": "tests/test_benchmarks.py::test_profile_step_attributes_the_time_to_op_kinds",
     "python -m benchmarks.loop_bench": "tests/test_benchmarks.py::test_loop_bench_times_the_loop_and_the_bare_step",
     "make distill": "Makefile target, run by hand (made results/distill and pretrained/distill-1)",
@@ -137,7 +137,7 @@ def test_readme_workflow(tmp_path):
     mapping = {"DIR": str(zrr), "N": "4", "M": "2", "ZRR_ROOT": str(zrr), "DATA_DIR": str(data),
                "W": str(w), "W_G": str(wg), "gs://BUCKET/run": str(run), "gs://BUCKET/tfds": str(data)}
 
-    (synth,) = find_commands("python -m diffraw_jax.synthetic_zrr")
+    (synth,) = find_commands("python -m diffraw_jax.data.synthetic_zrr")
     _run(substitute(shlex.split(expand_optional(synth)), mapping))
     assert len(os.listdir(zrr / "train" / "huawei_raw")) == 4 and len(os.listdir(zrr / "test" / "canon")) == 2
 

@@ -1,10 +1,10 @@
-"""The real-camera statistics of issue 21 (diffraw_jax.metrics.real_camera): low-pass CIEDE2000
+"""The real-camera statistics of issue 21 (diffraw_jax.evaluation.metrics.real_camera): low-pass CIEDE2000
 against scikit-image's independent Lab and CIEDE2000; the lattice statistic on 1/f noise with and
 without a faint periodic grid."""
 import numpy as np
 import pytest
 
-from diffraw_jax.metrics import real_camera
+from diffraw_jax.evaluation.metrics import real_camera
 
 
 def one_over_f_image(h=512, w=768, seed=0):
@@ -130,7 +130,7 @@ def test_real_camera_script_on_a_crop_of_a_written_dng(tmp_path, capsys):
     import rawpy
     from PIL import Image
 
-    from diffraw_jax import synthetic_zrr
+    from diffraw_jax.data import synthetic_zrr
     from helpers import write_dng
 
     mosaic, _ = synthetic_zrr.make_pair(0, "test", 3, 256)

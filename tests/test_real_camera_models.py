@@ -8,9 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from diffraw_jax import color, dng_writer, synthetic_zrr
+from diffraw_jax import color
+from diffraw_jax.data import dng_writer, synthetic_zrr
 from diffraw_jax.inference import camera
-from diffraw_jax.metrics import real_camera
+from diffraw_jax.evaluation.metrics import real_camera
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(REPO, "pretrained", "distill-1")

@@ -1,4 +1,4 @@
-"""diffraw_jax.synthetic_zrr.unprocess (make_pair unchanged by the refactor, inverted by the classical
+"""diffraw_jax.data.synthetic_zrr.unprocess (make_pair unchanged by the refactor, inverted by the classical
 ISP) and the scoring, diagnostics and tables of scripts/real_photos.py on made-up arrays."""
 import hashlib
 import importlib.util
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from diffraw_jax import synthetic_zrr
+from diffraw_jax.data import synthetic_zrr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +50,7 @@ def test_unprocess_given_calibration_is_inverted_by_the_classical_isp():
 
     from diffraw_jax import sampling
     from diffraw_jax.inference import camera
-    from diffraw_jax.metrics import image
+    from diffraw_jax.evaluation.metrics import image
 
     img = _smooth_image()
     ccm, gains, exposure = rp.CAMERA["ccm"], np.array([1.4, 1.0, 2.5]), 0.75

@@ -32,7 +32,7 @@ if nproc > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=nproc, process_id=pid)
 from configs import test as tc
-from diffraw_jax import evaluate
+from diffraw_jax.evaluation import evaluate
 from tests.helpers import tiny_source
 cfg = tc.get_config(); cfg.degradation.enabled = False
 cfg.color_net.workdir = gdir
@@ -90,7 +90,7 @@ def models(tiny_model, tmp_path_factory):
     from flax import linen as nn
 
     from configs import test as test_config
-    from diffraw_jax import checkpointing
+    from diffraw_jax.checkpoints import checkpointing
     from diffraw_jax.models import factory
 
     root = tmp_path_factory.mktemp("sharded_eval")
@@ -212,7 +212,7 @@ def test_processes_that_disagree_stop_in_one_line(models, tmp_path):
         line = [l for l in out.splitlines() if l.startswith("ERROR")]
         assert len(line) == 1 and "disagree on config.eval" in line[0], out
     # The same config, another checkpoint step: process 1's workdir has only step 3.
-    from diffraw_jax import checkpointing
+    from diffraw_jax.checkpoints import checkpointing
 
     shutil.rmtree(os.path.join(checkpointing.checkpoint_dir(str(b)), "6"))
     res = _launch(tmp_path, [a, b], gdir, 1)
@@ -231,7 +231,8 @@ pid, nproc = int(pid), int(nproc)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=nproc, process_id=pid)
 from configs import test as tc
-from diffraw_jax import evaluate, train
+from diffraw_jax.evaluation import evaluate
+from diffraw_jax.training import train
 from tests.helpers import tiny_source
 cfg = tc.get_config(); cfg.degradation.enabled = False
 cfg.train.num_train_steps = 4; cfg.train.checkpoint_every_steps = 4; cfg.train.log_every_steps = 2

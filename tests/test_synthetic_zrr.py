@@ -1,11 +1,12 @@
-"""diffraw_jax.synthetic_zrr (issue #21): the true calibration stored with each pair, checked by an
+"""diffraw_jax.data.synthetic_zrr (issue #21): the true calibration stored with each pair, checked by an
 independent rendering; the scenes' natural power spectrum; the sensor model's ranges; determinism."""
 import json
 
 import numpy as np
 import pytest
 
-from diffraw_jax import isp_classic, synthetic_zrr
+from diffraw_jax import isp_classic
+from diffraw_jax.data import synthetic_zrr
 
 CLEAN = dict(blur_sigma=0, shot=0, read=0, shading=0, warp=False)  # noise-free, blur-free, unshaded
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffraw_jax import synthetic_zrr
+from diffraw_jax.data import synthetic_zrr
 
 N = 448
 
@@ -195,7 +195,7 @@ def test_synthetic_pairs_carry_colour_instability_and_misalignment():
 
 
 def test_synthetic_cli_errors(tmp_path):
-    cmd = [sys.executable, "-m", "diffraw_jax.synthetic_zrr", "--num_train", "1", "--num_test", "1"]
+    cmd = [sys.executable, "-m", "diffraw_jax.data.synthetic_zrr", "--num_train", "1", "--num_test", "1"]
     # A size the builder (zrr/patches, 448x448) would skip, every pair of it.
     r = subprocess.run(cmd + ["--out", str(tmp_path / "x"), "--size", "64"], capture_output=True, text=True)
     assert r.returncode == 2 and "--size must be 448, got 64" in r.stderr, r.stderr

@@ -13,7 +13,7 @@ import numpy as np
 COMMON = """
 import jax, numpy as np
 from configs import test as tc
-from diffraw_jax import train
+from diffraw_jax.training import train
 from tests.helpers import tiny_source
 
 def config(steps, fsdp):
@@ -55,7 +55,8 @@ print("OK")
 
 EVAL_AND_INFER_ON_1 = COMMON + """
 assert jax.device_count() == 1
-from diffraw_jax import evaluate, weights
+from diffraw_jax.evaluation import evaluate
+from diffraw_jax.checkpoints import weights
 from diffraw_jax.inference.pipeline import DiffRAWPipeline
 cfg = config(5, 1); cfg.eval.num_images = 2; cfg.eval.ddim_steps = 2; cfg.eval.crop_size = 32
 summary = evaluate.evaluate(cfg, "{wd}", data_source=sources[1])

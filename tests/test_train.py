@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from diffraw_jax import checkpointing, parallel, train
+from diffraw_jax.checkpoints import checkpointing
+from diffraw_jax import parallel
+from diffraw_jax.training import train
 from tests.helpers import REPO, fixed_batch, state_and_step, tiny_source
 
 def test_loss_falls_on_a_fixed_batch():
@@ -129,7 +131,9 @@ pid, port = int(sys.argv[1]), sys.argv[2]
 jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=2, process_id=pid)
 assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
 from configs import test as tc
-from diffraw_jax import parallel, train, input_pipeline
+from diffraw_jax import parallel
+from diffraw_jax.training import train
+from diffraw_jax.data import input_pipeline
 from tests.helpers import fixed_batch, state_and_step
 cfg = tc.get_config(); cfg.degradation.enabled = False
 state, step, data_sh = state_and_step(cfg, parallel.create_mesh(1))
@@ -148,7 +152,8 @@ jax.distributed.shutdown()
 SINGLE = """
 import jax, numpy as np
 from configs import test as tc
-from diffraw_jax import parallel, train
+from diffraw_jax import parallel
+from diffraw_jax.training import train
 from tests.helpers import fixed_batch, state_and_step
 cfg = tc.get_config(); cfg.degradation.enabled = False
 state, step, data_sh = state_and_step(cfg, parallel.create_mesh(1))
@@ -222,7 +227,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
     for root, _, files in os.walk(os.path.join(ckpt, "state")):
         for f in files:  # damage every file of the latest state
             open(os.path.join(root, f), "wb").write(b"garbage")
-    # The project's logger may not propagate to the root (diffraw_jax.logs.setup, run by any
+    # The project's logger may not propagate to the root (diffraw_jax.runtime.logs.setup, run by any
     # in-process CLI test before this one): listen on it directly.
     project = logging.getLogger("diffraw_jax")
     project.addHandler(caplog.handler)
@@ -249,7 +254,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_main_end_to_end_and_sigterm_resume(tmp_path):
-    from diffraw_jax import synthetic_zrr
+    from diffraw_jax.data import synthetic_zrr
 
     root = tmp_path / "zrr"
     synthetic_zrr.generate(str(root), 6, 2, size=448, workers=1, progress=False)
@@ -281,7 +286,7 @@ def test_main_end_to_end_and_sigterm_resume(tmp_path):
     seen = []
     for line in p.stdout:
         seen.append(line)
-        if re.search(r"step \d+/\d+ .* loss ", line):  # the first progress line (diffraw_jax.logs)
+        if re.search(r"step \d+/\d+ .* loss ", line):  # the first progress line (diffraw_jax.runtime.logs)
             break
     p.send_signal(signal.SIGTERM)
     rest, _ = p.communicate(timeout=300)

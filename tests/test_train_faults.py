@@ -13,12 +13,15 @@ import time
 
 import pytest
 
-from diffraw_jax import checkpointing, train, workdir_lock
+from diffraw_jax.checkpoints import checkpointing
+from diffraw_jax.training import train, workdir_lock
 from tests.helpers import REPO, tiny_source
 
 SCRIPT = textwrap.dedent("""
     import sys
-    from diffraw_jax import checkpointing, logs, train, workdir_lock
+    from diffraw_jax.checkpoints import checkpointing
+    from diffraw_jax.runtime import logs
+    from diffraw_jax.training import train, workdir_lock
     from configs import test as tc
     from tests.helpers import tiny_source
     logs.setup(False)
@@ -97,7 +100,7 @@ def test_disk_full_at_a_save_stops_in_one_line_and_a_rerun_with_space_resumes(sm
     assert max(int(c) for c in ckpts) == good
     assert not any(f"checkpoint step {failed} ->" in ln for ln in lines)  # never claimed
     # Earlier checkpoints restore read-only.
-    from diffraw_jax import weights
+    from diffraw_jax.checkpoints import weights
 
     assert weights.load_inference(str(wd), color_net=False).step == good
     # More space: the rerun resumes from the last good step and finishes.

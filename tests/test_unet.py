@@ -710,7 +710,7 @@ def test_remat_and_attention_settings():
     del old["model"]["remat_policy"], old["model"]["attention_impl"]
     import ml_collections
 
-    from diffraw_jax import configuration
+    from diffraw_jax.runtime import configuration
 
     old = configuration.upgrade(ml_collections.ConfigDict(old))  # what weights.load_config does
     assert factory.remat_policy(old) == "full" and factory.create_model(old).attention_impl == "auto"

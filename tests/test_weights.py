@@ -1,4 +1,4 @@
-"""The one read-only loader and portable weights (diffraw_jax/weights.py).
+"""The one read-only loader and portable weights (diffraw_jax/checkpoints/weights.py).
 
 The run's tiny trained DiffRAW model (6 steps, checkpoints at 3 and 6; conftest.py), copied
 once with a G workdir beside it; tests copy the workdir again before they change anything.
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from diffraw_jax import checkpointing, weights
+from diffraw_jax.checkpoints import checkpointing, weights
 from diffraw_jax.models import factory
 from tests.helpers import REPO
 
@@ -276,12 +276,12 @@ def test_inference_imports_no_training_code(trained, tmp_path, run_py):
     weights.export_weights(trained["wd"], str(out))
     code = f"""
 import sys
-import diffraw_jax.inference.cli, diffraw_jax.inference, diffraw_jax.inference.export, diffraw_jax.weights
+import diffraw_jax.inference.cli, diffraw_jax.inference, diffraw_jax.inference.export, diffraw_jax.checkpoints.weights
 from diffraw_jax.inference import DiffRAWPipeline
 p = DiffRAWPipeline.from_checkpoint({str(out)!r}, method="dtdm_ddim", num_steps=2, tile=None)
-training = ("diffraw_jax.train", "diffraw_jax.evaluate", "diffraw_jax.input_pipeline",
+training = ("diffraw_jax.training.train", "diffraw_jax.evaluation.evaluate", "diffraw_jax.data.input_pipeline",
             "grain", "tensorflow_datasets", "tensorflow", "clu", "optax")
-forbidden = training + ("diffraw_jax.checkpointing",)
+forbidden = training + ("diffraw_jax.checkpoints.checkpointing",)
 bad = [m for m in forbidden if m in sys.modules]
 assert not bad, bad
 assert "orbax" not in sys.modules  # a weights folder needs no orbax

@@ -1,4 +1,4 @@
-"""One trainer per workdir (diffraw_jax.workdir_lock): races, the stale rule, takeover, loss."""
+"""One trainer per workdir (diffraw_jax.training.workdir_lock): races, the stale rule, takeover, loss."""
 import json
 import multiprocessing as mp
 import os
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from diffraw_jax import workdir_lock as wl
+from diffraw_jax.training import workdir_lock as wl
 
 
 def _race(workdir, start_at, queue, all_tried):
@@ -66,7 +66,7 @@ def test_stale_rule_dead_pid_on_this_host_and_old_heartbeat(tmp_path, caplog):
     dead.wait()
     _write_owner(tmp_path, pid=dead.pid)
     assert "is gone" in wl.stale_reason(wl.holder(tmp_path))
-    with caplog.at_level("WARNING", logger="diffraw_jax.workdir_lock"):
+    with caplog.at_level("WARNING", logger="diffraw_jax.training.workdir_lock"):
         with wl.WorkdirLock(tmp_path, heartbeat_every=0) as lock:
             assert wl.holder(tmp_path)["token"] == lock.owner["token"]
     assert any("taking over" in r.getMessage() and str(dead.pid) in r.getMessage() for r in caplog.records)

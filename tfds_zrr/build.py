@@ -12,7 +12,7 @@ for a wrong folder or a split whose every pair is skipped, e.g.
 
 ``--config calibrated`` adds each pair's calibration from CAL_ROOT/<split>/calibration/<stem>.json
 (``--calibration_dir``, default ZRR_ROOT; ``python -m tfds_zrr.calibrate`` writes one for
-real ZRR, ``python -m diffraw_jax.synthetic_zrr`` writes the true one with its pairs).
+real ZRR, ``python -m diffraw_jax.data.synthetic_zrr`` writes the true one with its pairs).
 The default stays ``patches`` even when ZRR_ROOT holds calibration files, so a command
 builds the same dataset whatever the folder holds (the one the training config names,
 ``data.name``); the output then says which config it built and how to build the other.

@@ -56,7 +56,7 @@ https://people.ee.ethz.ch/~ihnatova/pynet.html (archive Zurich-RAW-to-DSLR-Datas
   <manual_dir>/test/canon/<N>.jpg
   <manual_dir>/full_resolution/*.png      (optional; whole phone frames, config 'full_resolution')
 
-No download? `python -m diffraw_jax.synthetic_zrr --out DIR --num_train N --num_test M`
+No download? `python -m diffraw_jax.data.synthetic_zrr --out DIR --num_train N --num_test M`
 writes synthetic data in this layout.
 """
 

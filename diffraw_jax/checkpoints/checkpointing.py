@@ -2,7 +2,7 @@
 and the read-only restore of a model's parameters for evaluation and inference.
 
 Layout: ``<workdir>/checkpoints/<step>/{state,data}`` (``checkpoint_dir``). The
-workdir may be local or ``gs://`` (``diffraw_jax.paths``).
+workdir may be local or ``gs://`` (``diffraw_jax.runtime.paths``).
 
 Two contracts:
 
@@ -12,7 +12,7 @@ Two contracts:
   corruption), reporting each one it skips and moving it to
   ``checkpoints_unreadable/``, so a damaged latest checkpoint never ends a run
   that has an older one.
-* **Read-only** (``restore_params``, what ``diffraw_jax.weights.load_inference``
+* **Read-only** (``restore_params``, what ``diffraw_jax.checkpoints.weights.load_inference``
   calls for a workdir): the parameter subtree of one step only (never the Adam
   moments), onto one local device, whatever mesh wrote it. It never writes,
   creates, cleans up or moves anything: an unreadable checkpoint is an error
@@ -34,8 +34,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from diffraw_jax import logs
-from diffraw_jax.paths import as_path
+from diffraw_jax.runtime import logs
+from diffraw_jax.runtime.paths import as_path
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data=Non
     """
     if getattr(getattr(manager, "_options", None), "read_only", False):
         raise ValueError("restore_latest is the trainer's resume (it may move damaged checkpoints "
-                         "aside); load read-only with restore_params (diffraw_jax.weights.load_inference)")
+                         "aside); load read-only with restore_params (diffraw_jax.checkpoints.weights.load_inference)")
     steps = sorted(manager.all_steps(), reverse=True)
     unreadable = []
     ignore_reads_finishing_after_a_failed_restore()

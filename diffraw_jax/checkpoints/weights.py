@@ -18,9 +18,9 @@ it. Loading never writes, renames or moves anything: an unreadable checkpoint
 is an error naming its step (``step=`` picks an older one); only the trainer
 sets damaged checkpoints aside.
 
-Paths may be local or ``gs://`` (``diffraw_jax.paths``; read through etils.epath).
+Paths may be local or ``gs://`` (``diffraw_jax.runtime.paths``; read through etils.epath).
 
-Imports jax, flax, numpy and the core modules; orbax (``diffraw_jax.checkpointing``, the
+Imports jax, flax, numpy and the core modules; orbax (``diffraw_jax.checkpoints.checkpointing``, the
 one orbax module) only when a workdir is read.
 """
 from __future__ import annotations
@@ -38,8 +38,8 @@ import jax
 import numpy as np
 from etils import epath
 
-from diffraw_jax import configuration, paths
-from diffraw_jax.paths import as_path
+from diffraw_jax.runtime import configuration, paths
+from diffraw_jax.runtime.paths import as_path
 from diffraw_jax.models import factory
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def resolve_color_net_path(config, base: str) -> str:
 def _is_model_path(path: str) -> bool:
     if not path or is_weights_folder(path):
         return bool(path)
-    from diffraw_jax import checkpointing  # orbax: only a workdir needs it
+    from diffraw_jax.checkpoints import checkpointing  # orbax: only a workdir needs it
 
     return epath.Path(checkpointing.checkpoint_dir(path)).is_dir()
 
@@ -146,7 +146,7 @@ def _device():
 
 def _restore_from_workdir(config, model, workdir: str, use_ema: bool, step: Optional[int]):
     """(params, step) from a workdir's orbax checkpoint, read-only, parameters only."""
-    from diffraw_jax import checkpointing  # orbax: only a workdir needs it
+    from diffraw_jax.checkpoints import checkpointing  # orbax: only a workdir needs it
 
     return checkpointing.restore_params(workdir, factory.abstract_params(model), use_ema=use_ema,
                                         step=step, device=_device())

@@ -1,10 +1,10 @@
 """Phone-like camera RAW files (DNG) of synthetic scenes, for trying ``diffraw`` end to end.
 
-    python -m diffraw_jax.dng_writer --out DIR [--num 1] [--height 256] [--width 384] [--seed 0]
+    python -m diffraw_jax.data.dng_writer --out DIR [--num 1] [--height 256] [--width 384] [--seed 0]
         [--orientation 1]
 
 Each file ``DIR/synthetic_<i>.dng`` holds the RGGB mosaic that
-``diffraw_jax.synthetic_zrr.make_pair`` unprocesses from a scene (10-bit codes, black
+``diffraw_jax.data.synthetic_zrr.make_pair`` unprocesses from a scene (10-bit codes, black
 level 63, white level 1020, the same camera model as the synthetic training
 data), written with pidng and readable by LibRaw/rawpy like a camera's DNG, with the
 true calibration of that RAW (``calibration_tags``: AsShotNeutral = 1 / the
@@ -25,7 +25,8 @@ from typing import Optional
 
 import numpy as np
 
-from diffraw_jax import color, synthetic_zrr
+from diffraw_jax import color
+from diffraw_jax.data import synthetic_zrr
 
 #: DNG CFAPattern codes (0 R, 1 G, 2 B) of each 2x2 layout, row-major.
 CFA_CODES = {"RGGB": [0, 1, 1, 2], "BGGR": [2, 1, 1, 0], "GRBG": [1, 0, 2, 1], "GBRG": [1, 2, 0, 1]}
@@ -180,7 +181,7 @@ def synthetic_dng(out_dir: str, index: int, height: int, width: int, seed: int =
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diffraw_jax.dng_writer", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m diffraw_jax.data.dng_writer", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num", type=int, default=1)
     p.add_argument("--height", type=int, default=256)

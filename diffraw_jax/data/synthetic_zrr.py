@@ -1,6 +1,6 @@
 """Synthetic data in the exact on-disk layout of the Zurich RAW-to-RGB dataset.
 
-    python -m diffraw_jax.synthetic_zrr --out DIR --num_train N --num_test M [--size 448] [--seed S]
+    python -m diffraw_jax.data.synthetic_zrr --out DIR --num_train N --num_test M [--size 448] [--seed S]
 
 writes ``DIR/{train,test}/huawei_raw/<i>.png`` (single-channel RGGB Bayer mosaic,
 10-bit codes, black level 63, white level 1020, 16-bit PNG, or 8-bit PNG when every
@@ -546,7 +546,7 @@ def generate(out: str, num_train: int, num_test: int, size: int = 448, seed: int
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diffraw_jax.synthetic_zrr", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m diffraw_jax.data.synthetic_zrr", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder (ZRR layout)")
     p.add_argument("--num_train", type=int, required=True)
     p.add_argument("--num_test", type=int, required=True)
@@ -564,7 +564,7 @@ def main(argv=None) -> int:
     if a.size != PATCH_SIZE:
         p.error(f"--size must be {PATCH_SIZE}, got {a.size}: the TFDS builder (zrr/patches) stores "
                 f"{PATCH_SIZE}x{PATCH_SIZE} pairs and would skip every {a.size}x{a.size} one "
-                f"(diffraw_jax.synthetic_zrr.generate() writes other even sizes from Python)")
+                f"(diffraw_jax.data.synthetic_zrr.generate() writes other even sizes from Python)")
     if a.num_train < 1 or a.num_test < 1:
         p.error(f"--num_train and --num_test must be >= 1, got {a.num_train} and {a.num_test}: "
                 f"the TFDS builder needs pairs in both splits")

@@ -45,9 +45,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import calibration, input_pipeline, isp_classic, parallel, sampling, weights
+from diffraw_jax import calibration, isp_classic, parallel, sampling
+from diffraw_jax.data import input_pipeline
+from diffraw_jax.checkpoints import weights
 from diffraw_jax.models import factory
-from diffraw_jax.paths import as_path
+from diffraw_jax.runtime.paths import as_path
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +246,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     """Samples ``split`` and writes metrics (process 0); returns the summary dict (every process)."""
     from tqdm import tqdm
 
-    from diffraw_jax import metrics as M
+    from diffraw_jax.evaluation import metrics as M
 
     e = config.eval
     lead = jax.process_index() == 0  # the one process that writes files and prints

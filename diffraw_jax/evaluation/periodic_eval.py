@@ -29,7 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import calibration, evaluate, input_pipeline, isp_classic, metrics, parallel, sampling, weights
+from diffraw_jax import calibration, isp_classic, parallel, sampling
+from diffraw_jax.evaluation import evaluate, metrics
+from diffraw_jax.data import input_pipeline
+from diffraw_jax.checkpoints import weights
 from diffraw_jax.models import factory
 
 log = logging.getLogger(__name__)

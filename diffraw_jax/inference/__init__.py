@@ -5,7 +5,7 @@
   export    the sampler as a ``jax.export`` artifact (loading one needs no model code)
   cli       the ``diffraw`` command (run, export-weights)
 
-Models load through ``diffraw_jax.weights`` (read-only). Nothing here imports the
+Models load through ``diffraw_jax.checkpoints.weights`` (read-only). Nothing here imports the
 trainer, evaluation, the data pipeline, grain, tfds, clu or optax. Submodules are
 imported when first used (``from diffraw_jax.inference import DiffRAWPipeline``).
 """

@@ -65,7 +65,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from diffraw_jax import dtdm, logs, processes, raw
+from diffraw_jax import dtdm, raw
+from diffraw_jax.runtime import logs, processes
 from diffraw_jax.inference.camera import (COLOR_IMAGE_EXTENSIONS, InputError, read_bayer_image,
                                           read_camera_raw)
 
@@ -432,7 +433,7 @@ def process_file(pipe, path: str, out: str, args) -> int:
 
 def export_weights_main(argv: Sequence[str]) -> int:
     """``diffraw export-weights``: a training workdir -> a portable weights folder."""
-    from diffraw_jax import weights
+    from diffraw_jax.checkpoints import weights
 
     p = argparse.ArgumentParser(
         prog="diffraw export-weights", description="Write a self-contained weights folder (config, "

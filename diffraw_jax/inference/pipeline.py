@@ -16,7 +16,7 @@ frame-level noise, network outputs blended across overlaps at every step.
 Noise comes from ``key(seed)`` for the frame, so outputs are reproducible and do
 not depend on the tile batch.
 
-Loads through ``diffraw_jax.weights`` (read-only); imports jax, numpy and the
+Loads through ``diffraw_jax.checkpoints.weights`` (read-only); imports jax, numpy and the
 core modules only (rawpy is never imported here: ``from_rawpy`` takes an open
 ``rawpy.RawPy``).
 """
@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import calibration, dtdm, isp_classic, parallel, raw, sampling, tiling, weights
+from diffraw_jax import calibration, dtdm, isp_classic, parallel, raw, sampling, tiling
+from diffraw_jax.checkpoints import weights
 from diffraw_jax.inference import camera
 from diffraw_jax.models import factory
 

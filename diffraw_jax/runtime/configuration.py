@@ -12,7 +12,7 @@ saved values, after moving renamed fields to their new place (``RENAMED``). Fiel
 the schema does not know are refused (ValueError naming them), not kept: a
 setting the code would silently ignore is an error. Everything that reads a
 config reads its fields directly; only this module knows what an older file
-lacks. ``diffraw_jax.weights.load_config`` calls it once, at load.
+lacks. ``diffraw_jax.checkpoints.weights.load_config`` calls it once, at load.
 
 Imports only ml_collections, and only when a function is called (so the modules that
 import this one, the loader and the trainer, import on a bare accelerator machine

@@ -31,8 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffraw_jax import batches, calibration, dtdm, logs, parallel, paths, sampling, weights, workdir_lock
-from diffraw_jax import distill as distill_lib
+from diffraw_jax import batches, calibration, dtdm, parallel, sampling
+from diffraw_jax.runtime import logs, paths
+from diffraw_jax.checkpoints import weights
+from diffraw_jax.training import workdir_lock
+from diffraw_jax.training import distill as distill_lib
 from diffraw_jax.models import factory
 
 log = logging.getLogger(__name__)
@@ -179,7 +182,7 @@ def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx,
     of them (``calibration.network_inputs``).
     ``teacher_params``: given when distilling (``distill.teacher`` set): the teacher's
     parameters; the loss is then ||f - f*||^2 against the teacher's two DTDM-DDIM steps
-    (``diffraw_jax.distill``). Returns (new_state, metrics). A non-finite loss or
+    (``diffraw_jax.training.distill``). Returns (new_state, metrics). A non-finite loss or
     gradient leaves the state unchanged and reports metrics["finite"] = False.
     """
     # uint16/uint8 batches are normalised here, on the device; float batches pass through.
@@ -370,7 +373,7 @@ def _raise_on_nonfinite(metrics, first_step: int, manager, workdir) -> None:
     bad = [i for i, m in enumerate(metrics) if not bool(m["finite"])]
     if not bad:
         return
-    from diffraw_jax import checkpointing
+    from diffraw_jax.checkpoints import checkpointing
 
     manager.wait_until_finished()
     m = metrics[bad[0]]
@@ -414,7 +417,7 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None, break_lock: b
     """Trains per ``config``, checkpointing to ``workdir``; resumes from its latest checkpoint.
 
     ``data_sources``: optional (train, test) random-access sources (tests); default TFDS.
-    One trainer per workdir: the workdir's lock (``diffraw_jax.workdir_lock``) is held
+    One trainer per workdir: the workdir's lock (``diffraw_jax.training.workdir_lock``) is held
     while it trains; ``break_lock`` takes it from a trainer the user knows is gone.
     Raises ``WorkdirLockedError`` (another trainer holds it), ``CheckpointSaveError``
     (a save did not commit), ValueError / FileNotFoundError (bad inputs, found before
@@ -432,7 +435,7 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None, break_lock: b
 def _train(config, workdir: str, data_sources, lock) -> TrainState:
     from clu import metric_writers, parameter_overview, periodic_actions
 
-    from diffraw_jax import input_pipeline
+    from diffraw_jax.data import input_pipeline
 
     # The data first: a missing dataset ends the run before anything is written to the workdir.
     train_src, test_src = data_sources if data_sources is not None else input_pipeline.load_data_sources(config)
@@ -471,7 +474,7 @@ def _train(config, workdir: str, data_sources, lock) -> TrainState:
         iter(loader), lambda b: input_pipeline.to_global_batch({k: b[k] for k in batch_keys}, data_sh),
         size=config.data.prefetch_to_device)
 
-    from diffraw_jax import checkpointing  # orbax: only the training loop needs it
+    from diffraw_jax.checkpoints import checkpointing  # orbax: only the training loop needs it
 
     manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
     saves = checkpointing.Saves(manager)
@@ -501,7 +504,7 @@ def _train(config, workdir: str, data_sources, lock) -> TrainState:
     eval_every = config.train.eval_every_steps if config.task == "diffraw" else 0
     periodic_eval = None
     if eval_every > 0:
-        from diffraw_jax.periodic_eval import PeriodicEval
+        from diffraw_jax.evaluation.periodic_eval import PeriodicEval
 
         periodic_eval = PeriodicEval(config, model, schedule, test_src, workdir, mesh)
     writer.write_hparams(_flatten(config.to_dict()))

@@ -42,7 +42,7 @@ import time
 import uuid
 from typing import Optional
 
-from diffraw_jax import paths, processes
+from diffraw_jax.runtime import paths, processes
 
 log = logging.getLogger(__name__)
 

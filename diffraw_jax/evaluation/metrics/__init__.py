@@ -19,32 +19,32 @@ from __future__ import annotations
 
 import importlib
 
-from diffraw_jax.metrics.fid import (FIDAccumulator, FIDWeightsMissing, compute_fid, feature_stats,
+from diffraw_jax.evaluation.metrics.fid import (FIDAccumulator, FIDWeightsMissing, compute_fid, feature_stats,
                                      fid_from_features, frechet_distance)
-from diffraw_jax.metrics.image import from_uint8, psnr, quantize, ssim, to_uint8
-from diffraw_jax.metrics.registry import (ALL_METRICS, DEFAULT_METRICS, NEEDS_WEIGHTS, SplitMetrics,
+from diffraw_jax.evaluation.metrics.image import from_uint8, psnr, quantize, ssim, to_uint8
+from diffraw_jax.evaluation.metrics.registry import (ALL_METRICS, DEFAULT_METRICS, NEEDS_WEIGHTS, SplitMetrics,
                                           available_metrics, compute_metrics, mean_scores)
 
 _LAZY = {
     # name: (module, attribute)
-    "lpips": ("diffraw_jax.metrics.lpips_alex", "lpips"),
-    "LPIPSAlex": ("diffraw_jax.metrics.lpips_alex", "LPIPSAlex"),
-    "load_lpips_alex_params": ("diffraw_jax.metrics.lpips_alex", "load_lpips_alex_params"),
-    "niqe": ("diffraw_jax.metrics.niqe_model", "niqe"),
-    "load_niqe_params": ("diffraw_jax.metrics.niqe_model", "load_niqe_params"),
-    "InceptionV3": ("diffraw_jax.metrics.inception", "InceptionV3"),
-    "inception_features": ("diffraw_jax.metrics.inception", "inception_features"),
-    "load_inception_params": ("diffraw_jax.metrics.inception", "load_inception_params"),
-    "save_inception_params": ("diffraw_jax.metrics.inception", "save_inception_params"),
-    "init_inception_params": ("diffraw_jax.metrics.inception", "init_inception_params"),
-    "align_gt_to_output": ("diffraw_jax.metrics.align", "align_gt_to_output"),
-    "dis_flow": ("diffraw_jax.metrics.align", "dis_flow"),
-    "backward_warp": ("diffraw_jax.metrics.align", "backward_warp"),
-    "musiq": ("diffraw_jax.metrics.no_reference", "musiq"),
-    "clipiqa": ("diffraw_jax.metrics.no_reference", "clipiqa"),
-    "MetricNeedsWeights": ("diffraw_jax.metrics.no_reference", "MetricNeedsWeights"),
-    "low_pass_color_difference": ("diffraw_jax.metrics.real_camera", "low_pass_color_difference"),
-    "lattice_statistic": ("diffraw_jax.metrics.real_camera", "lattice_statistic"),
+    "lpips": ("diffraw_jax.evaluation.metrics.lpips_alex", "lpips"),
+    "LPIPSAlex": ("diffraw_jax.evaluation.metrics.lpips_alex", "LPIPSAlex"),
+    "load_lpips_alex_params": ("diffraw_jax.evaluation.metrics.lpips_alex", "load_lpips_alex_params"),
+    "niqe": ("diffraw_jax.evaluation.metrics.niqe_model", "niqe"),
+    "load_niqe_params": ("diffraw_jax.evaluation.metrics.niqe_model", "load_niqe_params"),
+    "InceptionV3": ("diffraw_jax.evaluation.metrics.inception", "InceptionV3"),
+    "inception_features": ("diffraw_jax.evaluation.metrics.inception", "inception_features"),
+    "load_inception_params": ("diffraw_jax.evaluation.metrics.inception", "load_inception_params"),
+    "save_inception_params": ("diffraw_jax.evaluation.metrics.inception", "save_inception_params"),
+    "init_inception_params": ("diffraw_jax.evaluation.metrics.inception", "init_inception_params"),
+    "align_gt_to_output": ("diffraw_jax.evaluation.metrics.align", "align_gt_to_output"),
+    "dis_flow": ("diffraw_jax.evaluation.metrics.align", "dis_flow"),
+    "backward_warp": ("diffraw_jax.evaluation.metrics.align", "backward_warp"),
+    "musiq": ("diffraw_jax.evaluation.metrics.no_reference", "musiq"),
+    "clipiqa": ("diffraw_jax.evaluation.metrics.no_reference", "clipiqa"),
+    "MetricNeedsWeights": ("diffraw_jax.evaluation.metrics.no_reference", "MetricNeedsWeights"),
+    "low_pass_color_difference": ("diffraw_jax.evaluation.metrics.real_camera", "low_pass_color_difference"),
+    "lattice_statistic": ("diffraw_jax.evaluation.metrics.real_camera", "lattice_statistic"),
 }
 
 __all__ = ["psnr", "ssim", "quantize", "to_uint8", "from_uint8", "frechet_distance", "feature_stats",

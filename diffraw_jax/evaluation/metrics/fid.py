@@ -12,7 +12,7 @@ S1^(1/2) S2 S1^(1/2)))``.
 
 The Inception network itself needs weights that are not available offline, so
 :func:`compute_fid` refuses to run without ``fid_inception_weights`` (see
-:mod:`diffraw_jax.metrics.inception`); it never returns a placeholder value.
+:mod:`diffraw_jax.evaluation.metrics.inception`); it never returns a placeholder value.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class FIDWeightsMissing(RuntimeError):
 
 _NO_WEIGHTS = ("FID needs Inception weights: pass fid_inception_weights=PATH to an .npz of the "
                "pytorch-fid Inception-v3 (pt_inception-2015-12-05) state dict or of our Flax layout "
-               "(see diffraw_jax.metrics.inception). They are not shipped with any installed package "
+               "(see diffraw_jax.evaluation.metrics.inception). They are not shipped with any installed package "
                "and are not downloaded.")
 
 
@@ -125,7 +125,7 @@ def fid_from_features(features1, features2, *, method: str = "auto", eps: float 
 def _load_weights(fid_inception_weights):
     if fid_inception_weights is None or fid_inception_weights == "":
         raise FIDWeightsMissing(_NO_WEIGHTS)
-    from diffraw_jax.metrics import inception
+    from diffraw_jax.evaluation.metrics import inception
 
     if isinstance(fid_inception_weights, dict):
         return fid_inception_weights
@@ -135,7 +135,7 @@ def _load_weights(fid_inception_weights):
 class FIDAccumulator:
     """Collects Inception features of two image streams batch by batch; ``result()`` is the FID.
 
-    ``fid_inception_weights``: a path (see :mod:`~diffraw_jax.metrics.inception`) or an
+    ``fid_inception_weights``: a path (see :mod:`~diffraw_jax.evaluation.metrics.inception`) or an
     already-loaded ``{'params': ...}``; ``None`` raises :class:`FIDWeightsMissing` here,
     before any work is done.
     """
@@ -148,7 +148,7 @@ class FIDAccumulator:
         self._b: list[np.ndarray] = []
 
     def features(self, images) -> np.ndarray:
-        from diffraw_jax.metrics import inception
+        from diffraw_jax.evaluation.metrics import inception
 
         return inception.inception_features(images, self.variables, batch_size=self.batch_size,
                                             resize=self.resize)

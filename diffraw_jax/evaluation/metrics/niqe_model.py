@@ -10,7 +10,7 @@ those features (a model is only meaningful with the features it was fitted with)
 1. Luminance: grayscale ``0.2989 R + 0.5870 G + 0.1140 B`` on the 0..255 scale
    (MATLAB ``rgb2gray``, as the reference ``computequality.m`` and skvideo's
    ``rgb2gray``); inputs in [0, 1] are scaled by 255 (no rounding: call
-   :func:`diffraw_jax.metrics.quantize` first for LiteISPNet's 8-bit numbers).
+   :func:`diffraw_jax.evaluation.metrics.quantize` first for LiteISPNet's 8-bit numbers).
 2. Crop to a multiple of the patch size (bottom/right).
 3. Two scales: the image, and the image downscaled by 2 with Pillow's bicubic on a
    float32 ('F') image (what skvideo's ``scipy.misc.imresize(img, 0.5, 'bicubic',

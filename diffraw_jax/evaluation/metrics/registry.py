@@ -10,7 +10,7 @@ instead of a number; :func:`available_metrics` says why.
 
 Protocols (DiffRAW Table 2, after LiteISPNet): ``"original"`` scores (output, GT);
 ``"aligned"`` ("Align GT with result") warps the GT onto the output
-(:func:`~diffraw_jax.metrics.align.align_gt_to_output`) and scores
+(:func:`~diffraw_jax.evaluation.metrics.align.align_gt_to_output`) and scores
 ``(output * mask, warped GT)``. With ``quantize=True`` (default) both images are
 first rounded to 8 bits, as LiteISPNet scores saved PNGs.
 """
@@ -35,14 +35,14 @@ def _status(name: str, fid_inception_weights=None) -> str:
     if name in ("psnr", "ssim"):
         return "ok"
     if name == "lpips":
-        from diffraw_jax.metrics.lpips_alex import lpips_alex_weights_path
+        from diffraw_jax.evaluation.metrics.lpips_alex import lpips_alex_weights_path
         try:
             lpips_alex_weights_path()
             return "ok"
         except (ImportError, FileNotFoundError) as e:
             return f"{NEEDS_WEIGHTS}: {e}"
     if name == "niqe":
-        from diffraw_jax.metrics.niqe_model import niqe_params_path
+        from diffraw_jax.evaluation.metrics.niqe_model import niqe_params_path
         try:
             niqe_params_path()
             return "ok"
@@ -79,7 +79,7 @@ def _batch(x):
 
 def prepare_pair(output, gt, *, protocol: str = "original", quantize: bool = True):
     """``(output_scored, gt_scored, mask)`` for a protocol; ``mask`` is None for "original"."""
-    from diffraw_jax.metrics.image import quantize as q8
+    from diffraw_jax.evaluation.metrics.image import quantize as q8
 
     out = _batch(output)
     ref = None if gt is None else _batch(gt)
@@ -90,7 +90,7 @@ def prepare_pair(output, gt, *, protocol: str = "original", quantize: bool = Tru
         return out, ref, None
     if protocol != "aligned":
         raise ValueError(f"unknown protocol {protocol!r} (original | aligned)")
-    from diffraw_jax.metrics.align import align_gt_to_output
+    from diffraw_jax.evaluation.metrics.align import align_gt_to_output
 
     warped, mask = align_gt_to_output(out, ref)
     return out * mask, warped, mask
@@ -120,19 +120,19 @@ def compute_metrics(output, gt=None, *, metrics=DEFAULT_METRICS, protocol: str =
             res[m] = NEEDS_WEIGHTS
             continue
         if m == "psnr":
-            from diffraw_jax.metrics.image import psnr
+            from diffraw_jax.evaluation.metrics.image import psnr
             res[m] = np.asarray(psnr(out, ref), np.float64)
         elif m == "ssim":
-            from diffraw_jax.metrics.image import ssim
+            from diffraw_jax.evaluation.metrics.image import ssim
             res[m] = np.asarray(ssim(out, ref), np.float64)
         elif m == "lpips":
-            from diffraw_jax.metrics.lpips_alex import lpips
+            from diffraw_jax.evaluation.metrics.lpips_alex import lpips
             res[m] = np.asarray(lpips(out, ref), np.float64)
         elif m == "niqe":
-            from diffraw_jax.metrics.niqe_model import niqe
+            from diffraw_jax.evaluation.metrics.niqe_model import niqe
             res[m] = np.array([niqe(x) for x in out_nr], np.float64)
         else:
-            from diffraw_jax.metrics.no_reference import MetricNeedsWeights, pyiqa_metric
+            from diffraw_jax.evaluation.metrics.no_reference import MetricNeedsWeights, pyiqa_metric
             try:
                 res[m] = np.asarray(pyiqa_metric(m, out_nr), np.float64).reshape(-1)
             except MetricNeedsWeights:
@@ -167,7 +167,7 @@ class SplitMetrics:
         if "fid" in self.metrics:
             self.fid_status = _status("fid", fid_inception_weights)
             if self.fid_status == "ok":
-                from diffraw_jax.metrics.fid import FIDAccumulator
+                from diffraw_jax.evaluation.metrics.fid import FIDAccumulator
                 self._fid = FIDAccumulator(fid_inception_weights, resize=fid_resize)
 
     def update(self, output, gt) -> dict:
