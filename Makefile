@@ -80,7 +80,7 @@ pretrained-paper: install
 	$(BIN)/python main.py --config=configs/pretrained_paper.py --workdir=$(DEMO_WORK)/pretrained_paper
 	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/pretrained_paper --out pretrained/paper-demo-new
 
-# Few-step DiffRAW (README "Few-step DiffRAW"): four rounds of progressive distillation of
+# Few-step DiffRAW (docs/evaluation.md "Few-step DiffRAW"): four rounds of progressive distillation of
 # pretrained/demo (DTDM-DDIM 16 -> 8 -> 4 -> 2 -> 1 steps; each round resumes if stopped),
 # the measurements in results/distill, and the shipped student's weights folder.
 DISTILL_SHIP ?= 1

@@ -14,7 +14,7 @@ e.g. ``nvidia-h200``, ``tpu-v5-lite``):
 (b) **the memory plan's goal rows** (``benchmarks.plan.goals`` of the committed
     ``results/plan/zrr.json``) compiled for the device by ``benchmarks.plan``'s own
     child: XLA's ``memory_analysis()`` on the device next to the plan's XLA:CPU
-    total and estimate, to confirm or refute the estimate the README plans with
+    total and estimate, to confirm or refute the estimate docs/evaluation.md plans with
     (XLA:CPU cannot see remat). A row for more devices than JAX sees is compiled as
     its per-device stand-in: one device with that row's batch per device and the
     data-parallel row's unsharded state, compared with the plan's data-parallel row;

@@ -1,6 +1,6 @@
 """Progressive distillation of the shipped model (pretrained/demo) into few-step students.
 
-Each run halves the steps of its teacher's deterministic DTDM-DDIM sampler (README
+Each run halves the steps of its teacher's deterministic DTDM-DDIM sampler (docs/evaluation.md
 "Few-step DiffRAW"): the config argument is the student's step count, and the
 teacher defaults to the previous round's workdir (``workdir/distill/student-<2n>``;
 the 16-step teacher of round one is pretrained/demo itself):

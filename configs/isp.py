@@ -2,7 +2,7 @@
 
 No PWC-Net weights are available here, so the DSLR target is aligned to G's output
 with a classical method (a global sub-pixel shift by phase correlation) before the
-loss; LiteISPNet aligns with PWC-Net optical flow. See README "Deviations".
+loss; LiteISPNet aligns with PWC-Net optical flow. See docs/deviations.md.
 """
 from configs import synthetic
 

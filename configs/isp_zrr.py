@@ -6,7 +6,7 @@ LiteISPNet-style network (`default`, ~9M parameters) on whole 448 x 448 patches,
 batch 16, Adam 1e-4, 80 epochs of the 46,839 ZRR training pairs (2,927 steps per
 epoch, 234,160 steps), the rate halved every 40 epochs, L1 + 0.15 (1 - SSIM) on the
 DSLR image aligned to G's output (a global shift: no PWC-Net weights are
-available; LiteISPNet warps with PWC-Net flow, see README "Deviations").
+available; LiteISPNet warps with PWC-Net flow, see docs/deviations.md).
 
     python main.py --config=configs/isp_zrr.py --workdir=W_G --config.data.data_dir=D
     python main.py --config=configs/zrr.py --workdir=W --config.data.data_dir=D \

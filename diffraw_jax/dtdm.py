@@ -11,7 +11,7 @@ Conventions
   ``m_0 = y``.
 * ``s`` (the DTDM length, 100 in the paper) is a Python int or int32 scalar.
 * The paper writes alpha for alpha-bar in several places. Everything here uses
-  the exact derivation (see README "Corrected equations"):
+  the exact derivation (see docs/dtdm.md "Corrected equations"):
 
     m_0^t   = y + sqrt(1-ab_t)/sqrt(ab_t) * gamma_s (x - y)            (eq. 14)
     gamma_s = sqrt(ab_s) / sqrt(1-ab_s)                                 (eq. 14)
@@ -320,7 +320,7 @@ def reverse_step(schedule: Schedule, m_t: Array, f: Array, x: Array, t, s, key: 
 def ddim_step(schedule: Schedule, m_t: Array, f: Array, x: Array, t, t_next, s, key=None, eta: float = 0.0) -> Array:
     """A DDIM-style DTDM jump m_t -> m_{t_next}, 0 <= t_next < t (not in the paper).
 
-    Derivation (README "DTDM-DDIM"): the non-Markovian family
+    Derivation (docs/dtdm.md "DTDM-DDIM"): the non-Markovian family
       q(m_r | m_t, x, y) = N(sqrt(ab_r) y + sqrt(1-ab_r) d
                              + sqrt(1-ab_r-sig^2) (m_t - sqrt(ab_t) y - sqrt(1-ab_t) d)/sqrt(1-ab_t),
                              sig^2 I),   d = gamma_s (x - y),

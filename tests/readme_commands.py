@@ -1,4 +1,5 @@
-"""The commands of README.md, read from the README itself: ```bash blocks (continuation
+"""The commands of the documentation (README.md and every page of docs/), read from the pages
+themselves: ```bash blocks (continuation
 lines joined, comments dropped), ```python blocks, and `python -m ...` / `python main.py ...` /
 `make ...` quoted inline; each classified by the kind of command it is. Used by
 tests/test_readme.py (which runs or checks every one) and tests/test_gcs.py (the pod command)."""
@@ -19,10 +20,26 @@ TINY = ["--config.model.name=tiny", "--config.color_net.name=tiny", "--config.mo
         "--config.eval.ddim_steps=2", "--config.eval.grid_images=2", "--config.data.worker_count=0"]
 
 
+def documentation_files() -> list[str]:
+    """README.md, then every docs/*.md page (sorted): the files whose commands are run."""
+    docs = os.path.join(REPO, "docs")
+    return [os.path.join(REPO, "README.md")] + sorted(
+        os.path.join(docs, n) for n in os.listdir(docs) if n.endswith(".md"))
+
+
 def readme_text() -> str:
-    """README.md of the repository."""
+    """README.md of the repository (the front page alone)."""
     with open(os.path.join(REPO, "README.md")) as f:
         return f.read()
+
+
+def documentation_text() -> str:
+    """README.md and every docs/*.md page, one after the other (blank lines between)."""
+    texts = []
+    for path in documentation_files():
+        with open(path) as f:
+            texts.append(f.read())
+    return "\n\n".join(texts)
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
@@ -63,7 +80,10 @@ def classify(cmd: str) -> str:
     if toks[0] == "gcloud":
         return "gcloud"
     if toks[0] == "diffraw":
-        return "diffraw " + toks[1] if toks[1:2] == ["export-weights"] else "diffraw"
+        if toks[1:2] == ["export-weights"]:
+            return "diffraw export-weights"
+        checkpoint = toks[toks.index("--checkpoint") + 1] if "--checkpoint" in toks else ""
+        return "diffraw shipped" if checkpoint.startswith("pretrained/") else "diffraw"
     if toks[:2] == ["tfds", "build"]:
         return "tfds build"
     if toks[:2] == ["python", "-m"]:
@@ -75,8 +95,8 @@ def classify(cmd: str) -> str:
 
 
 def all_commands() -> list[str]:
-    """Every README command: the ```bash blocks' first, then those quoted in the prose."""
-    text = readme_text()
+    """Every documented command: the ```bash blocks' first, then those quoted in the prose."""
+    text = documentation_text()
     return shell_commands(text) + inline_commands(text)
 
 
@@ -93,7 +113,7 @@ def substitute(tokens: list[str], mapping: dict) -> list[str]:
 
 
 def find_commands(kind: str) -> list[str]:
-    """The README's commands of ``kind`` (a ``classify`` result); at least one, or the test fails."""
+    """The documented commands of ``kind`` (a ``classify`` result); at least one, or the test fails."""
     found = [c for c in all_commands() if classify(c) == kind]
-    assert found, f"the README has no {kind!r} command any more; update tests/test_readme.py"
+    assert found, f"the documentation has no {kind!r} command any more; update tests/test_readme.py"
     return found

@@ -1,4 +1,4 @@
-"""The installed console script and module entry points answer as the README shows."""
+"""The installed console script and module entry points answer as README.md and docs/ show."""
 import os
 import subprocess
 import sys

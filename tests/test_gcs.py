@@ -12,7 +12,7 @@ endpoints in its environment before anything is imported (``EPATH_USE_TF=false``
 1. builds a tiny synthetic ZRR locally and copies the TFDS folder to
    ``gs://diffraw-test/tfds`` (the ArrayRecord *writer* opens local files only:
    a dataset for GCS is built locally and copied);
-2. runs the README's pod command (``main.py --workdir=gs://BUCKET/run
+2. runs the documented pod command (docs/training.md) (``main.py --workdir=gs://BUCKET/run
    --config.data.data_dir=gs://BUCKET/tfds --jax_distributed``, tiny overrides,
    one process with an explicit coordinator): 2 steps, data read from GCS;
 3. resumes to step 4 with ``train.train_and_evaluate`` and the config.json the
@@ -152,7 +152,7 @@ for root, _, files in local.walk():
         (epath.Path(DATA) / (root / f).relative_to(local)).write_bytes((root / f).read_bytes())
 mark("data")
 
-# 2. The README's pod command (main.py), on one host.
+# 2. The documented pod command (docs/training.md) (main.py), on one host.
 sys.argv = MAIN_ARGV
 try:
     runpy.run_path(f"{REPO}/main.py", run_name="__main__")
@@ -202,7 +202,7 @@ print("RESULT " + json.dumps(out))
 
 
 def readme_pod_command(bucket: str, port: int) -> list:
-    """argv of the README's multi-host command (what each host runs), on this bucket, tiny,
+    """argv of the documented multi-host command (what each host runs), on this bucket, tiny,
     one process with an explicit coordinator (README: either form)."""
     (gcloud,) = find_commands("gcloud")
     host_cmd = shlex.split(shlex.split(gcloud)[-1].split("&&", 1)[1])

@@ -1,5 +1,8 @@
-"""The layers run one way: no import cycle among the project's modules, evaluation never
-imports the trainer, inference imports neither the trainer, evaluation nor the data pipeline.
+"""The layers run one way: no import cycle among the project's modules, each layer (a folder of
+diffraw_jax/, docs/architecture.md) imports only itself and the layers its row of ``ALLOWED``
+names, Core imports only jax, flax and numpy of the packages outside the standard library,
+evaluation never imports the trainer, inference imports neither the trainer, evaluation nor the
+data pipeline.
 
 The import graph is read from the source with ``ast`` (nothing is imported): every
 ``import`` and ``from ... import`` statement, at module level or inside a function, of
@@ -20,10 +23,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("diffraw_jax", "tfds_zrr")
 SCRIPTS = ("main.py", "scripts")
 
-TRAINER = "diffraw_jax.training.train"
-EVALUATION = ("diffraw_jax.evaluation.evaluate", "diffraw_jax.evaluation.periodic_eval", "diffraw_jax.evaluation.metrics")
+TRAINER = "diffraw_jax.training"
+EVALUATION = ("diffraw_jax.evaluation",)
 INFERENCE = ("diffraw_jax.inference",)
 DATA_PIPELINE = ("diffraw_jax.data.input_pipeline", "tfds_zrr", "grain", "tensorflow_datasets", "clu")
+
+# The layers (docs/architecture.md): a folder each; Core is the package's top-level modules and models/.
+LAYER_FOLDERS = {"runtime": ("diffraw_jax.runtime",), "loader": ("diffraw_jax.checkpoints",),
+                 "data": ("diffraw_jax.data", "tfds_zrr"), "evaluation": EVALUATION,
+                 "training": (TRAINER,), "inference": INFERENCE}
+# What each layer may import of the project, besides itself (closed under the relation, so a
+# check of direct edges is a check of every chain).
+ALLOWED = {"runtime": set(), "core": set(), "loader": {"core", "runtime"}, "data": {"core", "runtime"},
+           "evaluation": {"core", "runtime", "loader", "data"},
+           "training": {"core", "runtime", "loader", "data", "evaluation"},
+           "inference": {"core", "runtime", "loader"}}
+CORE_PACKAGES = {"jax", "flax", "numpy", "__future__"}  # Core's imports from outside the standard library
+MAX_TOP_LEVEL_MODULES = 12
+
+
+def layer_of(module: str):
+    """The layer of a project module of diffraw_jax/ or tfds_zrr/ (None for main.py and scripts)."""
+    for layer, prefixes in LAYER_FOLDERS.items():
+        if _within(module, prefixes):
+            return layer
+    return "core" if _within(module, ("diffraw_jax",)) else None
 
 
 def _module_files(root: str = ROOT) -> dict[str, str]:
@@ -188,6 +212,52 @@ def test_no_import_cycle(graph):
 def test_layers_run_one_way(graph):
     bad = layer_violations(graph)
     assert not bad, "\n".join(bad)
+
+
+def upward_imports(graph) -> list:
+    """One line per import of a project module from a layer its importer may not use."""
+    out = []
+    for mod in sorted(graph):
+        layer = layer_of(mod)
+        if layer is None:
+            continue
+        for dep in sorted(graph[mod]):
+            dep_layer = layer_of(dep) if dep in graph else None
+            if dep_layer is not None and dep_layer != layer and dep_layer not in ALLOWED[layer]:
+                out.append(f"{mod} ({layer}) imports {dep} ({dep_layer})")
+    return out
+
+
+def test_no_layer_imports_a_higher_layer(graph):
+    bad = upward_imports(graph)
+    assert not bad, "\n".join(bad)
+
+
+def test_core_imports_only_jax_flax_numpy(graph):
+    import sys
+
+    bad = {m: sorted(d for d in graph[m] if d not in graph and d not in sys.stdlib_module_names
+                     and d not in CORE_PACKAGES)
+           for m in graph if layer_of(m) == "core"}
+    assert not {m: d for m, d in bad.items() if d}, bad
+
+
+def test_the_package_top_level_is_core_only():
+    """At most 12 modules directly under diffraw_jax/ (``__init__`` counted), the rest in layer folders."""
+    top = sorted(n for n in os.listdir(os.path.join(ROOT, "diffraw_jax")) if n.endswith(".py"))
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, top
+    folders = {n for n in os.listdir(os.path.join(ROOT, "diffraw_jax"))
+               if os.path.isfile(os.path.join(ROOT, "diffraw_jax", n, "__init__.py"))}
+    assert folders == {"models", "runtime", "checkpoints", "data", "evaluation", "training", "inference"}, folders
+
+
+def test_upward_import_check_names_the_edge():
+    g = {"diffraw_jax.checkpoints.weights": {"diffraw_jax.data.input_pipeline", "diffraw_jax.models.factory"},
+         "diffraw_jax.data.input_pipeline": {"diffraw_jax.raw"}, "diffraw_jax.models.factory": {"diffraw_jax.dtdm"},
+         "diffraw_jax.dtdm": {"diffraw_jax.runtime.logs"}, "diffraw_jax.runtime.logs": set(), "diffraw_jax.raw": set()}
+    assert upward_imports(g) == [
+        "diffraw_jax.checkpoints.weights (loader) imports diffraw_jax.data.input_pipeline (data)",
+        "diffraw_jax.dtdm (core) imports diffraw_jax.runtime.logs (runtime)"]
 
 
 # --------------------------------------------------------------------------- the checker itself

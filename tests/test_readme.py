@@ -1,6 +1,6 @@
-"""Every command in README.md is exercised: run here, by `make demo`, or by CI.
+"""Every command in README.md and docs/*.md is exercised: run here, by `make demo`, or by CI.
 
-The commands are read from the README itself (```bash blocks, continuation
+The commands are read from the pages themselves (```bash blocks, continuation
 lines joined, comments dropped; ```python blocks; `python -m ...` / `make ...`
 quoted inline), placeholders (ZRR_ROOT, DATA_DIR, W, ...) are replaced by
 temporary paths, and the training commands get tiny-model overrides appended.
@@ -19,8 +19,8 @@ import sys
 import numpy as np
 
 from tests.helpers import REPO, write_dng
-from tests.readme_commands import (TINY, all_commands, classify, find_commands, python_blocks, readme_text,
-                                   substitute)
+from tests.readme_commands import (TINY, all_commands, classify, documentation_files, documentation_text,
+                                   find_commands, python_blocks, readme_text, substitute)
 
 BIN = os.path.dirname(sys.executable)
 
@@ -46,6 +46,7 @@ RULES = {
     "gcloud": "workflow",
     "diffraw": "workflow",
     "diffraw export-weights": "workflow",
+    "diffraw shipped": "tests/test_pretrained.py::test_diffraw_runs_the_shipped_model_on_a_dng",
     "python -m benchmarks.run": "tests/test_benchmarks.py::test_benchmark_run_quick_tiny",
     "python -m benchmarks.infer_bench": "workflow",
     "python -m diffraw_jax.data.dng_writer": "tests/test_pretrained.py::test_diffraw_runs_the_shipped_model_on_a_dng",
@@ -216,7 +217,7 @@ def test_readme_workflow(tmp_path):
     assert "dtdm_ddim-2" in r.stdout and "s/MP" in r.stdout
 
     # The Python API block, with the README's names bound to this run's files.
-    (api,) = [b for b in python_blocks(readme_text()) if "DiffRAWPipeline" in b]
+    (api,) = [b for b in python_blocks(documentation_text()) if "DiffRAWPipeline" in b]
     code = (api.replace('"workdir/demo"', repr(str(w))).replace('"photo.dng"', repr(str(dng)))
             .replace('"sampler.jaxexp"', repr(str(tmp_path / "sampler.jaxexp"))).replace("(448, 448)", "(32, 32)"))
     assert "import DiffRAWPipeline" in code and "export_sampler(" in code
@@ -245,7 +246,7 @@ def test_readme_dtdm_api_block():
         def apply(params, m, w, c, t):
             return 0.3 * m - 0.2 * c + t[:, None, None, None] / 1000.0
 
-    (block,) = [b for b in python_blocks(readme_text()) if "dtdm.sample(" in b]
+    (block,) = [b for b in python_blocks(documentation_text()) if "dtdm.sample(" in b]
     rng = np.random.default_rng(0)
     c = rng.uniform(-1, 1, (1, 8, 8, 3))
     scope = dict(model=StandIn(), params=None, w=jnp.zeros((1, 4, 4, 4)), c=jnp.asarray(c, jnp.float32))
@@ -274,10 +275,15 @@ def test_readme_dtdm_api_block():
     assert np.abs(y - x).max() > 0.05  # the stand-in moved the sample away from x
 
 
+def _architecture_text() -> str:
+    with open(os.path.join(REPO, "docs", "architecture.md")) as f:
+        return f.read()
+
+
 def _layout_entries() -> list[str]:
-    """The paths the README's Project layout names (first word of each indented entry line)."""
-    text = readme_text()
-    block = text[text.index("## Project layout"):text.index("## Reference")]
+    """The paths docs/architecture.md's Project layout names (first word of each indented entry line)."""
+    text = _architecture_text()
+    block = text[text.index("## Project layout"):]
     entries = []
     for line in block.splitlines():
         if line.startswith("    ") and not line.startswith("     ") and line.strip():
@@ -310,7 +316,49 @@ def test_readme_project_layout_matches_the_tree():
     missing = [m for m in modules if not named(m)]
     assert not missing, f"the README's Project layout leaves out {missing}"
     # configs/: the listed names are exactly the config files.
-    line = next(ln for ln in readme_text().splitlines() if ln.strip().startswith("configs/ "))
+    line = next(ln for ln in _architecture_text().splitlines() if ln.strip().startswith("configs/ "))
     listed = {n.strip() for n in line.split("configs/", 1)[1].split(",")}
     have = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))} - {"__init__"}
     assert listed == have, (sorted(listed), sorted(have))
+
+
+# ---------------------------------------------------------------------------
+# The README is a front page; the manual is docs/.
+
+
+def test_readme_is_a_front_page_that_links_every_docs_page():
+    """README.md: at most 250 lines, the two quick-start commands, and a link to every docs/ page
+    (at least 5); every relative link of every page points at a file that exists."""
+    text = readme_text()
+    assert len(text.splitlines()) <= 250, len(text.splitlines())
+    quick = text[text.index("## Quick start"):]
+    assert quick.index("make demo") < quick.index("make test") < quick.index("\n## ", 3)
+    pages = [p for p in documentation_files() if os.path.dirname(p).endswith("docs")]
+    assert len(pages) >= 5
+    for p in pages:
+        assert f"](docs/{os.path.basename(p)})" in text, f"README.md does not link {p}"
+    for p in documentation_files():
+        with open(p) as f:
+            page = f.read()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page):
+            if target.startswith(("http://", "https://")):
+                continue
+            path = os.path.normpath(os.path.join(os.path.dirname(p), target))
+            assert os.path.exists(path), f"{os.path.relpath(p, REPO)} links {target}, which does not exist"
+
+
+def test_anchor_links_name_headings_that_exist():
+    """Every ``page.md#anchor`` (and ``#anchor``) link of the documentation names a heading of that page
+    (GitHub's anchor rule: lower case, punctuation dropped, spaces to hyphens)."""
+    def anchors(path):
+        with open(path) as f:
+            page = re.sub(r"^```.*?^```", "", f.read(), flags=re.S | re.M)
+        heads = re.findall(r"^#+ (.+)$", page, flags=re.M)
+        return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+    for p in documentation_files():
+        with open(p) as f:
+            page = f.read()
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", page):
+            path = os.path.normpath(os.path.join(os.path.dirname(p), target)) if target else p
+            assert anchor in anchors(path), f"{os.path.relpath(p, REPO)}: #{anchor} is no heading of {target or 'itself'}"

@@ -293,3 +293,19 @@ assert not bad, bad
 print("OK")
 """
     assert "OK" in run_py(code)
+
+
+def test_loaded_model_carries_what_its_config_fixes():
+    """One load gives everything a caller runs the model with (``factory.model_spec``): the
+    shipped calibrated student, the paper-path model and its G, each as its config says."""
+    weights_lib, factory_lib = weights, factory
+    root = os.path.join(REPO, "pretrained")
+    student = weights_lib.load_inference(os.path.join(root, "distill-1"), color_net=False)
+    assert (student.condition, student.distilled) == ("calibrated", True)
+    assert student.config.model.condition == "calibrated" and student.config.distill.teacher
+    assert student.schedule.betas.shape == (student.config.diffusion.num_timesteps,)
+    paper = weights_lib.load_inference(os.path.join(root, "paper-demo"))
+    assert (paper.condition, paper.distilled) == ("paper", False)
+    assert paper.color_net is not None and paper.color_net.schedule is None
+    assert paper.color_net.num_params == factory_lib.count_params(
+        factory_lib.abstract_params(factory_lib.create_model(paper.color_net.config)))

@@ -7,7 +7,7 @@ built dataset is read (``builder.as_data_source()``, Grain) without TensorFlow.
     tfds.builder("zrr", data_dir=D, file_format="array_record").download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=ZRR_ROOT))
 
-or ``python -m tfds_zrr.build --manual_dir ZRR_ROOT --data_dir D`` (see README).
+or ``python -m tfds_zrr.build --manual_dir ZRR_ROOT --data_dir D`` (see docs/data.md).
 
 Configs: ``patches`` (448x448 pairs, the default), ``full_resolution`` (whole phone
 frames) and ``calibrated``: the ``patches`` pairs plus each pair's camera calibration,

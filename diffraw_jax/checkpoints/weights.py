@@ -63,7 +63,12 @@ class LoadedModel:
       step: training step of the parameters.
       path: where it was loaded from; ``kind``: "workdir" or "weights".
       schedule: the diffusion schedule (f only; None for G).
+      condition: the colour condition it was trained with ("paper" or "calibrated").
+      distilled: True for a progressively distilled student (it runs one sampler).
       color_net: the trained G that gives c_test = G(w) (f only; None if there is none).
+
+    Everything the config fixes comes from one ``factory.model_spec`` call at load:
+    a caller needs nothing else from ``models.factory`` to run what it loaded.
     """
 
     config: Any
@@ -73,6 +78,8 @@ class LoadedModel:
     path: str
     kind: str
     schedule: Any = None
+    condition: str = "paper"
+    distilled: bool = False
     color_net: Optional["LoadedModel"] = None
 
     @property
@@ -144,12 +151,11 @@ def _device():
     return jax.local_devices()[0]
 
 
-def _restore_from_workdir(config, model, workdir: str, use_ema: bool, step: Optional[int]):
+def _restore_from_workdir(abstract, workdir: str, use_ema: bool, step: Optional[int]):
     """(params, step) from a workdir's orbax checkpoint, read-only, parameters only."""
     from diffraw_jax.checkpoints import checkpointing  # orbax: only a workdir needs it
 
-    return checkpointing.restore_params(workdir, factory.abstract_params(model), use_ema=use_ema,
-                                        step=step, device=_device())
+    return checkpointing.restore_params(workdir, abstract, use_ema=use_ema, step=step, device=_device())
 
 
 def _flat_keys(tree) -> dict:
@@ -173,7 +179,7 @@ def _read_manifest(path: str) -> dict:
     return manifest
 
 
-def _restore_from_weights(config, model, path: str):
+def _restore_from_weights(abstract, path: str):
     """(params, step) from a weights folder, checking the sha256 and every shape."""
     manifest = _read_manifest(path)
     file = epath.Path(path) / PARAMS_FILE
@@ -184,7 +190,6 @@ def _restore_from_weights(config, model, path: str):
     if digest != manifest["sha256"][PARAMS_FILE]:
         raise ValueError(f"{file} is damaged: sha256 {digest[:12]}... does not match the manifest's "
                          f"{manifest['sha256'][PARAMS_FILE][:12]}...")
-    abstract = factory.abstract_params(model)
     with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
         stored = {k: arrays[k] for k in arrays.files}
     want = _flat_keys(abstract)
@@ -203,19 +208,18 @@ def _restore_from_weights(config, model, path: str):
 
 
 def _load_one(path: str, config, *, use_ema: bool, step: Optional[int]) -> LoadedModel:
-    model = factory.create_model(config)
+    spec = factory.model_spec(config)
     if is_weights_folder(path):
         if step is not None:
             raise ValueError(f"{path} is a weights folder (one step); step= applies to workdirs")
-        params, got = _restore_from_weights(config, model, path)
+        params, got = _restore_from_weights(spec.abstract_params, path)
         kind = "weights"
     else:
-        params, got = _restore_from_workdir(config, model, path, use_ema, step)
+        params, got = _restore_from_workdir(spec.abstract_params, path, use_ema, step)
         kind = "workdir"
-    schedule = factory.create_schedule(config) if config.task == "diffraw" else None
     log.info("loaded %s (%s, step %d, %d parameters)", path, config.task, got, factory.count_params(params))
-    return LoadedModel(config=config, model=model, params=params, step=got, path=path, kind=kind,
-                       schedule=schedule)
+    return LoadedModel(config=config, model=spec.model, params=params, step=got, path=path, kind=kind,
+                       schedule=spec.schedule, condition=spec.condition, distilled=spec.distilled)
 
 
 def load_color_net(path: str) -> LoadedModel:

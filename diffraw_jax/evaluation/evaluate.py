@@ -257,13 +257,13 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     model, step, schedule = loaded.model, loaded.step, loaded.schedule
     # The trained model's objective and s; the sampler as this run's config asks.
     # A distilled student runs only the sampler it was distilled for (its own config's).
-    distilled = factory.is_distilled(loaded.config)
+    distilled = loaded.distilled
     run_cfg = loaded.config.copy_and_resolve_references()
     if not distilled:
         run_cfg.sample = config.sample
     main = factory.sampler_settings(run_cfg)
 
-    calibrated = factory.model_condition(loaded.config) == "calibrated"
+    calibrated = loaded.condition == "calibrated"
     g_fn, g_note = None, "G: needs a trained colour network (color_net.workdir)"
     # G: the one this run's config names for its own workdir, else the model's own.
     g_config = config if config.color_net.workdir and not e.model else loaded.config

@@ -110,7 +110,7 @@ class DiffRAWPipeline:
         loaded = weights.load_inference(path, use_ema=use_ema, step=step, color_net=False)
         if loaded.config.task != "diffraw":
             raise ValueError(f"{path} is a {loaded.config.task!r} model, not a DiffRAW model")
-        color = check_color(color, factory.model_condition(loaded.config), path)
+        color = check_color(color, loaded.condition, path)
         if color == "g":
             loaded.color_net = weights.find_color_net(loaded.config, path)
         settings = loaded.sampler_settings(method, num_steps, other_than_distilled=other_sampler)
@@ -129,7 +129,7 @@ class DiffRAWPipeline:
         return cls(loaded.model, loaded.params, loaded.schedule, settings, eta=eta, color=color,
                    color_model=g.model if g else None, color_params=g.params if g else None,
                    tile=tile, overlap=overlap, batch=batch, config=loaded.config, step=loaded.step,
-                   condition=factory.model_condition(loaded.config))
+                   condition=loaded.condition)
 
     def _check_tile(self, tile: Tuple[int, int]) -> None:
         th, tw = tile

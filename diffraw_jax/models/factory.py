@@ -76,6 +76,24 @@ def model_condition(config) -> str:
     return kind
 
 
+class ModelSpec(NamedTuple):
+    """Everything a config fixes about a trained network before its parameters are read."""
+
+    model: nn.Module           # ``create_model(config)``
+    abstract_params: Any       # ``abstract_params(model)``: the parameter tree's shapes and dtypes
+    schedule: Optional[dtdm.Schedule]  # ``create_schedule(config)`` for f; None for G
+    condition: str             # ``model_condition(config)``: "paper" or "calibrated"
+    distilled: bool            # ``is_distilled(config)``
+
+
+def model_spec(config) -> ModelSpec:
+    """The network of ``config`` with what is needed to restore and run it: the one call the
+    checkpoint loader (``checkpoints.weights``) makes here. Raises ValueError for an invalid config."""
+    model = create_model(config)
+    schedule = create_schedule(config) if config.task == "diffraw" else None
+    return ModelSpec(model, abstract_params(model), schedule, model_condition(config), is_distilled(config))
+
+
 def model_inputs(model: nn.Module, batch_size: int = 1, crop_size=64) -> tuple:
     """Abstract positional inputs (``jax.ShapeDtypeStruct``, float32) of ``model``'s call.
 

@@ -1,7 +1,7 @@
 """Progressive distillation of the deterministic DTDM sampler (DTDM-DDIM, eta = 0).
 
 Pure functions (jax + numpy + ``dtdm``); the trainer (``train.py``, ``distill.teacher``
-set) uses them. Derivation (README "Few-step DiffRAW: progressive distillation"):
+set) uses them. Derivation (docs/dtdm.md "Few-step DiffRAW: progressive distillation"):
 
 The deterministic DTDM-DDIM step from t to r < t with the network output f is
 (``dtdm.ddim_step``, eta = 0)
