@@ -99,7 +99,8 @@ def test_tiff_and_jpeg_carry_the_pngs_pixels_the_srgb_profile_and_the_camera_exi
     for fmt, extra in (("png", ["--bits16"]), ("tiff", []), ("jpeg", [])):
         assert _render([src], out, fmt, *extra) == 0
     assert sorted(os.listdir(out)) == ["cam.jpg", "cam.png", "cam.tif", "zrr.jpg", "zrr.png", "zrr.tif"]
-    source = {"cam": camera.read_camera_raw(str(dng)).color_source, "zrr": camera.BayerFrame(_mosaic()).color_source}
+    source = {"cam": camera.read_camera_raw(str(dng)).color_source,  # the frames the CLI read
+              "zrr": camera.read_bayer_image(str(src / "zrr.png"), 63.0, 1020.0, "RGGB").color_source}
     assert source["zrr"].startswith("fallback: ") and not source["cam"].startswith("fallback")
     for stem in ("cam", "zrr"):
         png16 = cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED)[..., ::-1]  # libpng, BGR
