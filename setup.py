@@ -2,7 +2,7 @@
 
 Dependency groups:
   core   (inference, sampling, the DTDM math): jax, flax, optax, orbax, numpy,
-         rawpy, ml-collections.
+         rawpy, ml-collections, pillow, tifffile.
   train  (data, training loop, metric writers): tensorflow-datasets, grain, clu,
          tensorflow-cpu, tensorboard, dm-pix.
   test   (the test suite): pytest, scipy, pillow, imageio, pidng.
@@ -33,6 +33,7 @@ CORE = [
     "absl-py>=2.0",
     "tqdm>=4.66",
     "pillow>=10",
+    "tifffile>=2023.7.10",  # 16-bit TIFF outputs and the camera's EXIF (diffraw_jax.inference.outputs)
 ]
 TRAIN = [
     "tensorflow-datasets>=4.9.8",

@@ -31,7 +31,7 @@ def profile(path: str, checkpoint: str, tile: int, batch: int, repeats: int = 1)
     import jax.numpy as jnp
     import numpy as np
 
-    from diffraw_jax.inference import camera, cli
+    from diffraw_jax.inference import camera, cli, outputs
     from diffraw_jax.inference.pipeline import DiffRAWPipeline
 
     cli.enable_compilation_cache()
@@ -47,7 +47,7 @@ def profile(path: str, checkpoint: str, tile: int, batch: int, repeats: int = 1)
         (planes, cond), steps["colour condition (G or calibrated)"] = _timed(pipe.inputs, prepared, frame)
         img, steps["sampling (f, tiled)"] = _timed(pipe.sample_planes, planes, cond, seed=0)
         final, steps["finish (crop, orient)"] = _timed(camera.finish, img, prepared)
-        png, steps["PNG encode"] = _timed(cli.encode_png, final)
+        png, steps["PNG encode"] = _timed(outputs.encode, final)
         _, steps["write"] = _timed(cli.write_atomic, os.path.join(out_dir, "out.png"), png, True)
         wall = time.perf_counter() - t_all
     plan = pipe.plan(2 * prepared.planes.shape[0], 2 * prepared.planes.shape[1])

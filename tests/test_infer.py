@@ -392,7 +392,7 @@ def _errors(text):
 
 
 def _read_png16(path):
-    """Decodes the filter-0, 16-bit RGB PNGs that cli.encode_png16 writes."""
+    """Decodes the filter-0, 16-bit RGB PNGs that outputs.encode_png16 writes."""
     import struct
     import zlib
 

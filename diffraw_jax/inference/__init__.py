@@ -3,6 +3,7 @@
   camera    frames from mosaics / camera RAWs, colour conditions, orientation
   pipeline  ``DiffRAWPipeline`` (whole-frame sampling with a tiled denoiser)
   export    the sampler as a ``jax.export`` artifact (loading one needs no model code)
+  outputs   output files: PNG / 16-bit TIFF / JPEG bytes with the sRGB ICC profile and camera EXIF
   cli       the ``diffraw`` command (run, export-weights)
 
 Models load through ``diffraw_jax.checkpoints.weights`` (read-only). Nothing here imports the

@@ -3,7 +3,8 @@
     diffraw --checkpoint W --input PATH [PATH ...] --output DIR
         [--steps N] [--method dtdm|dtdm_ddim|ddpm] [--color calibrated|g|classic|IMAGE] [--seed S]
         [--tile T] [--overlap O] [--batch B] [--step N] [--overwrite] [--other-sampler]
-        [--black 63] [--white 1020] [--cfa RGGB] [--bits16] [--quiet]
+        [--black 63] [--white 1020] [--cfa RGGB] [--format png|tiff|jpeg] [--quality 95]
+        [--bits16] [--quiet]
     diffraw export-weights --checkpoint W --out DIR [--step N] [--method M] [--steps N]
 
 (also ``python -m diffraw_jax.inference.cli ...``). ``W`` is a weights folder
@@ -21,8 +22,10 @@ files, not recursively):
   ARW, ...), with its own CFA, per-channel black levels and white level
   (``pipeline.frame_from_rawpy``).
 
-Each input becomes ``DIR/<stem>.png``: 8-bit sRGB, or 16-bit with ``--bits16``,
-covering the whole mosaic in every CFA layout, in the camera's orientation
+Each input becomes ``DIR/<stem>.png``: 8-bit sRGB, or 16-bit with ``--bits16``
+(``--format tiff``: ``<stem>.tif``, 16-bit; ``--format jpeg``: ``<stem>.jpg``, 8-bit, ``--quality``
+1-100, default 95; every format with the sRGB ICC profile, the camera's EXIF and the colour
+source: ``outputs``), covering the whole mosaic in every CFA layout, in the camera's orientation
 (LibRaw ``sizes.flip``). It is written to a temporary file in DIR and then
 renamed, so a crash never leaves a half-written output. An existing output is
 kept and its input skipped unless ``--overwrite``, so rerunning an interrupted
@@ -52,21 +55,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import logging
 import os
 import re
-import struct
 import sys
 import tempfile
 import time
-import zlib
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from diffraw_jax import dtdm, raw
 from diffraw_jax.runtime import logs, processes
+from diffraw_jax.inference import outputs
 from diffraw_jax.inference.camera import (COLOR_IMAGE_EXTENSIONS, InputError, read_bayer_image,
                                           read_camera_raw)
 
@@ -101,6 +102,13 @@ def _cfa(text: str) -> str:
         return raw.check_pattern(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e))
+
+
+def _quality(text: str) -> int:
+    try:
+        return outputs.check_quality(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 100, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="white level of PNG/TIFF mosaics (1 or 4 values)")
     p.add_argument("--cfa", type=_cfa, default=raw.ZRR_PATTERN,
                    help="CFA layout of PNG/TIFF mosaics: RGGB, BGGR, GRBG, GBRG")
+    p.add_argument("--format", default="png", choices=outputs.FORMATS,
+                   help="output files: png (8-bit, or 16-bit with --bits16), tiff (16-bit), jpeg (8-bit); "
+                   "each with the sRGB ICC profile and the camera's EXIF")
+    p.add_argument("--quality", type=_quality, default=None, metavar="1-100",
+                   help=f"JPEG quality (--format jpeg; default {outputs.DEFAULT_QUALITY})")
     p.add_argument("--bits16", action="store_true", help="write 16-bit PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--coordinator_address", default=None, metavar="HOST:PORT",
@@ -196,38 +209,6 @@ def read_input(path: str, args):
 # Outputs.
 
 
-# zlib level of the PNGs: 1 encodes a 9 MP frame ~4x faster than the usual 6 for files
-# ~10-25% larger (benchmarks/cli_profile.py); the pixels are the same.
-PNG_ZLIB_LEVEL = 1
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
-def encode_png16(rgb: np.ndarray) -> bytes:
-    """uint16 [H, W, 3] -> 16-bit RGB PNG bytes (filter 0, zlib level ``PNG_ZLIB_LEVEL``)."""
-    h, w, _ = rgb.shape
-    rows = np.ascontiguousarray(rgb.astype(">u2")).view(np.uint8).reshape(h, w * 6)
-    scan = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
-    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(scan, PNG_ZLIB_LEVEL)) + _png_chunk(b"IEND", b""))
-
-
-def encode_png(img01: np.ndarray, bits16: bool = False) -> bytes:
-    """sRGB float [H, W, 3] in [0, 1] -> PNG bytes, 8-bit (or 16-bit)."""
-    x = np.clip(np.asarray(img01, np.float64), 0.0, 1.0)
-    if bits16:
-        return encode_png16(np.round(x * 65535.0).astype(np.uint16))
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.round(x * 255.0).astype(np.uint8), "RGB").save(buf, format="PNG",
-                                                                    compress_level=PNG_ZLIB_LEVEL)
-    return buf.getvalue()
-
-
 def write_atomic(path: str, data: bytes, overwrite: bool) -> None:
     """Writes ``data`` to a temp file next to ``path``, fsyncs, then renames it into
     place. Without ``overwrite`` the final step is a hard link, which fails
@@ -259,8 +240,9 @@ def write_atomic(path: str, data: bytes, overwrite: bool) -> None:
             os.unlink(tmp)
 
 
-def output_path(output_dir: str, src: str) -> str:
-    return os.path.join(output_dir, os.path.splitext(os.path.basename(src))[0] + ".png")
+def output_path(output_dir: str, src: str, fmt: str = "png") -> str:
+    """``output_dir/<stem of src>.<png|tif|jpg>`` (``outputs.EXTENSIONS``)."""
+    return os.path.join(output_dir, os.path.splitext(os.path.basename(src))[0] + outputs.EXTENSIONS[fmt])
 
 
 # ``write_atomic``'s temporary files: .<name>.png.<pid>.<random>.tmp (older releases: no pid).
@@ -427,7 +409,12 @@ def process_file(pipe, path: str, out: str, args) -> int:
                 f"{ev:+.2f} EV (the file asks {asked:+.2f} EV, which would clip more than 1% of the pixels)")
         log.info("%s: colour from %s; exposure %s", os.path.basename(path), frame.color_source, note)
     img = pipe.sample_planes(planes, cond, seed=args.seed, progress=not args.quiet)
-    write_atomic(out, encode_png(camera.finish(img, prepared), args.bits16), args.overwrite)
+    meta = outputs.Metadata(
+        outputs.describe_colour(pipe.color, frame.color_source, args.color, pipe.calibrated_model),
+        exif=outputs.CameraExif() if path.lower().endswith(IMAGE_EXTENSIONS) else outputs.read_camera_exif(path))
+    data = outputs.encode(camera.finish(img, prepared), args.format, meta, bits16=args.bits16,
+                          quality=outputs.DEFAULT_QUALITY if args.quality is None else args.quality)
+    write_atomic(out, data, args.overwrite)
     return int(prepared.height) * int(prepared.width)
 
 
@@ -482,6 +469,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.print_usage(sys.stderr)
             print(f"diffraw: error: {flag} must be >= {lo}", file=sys.stderr)
             return 2
+    for misplaced, problem in ((args.quality is not None and args.format != "jpeg",
+                                "--quality is for --format jpeg only"),
+                               (args.bits16 and args.format == "jpeg",
+                                "--bits16 is for PNG: JPEG is 8-bit (and TIFF always 16-bit)")):
+        if misplaced:
+            parser.print_usage(sys.stderr)
+            print(f"diffraw: error: {problem}", file=sys.stderr)
+            return 2
     if not 0 <= args.seed < 2**32:
         parser.print_usage(sys.stderr)
         print("diffraw: error: --seed must be in [0, 2**32)", file=sys.stderr)
@@ -530,7 +525,7 @@ def _run(args, created: bool, stats: "CompileStats") -> int:
     files, failures = share_of_this_process(files, failures)
     for path, reason in failures:
         _err(path, reason)
-    outputs = {path: output_path(args.output, path) for path in files}
+    outputs = {path: output_path(args.output, path, args.format) for path in files}
     existing = [p for p in files if os.path.exists(outputs[p])] if not args.overwrite else []
     if existing:
         log.info("skipping %d input%s whose output exists (--overwrite replaces them)", len(existing),
