@@ -86,6 +86,8 @@ def classify(cmd: str) -> str:
         return "diffraw shipped" if checkpoint.startswith("pretrained/") else "diffraw"
     if toks[:2] == ["tfds", "build"]:
         return "tfds build"
+    if toks[:2] == ["python", "-c"]:
+        return "python -c"
     if toks[:2] == ["python", "-m"]:
         return "python -m " + toks[2]
     if toks[:2] == ["python", "main.py"]:

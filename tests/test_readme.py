@@ -47,6 +47,7 @@ RULES = {
     "diffraw": "workflow",
     "diffraw export-weights": "workflow",
     "diffraw shipped": "tests/test_pretrained.py::test_diffraw_runs_the_shipped_model_on_a_dng",
+    "python -c": "tests/test_readme.py::test_outputs_page_commands",
     "python -m benchmarks.run": "tests/test_benchmarks.py::test_benchmark_run_quick_tiny",
     "python -m benchmarks.infer_bench": "workflow",
     "python -m diffraw_jax.data.dng_writer": "tests/test_pretrained.py::test_diffraw_runs_the_shipped_model_on_a_dng",
@@ -362,3 +363,22 @@ def test_anchor_links_name_headings_that_exist():
         for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", page):
             path = os.path.normpath(os.path.join(os.path.dirname(p), target)) if target else p
             assert anchor in anchors(path), f"{os.path.relpath(p, REPO)}: #{anchor} is no heading of {target or 'itself'}"
+
+
+def test_outputs_page_commands(tmp_path):
+    """docs/outputs.md's commands as written, in a fresh folder: a DNG, its TIFF and JPEG renders
+    with the shipped student, and the one-liner that prints the JPEG's EXIF and ICC profile."""
+    with open(os.path.join(REPO, "docs", "outputs.md")) as f:
+        from tests.readme_commands import shell_commands
+        cmds = shell_commands(f.read())
+    assert [shlex.split(c)[0] for c in cmds] == ["python", "diffraw", "diffraw", "python"], cmds
+    outs = []
+    for c in cmds:
+        argv = substitute(shlex.split(c), {"pretrained/distill-1": os.path.join(REPO, "pretrained", "distill-1")})
+        argv = [sys.executable] + argv[1:] if argv[0] == "python" else [os.path.join(BIN, argv[0])] + argv[1:]
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, f"{c}\nexit {r.returncode}\n{r.stderr[-2000:]}"
+        outs.append(r.stdout)
+    assert sorted(os.listdir(tmp_path / "renders")) == ["synthetic_0.jpg", "synthetic_0.tif"]
+    assert "sRGB" in outs[-1] and "274: 1" in outs[-1]  # the profile's description, Orientation 1
