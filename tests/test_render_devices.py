@@ -23,25 +23,48 @@ pipe = DiffRAWPipeline.from_checkpoint("pretrained/distill-1", tile=32, overlap=
 out = pipe(mosaic, seed=5)
 plan = pipe.plan(96, 128)
 np.save(OUT, out)
+# --tile 0: the whole frame in one piece, in bands of rows over the devices.
+whole = DiffRAWPipeline.from_checkpoint("pretrained/distill-1", tile=0)
+np.save(OUT.replace(".npy", "_whole.npy"), whole(mosaic, seed=5))
+frame = whole.plan(96, 128)
+w, c = jax.numpy.zeros((1, 48, 64, 4)), jax.numpy.zeros((1, 96, 128, 3))
+bands = whole.sharding(frame)
+if bands is not None:
+    w, c = jax.device_put(w, bands), jax.device_put(c, bands)
+cost = whole.sampler(frame).lower(whole.params, w, c, c, jax.random.key(0)).compile().cost_analysis()
+cost = cost[0] if isinstance(cost, list) else cost
 print(json.dumps({"devices": jax.local_device_count(), "tiles": len(plan.tiles),
                   "sharded": pipe.tile_sharding is not None,
-                  "param_devices": len(jax.tree.leaves(pipe.params)[0].sharding.device_set)}))
+                  "param_devices": len(jax.tree.leaves(pipe.params)[0].sharding.device_set),
+                  "bands": None if bands is None else dict(bands.mesh.shape)["bands"],
+                  "whole_flops_per_device": cost["flops"]}))
 """
 
 
 def test_tiles_over_8_devices_give_the_one_device_picture(tmp_path, run_py):
-    outs, infos = [], []
+    """Tiles (--tile 32) and the whole frame in one piece (--tile 0) on 8 devices: the
+    picture of one device. The whole 96 x 128 frame goes in 4 bands of 24 rows (96 / 8 = 12
+    rows at the U-Net's coarsest level: gcd(12, 8) = 4), so each device's program has
+    about 1/4 of one device's flops (XLA's cost analysis; the rest: borders)."""
+    outs, wholes, infos = [], [], []
     for n in (1, 8):
         path = str(tmp_path / f"out{n}.npy")
         env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
         stdout = run_py(RENDER.replace("OUT", repr(path)), env_extra=env)
         infos.append(json.loads(stdout.strip().splitlines()[-1]))
         outs.append(np.load(path))
-    assert infos[0] == {"devices": 1, "tiles": infos[0]["tiles"], "sharded": False, "param_devices": 1}
+        wholes.append(np.load(path.replace(".npy", "_whole.npy")))
+    flops = [info.pop("whole_flops_per_device") for info in infos]
+    assert infos[0] == {"devices": 1, "tiles": infos[0]["tiles"], "sharded": False, "param_devices": 1,
+                        "bands": None}
     assert infos[1]["devices"] == 8 and infos[1]["sharded"] and infos[1]["param_devices"] == 8
+    assert infos[1]["bands"] == 4
+    assert 0.2 < flops[1] / flops[0] < 0.3, flops
     assert infos[0]["tiles"] >= 12  # several tile batches, each split over the 8 devices
-    assert outs[0].shape == outs[1].shape == (96, 128, 3)
+    assert outs[0].shape == outs[1].shape == wholes[0].shape == wholes[1].shape == (96, 128, 3)
     np.testing.assert_allclose(outs[1], outs[0], atol=2e-6)
+    np.testing.assert_allclose(wholes[1], wholes[0], atol=2e-6)
+    assert np.abs(wholes[0] - outs[0]).max() > 1e-3  # the whole frame is another computation than tiles
 
 
 CLI = [sys.executable, "-m", "diffraw_jax.inference.cli", "--checkpoint", "pretrained/distill-1", "--tile", "0",
