@@ -27,9 +27,16 @@ covering the whole mosaic in every CFA layout, in the camera's orientation
 renamed, so a crash never leaves a half-written output. An existing output is
 kept and its input skipped unless ``--overwrite``, so rerunning an interrupted
 batch finishes the rest (and says how many it skipped); the hidden temporary
-files of a killed run (``.<name>.png.<pid>.<random>.tmp``, their process gone)
-are removed. The output folder is checked (a folder, writable) before any
-sampling.
+files of a killed run (``.<name>.<pid>@<host>.<random>.tmp``: this host's whose
+process is gone; another host's only once an hour old) are removed. The output
+folder is checked (a folder, writable) before any sampling. Two inputs with one
+output name (``a/x.png``, ``b/x.png``) refuse the run before any work.
+
+On several hosts (``--coordinator_address HOST:PORT --num_processes N --process_id I``
+on each, with the same inputs): process i renders every N-th input from the i-th;
+the processes compare their input lists first (different lists refuse the run on
+every process) and wait for each other at the end, however far apart their shares
+finish, so all exit together (docs/pods-cli.md).
 
 ``--color``: default the model's own. ``calibrated`` (the default of a model
 trained with ``model.condition = "calibrated"``, e.g. pretrained/demo) takes the
@@ -46,7 +53,8 @@ the output size and orientation.
 Errors: one line per bad input on stderr, ``error: <file>: <reason>``; the
 other inputs are still processed; a summary ``processed N, failed M`` ends the
 run. Exit status 0 if no input failed (skipped inputs are not failures), 1 if
-any failed, 2 for usage, checkpoint or output-folder errors (nothing processed).
+any failed, 2 for usage, checkpoint or output-folder errors, inputs with one output
+name or processes with different inputs (nothing processed).
 """
 from __future__ import annotations
 
