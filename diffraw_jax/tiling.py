@@ -178,8 +178,8 @@ def frame_sharding(tile_sharding, height: int, multiple: int):
     A NamedSharding of [B, rows, cols, C] arrays (spec (None, "bands")), or None for one
     device or d = 1 (the frame then runs on one device). E.g. on 8 devices with multiple 8:
     256 rows in 8 bands, 96 in 4, 104 in none. (Bands that do not divide a level evenly were
-    measured to split little: XLA's cost analysis of a 264 x 384 frame in 8 bands, 1/2 of one
-    device's flops per device, against 1/7.9 for 256 x 384 in 8 even bands.)"""
+    measured to split little: XLA's cost analysis of a 264 x 384 frame in 4 or 8 uneven bands, about
+    1/2 of one device's flops per device, against 1/7.9 for 256 x 384 in 8 even bands.)"""
     if tile_sharding is None:
         return None
     devices = np.asarray(tile_sharding.mesh.devices).reshape(-1)

@@ -77,7 +77,7 @@ import numpy as np
 
 from diffraw_jax import dtdm, raw
 from diffraw_jax.runtime import logs, processes
-from diffraw_jax.inference.camera import (COLOR_IMAGE_EXTENSIONS, InputError, read_bayer_image,
+from diffraw_jax.inference.camera import (COLOR_IMAGE_EXTENSIONS, read_bayer_image,
                                           read_camera_raw)
 
 # By name: run as ``python -m``, this module's __name__ is "__main__".
