@@ -32,7 +32,9 @@ def make_sampler(model, schedule: dtdm.Schedule, settings: "factory.SamplerSetti
     every step (``tiling.tiled_denoiser``). ``on_step()`` is called on the host
     after every network evaluation of the frame (a progress bar). Jitted unless
     ``jit=False`` (for ``jax.export`` or an outer jit); compiles once per input shape.
-    ``tile_sharding``: spread each tile batch over devices (``tiling.tiled_denoiser``).
+    ``tile_sharding``: spread each tile batch over devices (``parallel.tile_sharding``), or
+    for a plan of one tile the whole frame in bands of rows (``tiling.frame_sharding``);
+    see ``tiling.tiled_denoiser``.
     """
     method, num_steps, s = settings.method, settings.num_steps, settings.s
 

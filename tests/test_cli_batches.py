@@ -1,6 +1,8 @@
-"""``diffraw`` batches that resume, and output folders checked before any sampling (#23)."""
+"""``diffraw`` batches that resume, and output folders checked before any sampling (#23);
+temporaries that name their host and pid, left alone by another host (#29)."""
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +15,8 @@ from diffraw_jax.inference import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENT = os.path.join(REPO, "pretrained", "distill-1")  # one network evaluation per tile
+# This host in temporaries' names: host name + the inode of this process's pid namespace.
+HERE = f"{socket.gethostname()}+{os.stat('/proc/self/ns/pid').st_ino}"
 
 
 def _mosaics(folder, n=3, size=64):
@@ -33,18 +37,21 @@ def test_a_rerun_skips_finished_outputs_removes_stale_temporaries_and_exits_0(tm
     src, out = _mosaics(tmp_path / "in"), tmp_path / "out"
     out.mkdir()
     # The first run was killed after m0: m0.png is finished, a truncated temporary of m1 is left
-    # (by a process that is gone), and an older release's pid-less temporary an hour old.
+    # (by a process of this host that is gone), and an older release's pid-less temporary two
+    # hours old; another host's fresh temporary (its pid means nothing here) is kept.
     assert cli.main(_args(src / "m0.png", out)) == 0
     first = (out / "m0.png").read_bytes()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = out / f".m1.png.{dead.pid}.k3j2h1.tmp"
+    stale = out / f".m1.png.{dead.pid}@{HERE}.k3j2h1ab.tmp"
     stale.write_bytes(b"\x89PNG half")
     old = out / ".m2.png.a8f7d6.tmp"
     old.write_bytes(b"\x89PNG")
-    os.utime(old, (time.time() - 3600,) * 2)
-    live = out / f".m2.png.{os.getppid()}.zzzzzz.tmp"  # a running process's temporary: kept
+    os.utime(old, (time.time() - 7200,) * 2)
+    live = out / f".m2.png.{os.getppid()}@{HERE}.zzzzzz.tmp"  # a running process's temporary: kept
     live.write_bytes(b"in progress")
+    foreign = out / f".m1.png.{dead.pid}@other-host+4026531999.q1w2e3r4.tmp"
+    foreign.write_bytes(b"another host is writing this")
     unrelated = out / ".notes.tmp"
     unrelated.write_text("mine")
     capsys.readouterr()
@@ -53,7 +60,7 @@ def test_a_rerun_skips_finished_outputs_removes_stale_temporaries_and_exits_0(tm
     o = capsys.readouterr()
     assert "processed 2, failed 0, skipped 1 (outputs exist; --overwrite replaces them)" in o.out
     assert (out / "m0.png").read_bytes() == first  # kept, not re-rendered
-    assert {p.name for p in out.iterdir()} == {"m0.png", "m1.png", "m2.png", live.name, unrelated.name}
+    assert {p.name for p in out.iterdir()} == {"m0.png", "m1.png", "m2.png", live.name, unrelated.name, foreign.name}
     assert "error" not in o.err
 
     # Everything done: a third run skips all three and still exits 0.
@@ -65,15 +72,58 @@ def test_a_rerun_skips_finished_outputs_removes_stale_temporaries_and_exits_0(tm
 
 
 def test_remove_stale_temporaries_touches_only_dead_runs_files(tmp_path):
+    """This host's temporaries go when their pid is gone (any extension); another host's, or an
+    older release's (no host: it may be another host's), only when over an hour old."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    names = {f".a.png.{dead.pid}.x1.tmp": False, f".a.png.{os.getpid()}.x2.tmp": True,
-             f".b.png.{os.getppid()}.x3.tmp": True, ".c.png.fresh0.tmp": True, "a.png": True,
-             ".a.png": True, f".a.jpg.{dead.pid}.x4.tmp": True}
-    for n in names:
+    other = "node-7.cluster+4026531999"
+    names = {f".a.png.{dead.pid}@{HERE}.x1abcdef.tmp": False, f".a.tif.{dead.pid}@{HERE}.x5.tmp": False,
+             f".photo@2x.jpg.{dead.pid}@{HERE}.x7.tmp": False,
+             f".a.png.{os.getpid()}@{HERE}.x2.tmp": True, f".b.png.{os.getppid()}@{HERE}.x3.tmp": True,
+             f".b.jpg.{dead.pid}@{other}.x4.tmp": True, f".c.png.{dead.pid}.x6.tmp": True,
+             ".c.png.fresh0.tmp": True, "a.png": True, ".a.png": True, ".notes.tmp": True}
+    hours_old = {f".d.tif.{dead.pid}@{other}.y1.tmp": False, f".d.png.{os.getppid()}@{other}.y2.tmp": False,
+                 f".e.png.{dead.pid}.y3.tmp": False, ".e.png.y4abcd.tmp": False, ".notes2.tmp": True,
+                 f".d.png.{os.getppid()}@{HERE}.y5.tmp": True}
+    for n in {**names, **hours_old}:
         (tmp_path / n).write_bytes(b"x")
-    assert cli.remove_stale_temporaries(str(tmp_path)) == 1
-    assert {p.name for p in tmp_path.iterdir()} == {n for n, kept in names.items() if kept}
+    for n in hours_old:
+        os.utime(tmp_path / n, (time.time() - 2 * 3600,) * 2)
+    assert cli.remove_stale_temporaries(str(tmp_path)) == 7
+    assert {p.name for p in tmp_path.iterdir()} == {n for n, kept in {**names, **hours_old}.items() if kept}
+
+
+def test_a_second_host_on_the_same_folder_leaves_an_in_flight_output_alone(tmp_path, monkeypatch):
+    """Host A (this process) is writing x.png: its temporary is there (``os.fsync`` is where
+    ``write_atomic`` waits for the disk) when host B starts on the same folder: another host
+    name and pid namespace (``unshare``), which cannot see A's process. B's cleanup leaves the
+    temporary alone and A's output is written."""
+    unshare = ["unshare", "--uts", "--pid", "--fork", "--mount-proc"]
+    probe = subprocess.run(unshare + ["true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no new UTS and pid namespaces here ({probe.stderr.strip() or probe.returncode}); "
+                    "test_remove_stale_temporaries_touches_only_dead_runs_files covers the names")
+    host_b = ("import os, socket, sys; socket.sethostname('second-host'); from diffraw_jax.inference import cli; "
+              f"print(os.path.exists('/proc/{os.getpid()}'), "
+              f"socket.gethostname() + '+' + str(os.stat('/proc/self/ns/pid').st_ino) != {HERE!r}, "
+              f"cli.remove_stale_temporaries({str(tmp_path)!r}))")
+    seen = {}
+    real_fsync = os.fsync
+
+    def fsync_then_host_b(fd):
+        real_fsync(fd)
+        seen["folder"] = sorted(os.listdir(tmp_path))
+        seen["b"] = subprocess.run(unshare + [sys.executable, "-c", host_b], capture_output=True, text=True,
+                                   cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_host_b)
+    cli.write_atomic(str(tmp_path / "x.png"), b"the picture", overwrite=False)
+    monkeypatch.undo()
+    assert seen["b"].returncode == 0, seen["b"].stderr[-2000:]
+    # B sees no process of A's, has another host id, and removed nothing.
+    assert seen["b"].stdout.split() == ["False", "True", "0"]
+    assert len(seen["folder"]) == 1 and seen["folder"][0].startswith(f".x.png.{os.getpid()}@{HERE}.")
+    assert os.listdir(tmp_path) == ["x.png"] and (tmp_path / "x.png").read_bytes() == b"the picture"
 
 
 def test_output_that_is_a_file_is_refused_in_one_line_before_any_work(tmp_path, capsys):

@@ -30,9 +30,16 @@ source: ``outputs``), covering the whole mosaic in every CFA layout, in the came
 renamed, so a crash never leaves a half-written output. An existing output is
 kept and its input skipped unless ``--overwrite``, so rerunning an interrupted
 batch finishes the rest (and says how many it skipped); the hidden temporary
-files of a killed run (``.<name>.png.<pid>.<random>.tmp``, their process gone)
-are removed. The output folder is checked (a folder, writable) before any
-sampling.
+files of a killed run (``.<name>.<pid>@<host>.<random>.tmp``: this host's whose
+process is gone; another host's only once an hour old) are removed. The output
+folder is checked (a folder, writable) before any sampling. Two inputs with one
+output name (``a/x.png``, ``b/x.png``) refuse the run before any work.
+
+On several hosts (``--coordinator_address HOST:PORT --num_processes N --process_id I``
+on each, with the same inputs): process i renders every N-th input from the i-th;
+the processes compare their input lists first (different lists refuse the run on
+every process) and wait for each other at the end, however far apart their shares
+finish, so all exit together (docs/pods-cli.md).
 
 ``--color``: default the model's own. ``calibrated`` (the default of a model
 trained with ``model.condition = "calibrated"``, e.g. pretrained/demo) takes the
@@ -49,15 +56,18 @@ the output size and orientation.
 Errors: one line per bad input on stderr, ``error: <file>: <reason>``; the
 other inputs are still processed; a summary ``processed N, failed M`` ends the
 run. Exit status 0 if no input failed (skipped inputs are not failures), 1 if
-any failed, 2 for usage, checkpoint or output-folder errors (nothing processed).
+any failed, 2 for usage, checkpoint or output-folder errors, inputs with one output
+name or processes with different inputs (nothing processed).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import logging
 import os
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -68,8 +78,7 @@ import numpy as np
 from diffraw_jax import dtdm, raw
 from diffraw_jax.runtime import logs, processes
 from diffraw_jax.inference import outputs
-from diffraw_jax.inference.camera import (COLOR_IMAGE_EXTENSIONS, InputError, read_bayer_image,
-                                          read_camera_raw)
+from diffraw_jax.inference.camera import read_bayer_image, read_camera_raw
 
 # By name: run as ``python -m``, this module's __name__ is "__main__".
 log = logging.getLogger("diffraw_jax.inference.cli")
@@ -198,6 +207,21 @@ def expand_inputs(paths: Sequence[str], output_dir: str) -> Tuple[List[str], Lis
     return files, errors
 
 
+def duplicate_outputs(files: Sequence[str], output_dir: str) -> List[Tuple[str, str]]:
+    """[(path, reason)]: every input whose output (``output_path``) is also an earlier input's,
+    e.g. ``a/x.png`` and ``b/x.png``. Checked over all the inputs, before they are split over
+    the processes, so a run with one is refused before any work."""
+    first, found = {}, []
+    for path in files:
+        out = output_path(output_dir, path)
+        if out in first:
+            found.append((path, f"output {out} is also the output of {first[out]}: nothing rendered "
+                          "(rename one, or render them into separate folders)"))
+        else:
+            first[out] = path
+    return found
+
+
 def read_input(path: str, args):
     """BayerFrame for ``path``: PNG/TIFF mosaics by extension, everything else via rawpy."""
     if path.lower().endswith(IMAGE_EXTENSIONS):
@@ -209,12 +233,30 @@ def read_input(path: str, args):
 # Outputs.
 
 
+def host_id() -> str:
+    """This machine in the names of ``write_atomic``'s temporaries: its host name (characters
+    other than ``[A-Za-z0-9._-]`` as ``_``; a name over 32 characters shortened to 20 and 8 hex
+    digits of its sha1) and, on Linux, ``+`` the inode of this process's pid namespace, so two
+    containers with one host name but their own pids (``--network host``, a restarted pod) are
+    two hosts. E.g. ``node-3+4026531836``."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+    if len(name) > 32:
+        name = f"{name[:20]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    try:
+        namespace = re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))  # 'pid:[4026531836]'
+    except OSError:  # not Linux
+        namespace = ""
+    return f"{name}+{namespace}" if namespace else name
+
+
 def write_atomic(path: str, data: bytes, overwrite: bool) -> None:
     """Writes ``data`` to a temp file next to ``path``, fsyncs, then renames it into
     place. Without ``overwrite`` the final step is a hard link, which fails
-    (FileExistsError) if ``path`` appeared meanwhile; the temp file never remains."""
+    (FileExistsError) if ``path`` appeared meanwhile; the temp file never remains.
+    The temp file is ``.<name>.<pid>@<host_id()>.<random>.tmp`` (any extension of ``path``),
+    so ``remove_stale_temporaries`` can tell whose it is."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.{os.getpid()}.",
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.{os.getpid()}@{host_id()}.",
                                suffix=".tmp")
     try:
         umask = os.umask(0)
@@ -245,27 +287,39 @@ def output_path(output_dir: str, src: str, fmt: str = "png") -> str:
     return os.path.join(output_dir, os.path.splitext(os.path.basename(src))[0] + outputs.EXTENSIONS[fmt])
 
 
-# ``write_atomic``'s temporary files: .<name>.png.<pid>.<random>.tmp (older releases: no pid).
-_TEMPORARY = re.compile(r"^\.(?P<name>.+\.png)\.(?:(?P<pid>\d+)\.)?[^.]+\.tmp$")
-_OLD_TEMPORARY_AGE_S = 60.0
+# ``write_atomic``'s temporary files: .<name>.<pid>@<host>.<random>.tmp, whatever the output's
+# extension (mkstemp's random part has no dot; a host id has no "@").
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9._+-]+)\.[a-z0-9_]+\.tmp$")
+# Older releases: .<name>.png.<pid>.<random>.tmp and .<name>.png.<random>.tmp (whose host is unknown).
+_OLD_TEMPORARY = re.compile(r"^\.(?P<name>.+\.png)\.(?:\d+\.)?[^.@]+\.tmp$")
+# A temporary of another host (or of an older release) is stale once this old: a running
+# ``write_atomic`` writes its file in one go and renames it at once.
+FOREIGN_TEMPORARY_AGE_S = 3600.0
+
+
+def _temporary_is_stale(name: str, path: str, here: str) -> bool:
+    """Whether the file ``name`` (at ``path``) is a temporary of ``write_atomic`` that no running
+    process will finish: one of this host (``here``: ``host_id()``) whose process is gone, or
+    one of another host or an older release last written over ``FOREIGN_TEMPORARY_AGE_S`` ago."""
+    m = _TEMPORARY.match(name)
+    if m and m.group("host") == here:
+        pid = int(m.group("pid"))
+        return pid != os.getpid() and not processes.pid_alive(pid)
+    if m or _OLD_TEMPORARY.match(name):
+        return time.time() - os.stat(path).st_mtime > FOREIGN_TEMPORARY_AGE_S
+    return False
 
 
 def remove_stale_temporaries(output_dir: str) -> int:
     """Removes the temporary files that killed runs of ``diffraw`` left in ``output_dir``
-    (their process is gone; pid-less ones from older releases once a minute old);
-    returns how many. Never touches anything else."""
-    removed = 0
+    (``_temporary_is_stale``: this host's whose process is gone; another host's, whose
+    processes this one cannot see, only once an hour old); returns how many. Never touches
+    anything else, nor a file another host is still writing."""
+    removed, here = 0, host_id()
     for name in os.listdir(output_dir):
-        m = _TEMPORARY.match(name)
-        if not m:
-            continue
         path = os.path.join(output_dir, name)
         try:
-            if m.group("pid") is not None:
-                stale = int(m.group("pid")) != os.getpid() and not processes.pid_alive(int(m.group("pid")))
-            else:
-                stale = time.time() - os.stat(path).st_mtime > _OLD_TEMPORARY_AGE_S
-            if stale and os.path.isfile(path):
+            if _temporary_is_stale(name, path, here) and os.path.isfile(path):
                 os.unlink(path)
                 removed += 1
         except OSError:
@@ -365,6 +419,84 @@ class CompileStats:
 
         m.unregister_event_listener(self._event)
         m.unregister_event_duration_listener(self._duration)
+
+
+# ---------------------------------------------------------------------------
+# Several processes (--coordinator_address ...): every host runs ``diffraw`` with the same
+# arguments; jax.distributed connects them.
+
+# JAX's shutdown timeout in seconds (default: JAX's, 300): for tests, which show that a host
+# finishing long before the others no longer meets it (``wait_for_every_process``).
+SHUTDOWN_TIMEOUT_ENV = "DIFFRAW_SHUTDOWN_TIMEOUT_S"
+# The end-of-run wait for the other hosts: longer than any share takes. A host that dies ends
+# it sooner (JAX's heartbeats, 100 s, fail the wait of every other host).
+END_WAIT_S = 7 * 24 * 3600
+# How long the hosts wait for each other's input lists at the start.
+INPUTS_WAIT_S = 600
+
+
+def start_processes(args) -> Optional[str]:
+    """``jax.distributed.initialize`` from --coordinator_address/--num_processes/--process_id
+    (before any other use of JAX); returns why it failed, or None."""
+    import jax
+
+    timeout = os.environ.get(SHUTDOWN_TIMEOUT_ENV)
+    try:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+            process_id=args.process_id, **({"shutdown_timeout_seconds": int(timeout)} if timeout else {}))
+    except (RuntimeError, ValueError, TypeError) as e:
+        return f"cannot join the other processes ({e})"
+    return None
+
+
+def _coordination_client():
+    """jax.distributed's client of the coordination service (its key-value store and barriers;
+    no public name: orbax's multihost helpers reach it the same way)."""
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def inputs_differ(files: Sequence[str]) -> Optional[str]:
+    """None when every process has the same input list (the same file names in the same order:
+    each renders its share of it, ``share_of_this_process``), else why not; compared through
+    jax.distributed's key-value store, so every process learns it. One process: None."""
+    import jax
+
+    n, i = jax.process_count(), jax.process_index()
+    if n == 1:
+        return None
+    names = [os.path.basename(f) for f in files]
+    mine = f"{len(names)} {hashlib.sha256(chr(0).join(names).encode()).hexdigest()[:16]}"
+    client = _coordination_client()
+    try:
+        client.key_value_set(f"diffraw/inputs/{i}", mine)
+        theirs = [client.blocking_key_value_get(f"diffraw/inputs/{j}", INPUTS_WAIT_S * 1000) for j in range(n)]
+    except Exception as e:  # noqa: BLE001 -- jaxlib's errors: a process that never came
+        return f"the processes could not compare their inputs ({' '.join(str(e).split())[:200]})"
+    other = next((j for j in range(n) if theirs[j] != mine), None)
+    if other is None:
+        return None
+    count = theirs[other].split()[0]
+    return (f"process {i} has {len(names)} input file{'s' * (len(names) != 1)}, process {other} has {count}"
+            f"{' (other names or order)' * (count == str(len(names)))}: "
+            "give every process the same --input")
+
+
+def wait_for_every_process() -> Optional[str]:
+    """The end of a run on several processes: waits until every process has come here (up to
+    ``END_WAIT_S``; JAX's own shutdown barrier gives up after 300 s and aborts every process,
+    however far its share got), then leaves jax.distributed, whose shutdown then finds all at
+    once. Returns why the wait failed (another process died), or None."""
+    import jax
+
+    try:
+        _coordination_client().wait_at_barrier("diffraw/end", END_WAIT_S * 1000)
+        jax.distributed.shutdown()
+    except Exception as e:  # noqa: BLE001 -- jaxlib's errors
+        return " ".join(str(e).split())[:300]
+    return None
 
 
 def share_of_this_process(files: List[str], failures: list) -> Tuple[List[str], list]:
@@ -491,26 +623,63 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         _err(args.output, problem)
         return 2
-    if args.coordinator_address:
-        import jax
+    several = bool(args.coordinator_address)
+    if several:
+        problem = start_processes(args)
+        if problem:
+            _err(args.coordinator_address, problem)
+            _remove_if_created(args.output, created)
+            return 2
+    try:
+        status = _checked_run(args, created)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        if several:  # the others are not left waiting for this one
+            wait_for_every_process()
+        raise
+    if several:
+        problem = wait_for_every_process()
+        if problem:
+            import jax
 
-        jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                                   num_processes=args.num_processes, process_id=args.process_id)
+            _err(f"process {jax.process_index()}", f"the other processes did not finish ({problem})")
+            status = max(status, 1)
+    return status
+
+
+def _remove_if_created(output_dir: str, created: bool) -> None:
+    """Leaves no empty folder behind for a run that did nothing."""
+    if created:
+        with contextlib.suppress(OSError):
+            os.rmdir(output_dir)
+
+
+def _checked_run(args, created: bool) -> int:
+    """Expands the inputs and refuses, before any work, a run whose processes were given
+    different inputs or whose inputs share an output name (exit 2); then ``_run``."""
     enable_compilation_cache()
+    files, failures = expand_inputs(args.input, args.output)
+    differ = inputs_differ(files) if args.coordinator_address else None
+    refusals = ([("--input", differ)] if differ else []) + duplicate_outputs(files, args.output)
+    if refusals:
+        for path, reason in refusals:
+            _err(path, reason)
+        _remove_if_created(args.output, created)
+        return 2
     with CompileStats() as stats:
-        return _run(args, created, stats)
+        return _run(args, files, failures, created, stats)
 
 
-def _run(args, created: bool, stats: "CompileStats") -> int:
-    """Loads the model and renders every input; the last log line gives the time per megapixel."""
+def _run(args, files: List[str], failures: list, created: bool, stats: "CompileStats") -> int:
+    """Loads the model and renders this process's share of ``files`` (no two with one output);
+    the last log line gives the time per megapixel."""
     t0 = time.perf_counter()
     try:
         pipe = _load_pipeline(args)
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as e:
         _err(args.checkpoint, e)
-        if created:  # leave no empty folder behind for a run that did nothing
-            with contextlib.suppress(OSError):
-                os.rmdir(args.output)
+        _remove_if_created(args.output, created)
         return 2
     if "(student of " in pipe.label:
         log.warning("warning: --other-sampler: running %s, which this student was not distilled for",
@@ -521,24 +690,20 @@ def _run(args, created: bool, stats: "CompileStats") -> int:
     if removed:
         log.info("removed %d temporary file%s left by an interrupted run in %s", removed,
                  "s" * (removed > 1), args.output)
-    files, failures = expand_inputs(args.input, args.output)
     files, failures = share_of_this_process(files, failures)
     for path, reason in failures:
         _err(path, reason)
-    outputs = {path: output_path(args.output, path, args.format) for path in files}
-    existing = [p for p in files if os.path.exists(outputs[p])] if not args.overwrite else []
+    out_paths = {path: output_path(args.output, path, args.format) for path in files}
+    existing = [p for p in files if os.path.exists(out_paths[p])] if not args.overwrite else []
     if existing:
         log.info("skipping %d input%s whose output exists (--overwrite replaces them)", len(existing),
                  "s" * (len(existing) > 1))
-    failed, done, claimed, pixels = len(failures), 0, {}, 0
+    failed, done, pixels = len(failures), 0, 0
     for path in files:
-        out = outputs[path]
+        out = out_paths[path]
+        if path in existing:
+            continue
         try:
-            if out in claimed:
-                raise InputError(f"output {out} is also the output of {claimed[out]}")
-            claimed[out] = path
-            if path in existing:
-                continue
             pixels += process_file(pipe, path, out, args) or 0
         except FileExistsError:
             failed += 1

@@ -41,9 +41,11 @@ class DiffRAWPipeline:
     Build with ``from_checkpoint`` (or directly from a model, its parameters and
     ``settings``, the sampler that ``factory.sampler_settings`` validated).
     ``tile``: tile side or (H, W) in output pixels, a multiple of the U-Net's
-    2**(levels-1); None / 0: the whole frame in one piece. ``overlap``: minimum
-    overlap of neighbouring tiles (even). ``batch``: tiles per network call, spread
-    over all local devices (rounded up to a multiple of their number).
+    2**(levels-1); None / 0: the whole frame in one piece, split over the local
+    devices in bands of rows where they divide it evenly (``tiling.frame_sharding``:
+    e.g. on 8 devices 256 rows in 8 bands, 96 in 4; 104 rows on one device).
+    ``overlap``: minimum overlap of neighbouring tiles (even). ``batch``: tiles per
+    network call, spread over all local devices (rounded up to a multiple of their number).
     ``color``: "g" (the trained G), "classic" (the classical ISP), "calibrated"
     (a model trained with ``model.condition = "calibrated"``: the networks see the
     planes white-balanced and exposed by the file's own calibration, and c is the
@@ -189,8 +191,16 @@ class DiffRAWPipeline:
         if fn is None:
             fn = self._samplers[(plan, progress)] = sampling.make_sampler(
                 self.model, self.schedule, self.settings, eta=self.eta, plan=plan,
-                on_step=self._tick if progress else None, tile_sharding=self.tile_sharding)
+                on_step=self._tick if progress else None, tile_sharding=self.sharding(plan))
         return fn
+
+    def sharding(self, plan: tiling.TilePlan):
+        """How ``plan`` uses this process's devices: its tile batches split over them
+        (``tile_sharding``), or a whole frame (one tile) in bands of rows
+        (``tiling.frame_sharding``); None: one device."""
+        if len(plan.tiles) > 1:
+            return self.tile_sharding
+        return tiling.frame_sharding(self.tile_sharding, plan.height, self.multiple)
 
     def _tick(self):
         if self._bar is not None:
@@ -213,8 +223,12 @@ class DiffRAWPipeline:
         c = sampling.to_model_range(jnp.asarray(cond01, jnp.float32))[None]
         self._bar = _progress(len(plan.tiles), self.num_evaluations, progress)
         fn = self.sampler(plan, progress=self._bar is not None)
+        w = jnp.asarray(planes)[None]
+        bands = self.sharding(plan) if len(plan.tiles) == 1 else None
+        if bands is not None:  # the whole frame's inputs already in its bands over the devices
+            w, c = jax.device_put(w, bands), jax.device_put(c, bands)
         try:
-            y = fn(self.params, jnp.asarray(planes)[None], c, c, jax.random.key(int(seed)))
+            y = fn(self.params, w, c, c, jax.random.key(int(seed)))
             out = np.asarray(sampling.to_unit_range(y))[0]
         finally:
             if self._bar is not None:
