@@ -67,6 +67,11 @@ def inline_commands(text: str) -> list[str]:
     return [c.strip() for c in re.findall(r"`((?:python -m|python main\.py|make) [^`]+)`", prose)]
 
 
+def script_blocks(text: str) -> list[str]:
+    """Bodies of the ```sh blocks: shell scripts run whole (by tests/test_readme.py), not line by line."""
+    return [body for lang, body in fenced_blocks(text) if lang == "sh"]
+
+
 def python_blocks(text: str) -> list[str]:
     """Bodies of the ```python blocks."""
     return [body for lang, body in fenced_blocks(text) if lang == "python"]

@@ -382,3 +382,23 @@ def test_outputs_page_commands(tmp_path):
         outs.append(r.stdout)
     assert sorted(os.listdir(tmp_path / "renders")) == ["synthetic_0.jpg", "synthetic_0.tif"]
     assert "sRGB" in outs[-1] and "274: 1" in outs[-1]  # the profile's description, Orientation 1
+
+
+def test_documented_scripts_run_as_written(tmp_path):
+    """Every ```sh block of the documentation runs whole with bash from the repository (paths
+    under /tmp/ moved into a temporary folder) and exits 0. docs/pods-cli.md's: two diffraw
+    processes on loopback render 4 mosaics, each written once."""
+    from tests.readme_commands import script_blocks
+
+    scripts = script_blocks(documentation_text())
+    assert scripts, "the documentation has no ```sh script any more"
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"])
+    for i, script in enumerate(scripts):
+        tmp = tmp_path / str(i)
+        tmp.mkdir()
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", script.replace("/tmp/", f"{tmp}/")], cwd=REPO,
+                           capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, f"{script}\nexit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+        if "pods" in script:
+            assert sorted(os.listdir(tmp / "pods" / "out")) == [f"m{k}.png" for k in range(4)]
+            assert r.stdout.count("wrote ") == 4, r.stdout
