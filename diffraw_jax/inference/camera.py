@@ -255,11 +255,8 @@ def libraw_white_level(visible: np.ndarray, black: np.ndarray, white: float, cel
     top = float(white) - b
     if top <= 0:
         return float(white)
-    site_black = np.zeros(visible.shape, np.float64)
-    for i in range(2):
-        for j in range(2):
-            site_black[i::2, j::2] = black[_canonical_index(cell, i, j)]
-    m = float(np.max(np.asarray(visible, np.float64) - site_black))
+    m = max(float(np.max(visible[i::2, j::2])) - float(black[_canonical_index(cell, i, j)])
+            for i in range(2) for j in range(2) if visible[i::2, j::2].size)
     if 0 < m < top and m > ADJUST_MAXIMUM_THR * top:
         return b + m
     return float(white)
