@@ -208,7 +208,7 @@ def srgb_matrix_from_cam_xyz(cam_xyz) -> Optional[np.ndarray]:
 # ---------------------------------------------------------------------------
 # DNG calibration: a camera's colour from its DNG tags (numpy only).
 #
-# Adobe, "Digital Negative (DNG) Specification" 1.4.0.0, chapter 6 "Mapping Camera
+# Adobe, "Digital Negative (DNG) Specification" 1.7.1.0, chapter 6 "Mapping Camera
 # Color Space to CIE XYZ Space", as the DNG SDK implements it (dng_color_spec,
 # dng_temperature, dng_camera_profile): ColorMatrix1/2 map CIE XYZ to the reference
 # camera space under their calibration illuminants; the matrix of a scene is

@@ -305,6 +305,16 @@ def test_highlight_rolloff_is_libraws_exposure_with_highlights_preserved(tmp_pat
     assert ours[-1] == pytest.approx(1.0, abs=1e-5) and np.all(np.diff(ours) > 0)
 
 
+def test_rolloff_follows_libraws_formula_from_small_to_large_exposures():
+    """float32 on device against LibRaw's formula in float64, from just above the linear range
+    (``ROLLOFF_MIN_EV``) to +5 EV; below it and for EV <= 0 a plain clipped gain."""
+    x = np.linspace(0.0, 1.0, 1001)
+    for ev in (calibration.ROLLOFF_MIN_EV, 0.3, 5.0):
+        np.testing.assert_allclose(np.asarray(calibration.highlight_rolloff(x, ev)), _libraw_rolloff(x, ev), atol=2e-5)
+    for ev in (-1.0, 0.0, 0.03):
+        np.testing.assert_allclose(np.asarray(calibration.highlight_rolloff(x, ev)), np.clip(x * 2 ** ev, 0, 1), atol=1e-6)
+
+
 def test_saturated_pixels_do_not_veto_baseline_exposure(tmp_path):
     """A file asking +1 EV (BaselineExposure 0.75 + BaselineExposureOffset 0.25) renders its
     greys at 2x the 0 EV file's (within 5%), with or without 5% of the frame blown."""

@@ -8,7 +8,8 @@ R site, and on a side of odd length, so that it becomes an RGGB mosaic with
 even sides; it is packed to planes [h, w, 4] in canonical order (R, Gr, Gb, B)
 and normalised with the frame's levels (``prepare_frame``). The networks run
 on that padded frame; ``finish`` crops their output back to exactly the input
-mosaic's H x W and applies the camera's orientation (LibRaw ``sizes.flip``).
+mosaic's H x W (or to the frame's ``crop``, a DNG's DefaultCrop) and applies the
+camera's orientation (LibRaw ``sizes.flip``).
 
 Colour
 ------
