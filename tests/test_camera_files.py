@@ -519,15 +519,17 @@ def test_libraw_guesses_are_marked_and_warned(tmp_path):
 
 
 def test_libraw_white_level_follows_adjust_maximum():
-    """LibRaw's adjust_maximum (threshold 0.75): data maximum 3500 above black 100 of 4095 - 100:
-    3500 > 0.75 * 3995 -> white 3600; 2000 < 0.75 * 3995 -> the white level stays."""
-    cell = np.array([[0, 1], [3, 2]])
-    black = np.array([100.0, 100, 100, 100])
+    """LibRaw's adjust_maximum (threshold 0.75), by hand: the data's maximum above each site's
+    black, against 0.75 of the white level above black (4095 - 100 = 3995)."""
+    black = np.array([100.0, 100, 100, 40])  # B's black lower: its codes count from 40
     m = np.full((4, 4), 1000, np.uint16)
-    m[1, 1] = 3600
-    assert camera.libraw_white_level(m, black, 4095, cell) == 3600
-    m[1, 1] = 2100
-    assert camera.libraw_white_level(m, black, 4095, cell) == 4095
+    m[1, 1] = 3600  # a B site of RGGB: 3560 above its black, > 0.75 * 3995
+    np.testing.assert_array_equal(camera.libraw_white_level(m, black, 4095, "RGGB"), black + 3560)
+    m[1, 1] = 2100  # 2060 < 0.75 * 3995: the white level stays
+    np.testing.assert_array_equal(camera.libraw_white_level(m, black, 4095, "RGGB"), [4095] * 4)
+    m[1, 1] = 1000
+    m[0, 0] = 3600  # an R site: 3500 above black
+    np.testing.assert_array_equal(camera.libraw_white_level(m, black, 4095, "RGGB"), black + 3500)
 
 
 # --------------------------------------------------------------------------- one picture from every entry point

@@ -247,27 +247,26 @@ ADJUST_MAXIMUM_THR = 0.75
 CMATRIX_MIN = 0.125
 
 
-def libraw_white_level(visible: np.ndarray, black: np.ndarray, white: float, cell: np.ndarray) -> float:
-    """The white level LibRaw renders a non-DNG file with (its adjust_maximum with the default
+def libraw_white_level(visible: np.ndarray, black, white: float, cfa: str) -> np.ndarray:
+    """The white levels LibRaw renders a non-DNG file with (its adjust_maximum with the default
     threshold ``ADJUST_MAXIMUM_THR``): the data's maximum above black, m = max(code - black of
-    its site), replaces white - black when 0 < m < white - black and m > 0.75 (white - black).
-    Returns the white level in codes (black + m, or ``white``). ``black``: [4] canonical."""
-    b = float(np.max(black))
-    top = float(white) - b
-    if top <= 0:
-        return float(white)
-    m = max(float(np.max(visible[i::2, j::2])) - float(black[_canonical_index(cell, i, j)])
+    its site), replaces the range white - black when 0 < m < white - black and m > 0.75
+    (white - black), black being the largest channel black. Returns float64 [4] in canonical
+    order (R, Gr, Gb, B): black + m per channel, or ``white`` for each. ``visible``: the mosaic
+    [H, W] in the ``cfa`` layout; ``black``: a scalar or [4] canonical."""
+    black = np.broadcast_to(np.asarray(black, np.float64).ravel(), (4,))
+    top = float(white) - float(np.max(black))
+    m = max(float(np.max(visible[i::2, j::2])) - float(black[_site_plane(cfa, i, j)])
             for i in range(2) for j in range(2) if visible[i::2, j::2].size)
-    if 0 < m < top and m > ADJUST_MAXIMUM_THR * top:
-        return b + m
-    return float(white)
+    if top > 0 and 0 < m < top and m > ADJUST_MAXIMUM_THR * top:
+        return black + m
+    return np.full(4, float(white))
 
 
-def _canonical_index(cell: np.ndarray, i: int, j: int) -> int:
-    """Canonical plane (0 R, 1 Gr, 2 Gb, 3 B) of the site (i, j) of a 2x2 cell whose R site
-    is at ``raw.cfa_offset``'s position."""
-    pattern = raw.pattern_from_rawpy(cell, "RGBG")
-    top, left = raw.cfa_offset(pattern)
+def _site_plane(cfa: str, i: int, j: int) -> int:
+    """The canonical plane (0 R, 1 Gr, 2 Gb, 3 B) of the mosaic sites (i::2, j::2) of a mosaic
+    in the ``cfa`` layout (``raw.cfa_offset``: where the layout's R site sits)."""
+    top, left = raw.cfa_offset(cfa)
     return 2 * ((i + top) % 2) + (j + left) % 2
 
 
@@ -362,8 +361,8 @@ def frame_from_rawpy(raw_obj, path: Optional[str] = None) -> BayerFrame:
     source = _libraw_color_source(raw_obj, wb, ccm)
     if wb is None or ccm is None:
         wb, ccm, source = _fallback_color(frame, wb, ccm, source)
-    white = libraw_white_level(visible, black, float(raw_obj.white_level), cell)
-    return dataclasses.replace(frame, white_level=white, wb_gains=np.asarray(wb, np.float32),
+    white = libraw_white_level(visible, black, float(raw_obj.white_level), frame.cfa)
+    return dataclasses.replace(frame, white_level=white.astype(np.float32), wb_gains=np.asarray(wb, np.float32),
                                ccm=np.asarray(ccm, np.float32), baseline_exposure=0.0, color_source=source)
 
 
@@ -406,11 +405,10 @@ def _site_levels(level, cfa: str, shape) -> np.ndarray:
     v = np.broadcast_to(np.asarray(level, np.float64).ravel(), (4,)) if np.size(level) in (1, 4) else None
     if v is None:
         raise ValueError(f"a level is a scalar or 4 values, got {level!r}")
-    top, left = raw.cfa_offset(cfa)
     out = np.empty(shape, np.float64)
     for i in range(2):
         for j in range(2):
-            out[i::2, j::2] = v[2 * ((i + top) % 2) + (j + left) % 2]
+            out[i::2, j::2] = v[_site_plane(cfa, i, j)]
     return out
 
 
@@ -459,11 +457,10 @@ def apply_opcodes(frame: BayerFrame, tags: "dng_tags.DngColorTags", raw_obj=None
 def _apply_plane_gain_map(lin: np.ndarray, gm, cfa: str) -> np.ndarray:
     """An OpcodeList3 GainMap (planes of the demosaiced RGB image: 0 R, 1 G, 2 B) on a
     linearised mosaic: each site gets the gain of its colour's plane at its position."""
-    top, left = raw.cfa_offset(cfa)
     colour = np.empty(lin.shape, np.int64)
     for i in range(2):
         for j in range(2):
-            colour[i::2, j::2] = (0, 1, 1, 2)[2 * ((i + top) % 2) + (j + left) % 2]
+            colour[i::2, j::2] = (0, 1, 1, 2)[_site_plane(cfa, i, j)]
     rgb = np.repeat(lin[..., None], 3, axis=-1)
     rgb = dng_tags.apply_gain_map(rgb, gm, clip=1.0)
     return np.take_along_axis(rgb, colour[..., None], axis=-1)[..., 0]

@@ -58,9 +58,9 @@ import os
 import re
 import struct
 import sys
-import warnings
 import tempfile
 import time
+import warnings
 import zlib
 from typing import List, Optional, Sequence, Tuple
 
