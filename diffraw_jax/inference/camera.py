@@ -362,7 +362,8 @@ def frame_from_rawpy(raw_obj, path: Optional[str] = None) -> BayerFrame:
     if wb is None or ccm is None:
         wb, ccm, source = _fallback_color(frame, wb, ccm, source)
     white = libraw_white_level(visible, black, float(raw_obj.white_level), frame.cfa)
-    return dataclasses.replace(frame, white_level=white.astype(np.float32), wb_gains=np.asarray(wb, np.float32),
+    white = float(white[0]) if np.all(white == white[0]) else white.astype(np.float32)  # one level: a scalar
+    return dataclasses.replace(frame, white_level=white, wb_gains=np.asarray(wb, np.float32),
                                ccm=np.asarray(ccm, np.float32), baseline_exposure=0.0, color_source=source)
 
 
