@@ -6,7 +6,10 @@ from each file's calibration instead (as ParamISP and CCMNet do), so it is
 camera-agnostic:
 
 * the planes the networks see are white-balanced and exposed as the file asks,
-  ``balanced_planes``: ``clip(w * wb_gains * 2**baseline_exposure, 0, 1)``;
+  ``balanced_planes``: ``clip(w * wb_gains * 2**baseline_exposure, 0, 1)`` in training; at
+  inference the exposure is applied with LibRaw's highlight roll-off
+  (``highlight_rolloff``: linear up to 2**(-2 EV), then compressed so that the white level
+  stays 1), never lowered because highlights clip;
 * the condition and start point x = c (Algorithm 2, lines 1-2) is the classical
   ISP of those planes with the file's colour matrix, ``calibrated_condition``:
   Malvar demosaic, camera RGB -> linear sRGB, sRGB curve;
@@ -15,8 +18,10 @@ camera-agnostic:
 
 A calibration (one per image) is
 
-* ``wb_gains`` [3] (r, 1, b): multiply the camera-RGB planes by these to
-  white-balance (1 / the as-shot neutral, G = 1);
+* ``wb_gains`` [3]: multiply the camera-RGB planes by these to white-balance
+  (max(neutral) / neutral for a camera file: the largest channel of the scene white gets
+  gain 1, as the DNG SDK and LibRaw normalise it; (r, 1, b) with G = 1 in the synthetic
+  data, whose green is the largest);
 * ``ccm`` [3, 3]: white-balanced camera RGB -> linear sRGB (D65), rows sum to 1,
   applied as ``rgb @ ccm.T`` (``isp_classic.apply_ccm``);
 * ``baseline_exposure`` (EV): the intended rendering's linear values are the
@@ -37,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import batches, isp_classic
+from diffraw_jax import batches, color, isp_classic
 
 #: The condition a DiffRAW model is trained with (config ``model.condition``).
 CONDITIONS = ("paper", "calibrated")
@@ -73,42 +78,68 @@ class Calibration(NamedTuple):
                 "baseline_exposure": float(self.baseline_exposure)}
 
 
-def balanced_planes(planes: jax.Array, wb_gains: jax.Array, baseline_exposure: jax.Array) -> jax.Array:
-    """The planes a calibrated model sees: ``clip(planes * gains * 2**EV, 0, 1)``.
+def balanced_planes(planes: jax.Array, wb_gains: jax.Array, baseline_exposure: jax.Array,
+                    rolloff: bool = False) -> jax.Array:
+    """The planes a calibrated model sees: white-balanced, exposed, in [0, 1].
 
+    ``rolloff=False`` (training, ``train.diffraw_inputs``): ``clip(planes * gains * 2**EV, 0, 1)``;
+    the synthetic pairs' exposure puts their white at 1, so nothing but the scene's own
+    clipped highlights clips. ``rolloff=True`` (inference on camera files,
+    ``DiffRAWPipeline.calibrated_inputs``): ``highlight_rolloff(clip(planes * gains, 0, 1), EV)``,
+    LibRaw's order (dcraw_process: scale_colors white-balances and clips at the white level,
+    then exp_bef applies the exposure with its highlight roll-off): the file's exposure is
+    applied as it asks, whatever share of the frame is clipped, and a pixel the sensor
+    clipped in every channel stays white (the gains are >= 1, normalised on the largest
+    channel of the scene white). Both are the same for EV <= 0 up to values the sensor clipped.
     planes: [..., h, w, 4] (R, Gr, Gb, B) in [0, 1]; wb_gains [3] or [..., 3];
     baseline_exposure: a scalar or [...] (EV, one per image). float32 [..., h, w, 4] in [0, 1].
     """
-    gain = jnp.exp2(jnp.asarray(baseline_exposure, jnp.float32))
-    x = isp_classic.white_balance(planes, wb_gains) * gain[..., None, None, None]
+    ev = jnp.asarray(baseline_exposure, jnp.float32)[..., None, None, None]
+    if rolloff:
+        return highlight_rolloff(jnp.clip(isp_classic.white_balance(planes, wb_gains), 0.0, 1.0), ev)
+    x = isp_classic.white_balance(planes, wb_gains) * jnp.exp2(ev)
     return jnp.clip(x, 0.0, 1.0)
 
 
-#: At most this share of a frame's pixels may clip when its BaselineExposure is applied
-#: (LibRaw's auto-brightness rule: 1% saturated); ``inference_exposure``.
-MAX_CLIPPED = 0.01
+#: Below this many EV a positive exposure is applied as a plain gain (clipped at 1): LibRaw's
+#: curve is within 2% of it there and its coefficients lose precision as the EV goes to 0.
+ROLLOFF_MIN_EV = 0.05
 
 
-def inference_exposure(planes, wb_gains, baseline_exposure: float, max_clipped: float = MAX_CLIPPED) -> float:
-    """The exposure (EV) a frame is rendered with: its BaselineExposure, lowered (never below
-    0 EV) where it would clip more than ``max_clipped`` of the pixels.
+def rolloff_coefficients(shift):
+    """(knee x1, A, B, C) of LibRaw's highlight-preserving exposure curve for a linear gain
+    ``shift`` > 1 (LibRaw exp_bef with smooth = 1, in units of the white level): below the knee
+    x1 = 1 / shift**2 the gain is linear, y = shift x; above, y = A x**(1/3) + B x + C, which
+    meets the line with the same slope at x1 and maps the white level 1 to 1. Array in,
+    arrays out (numpy or JAX, the input's namespace)."""
+    xp = color.array_namespace(shift)
+    x1 = 1.0 / (shift * shift)
+    y1 = x1 * shift
+    sq3x = xp.cbrt(x1 * x1)
+    b = (1.0 - y1 + shift * (3.0 * x1 - 3.0 * sq3x)) / (1.0 + 2.0 * x1 - 3.0 * sq3x)
+    a = (shift - b) * 3.0 * sq3x
+    c = 1.0 - a - b
+    return x1, a, b, c
 
-    The DNG spec scales the linear RAW by 2**BaselineExposure; Adobe's converters then roll
-    the highlights off with a tone curve. The networks were trained on scenes whose
-    highlights fit (``baseline_exposure`` puts white at 1), so instead of clipping a large
-    share of the frame (the Blackmagic Pocket 4K's +2.65 EV would clip ~43%), the gain
-    stops where the (1 - max_clipped) quantile of the brightest white-balanced channel
-    reaches 1. Negative exposures and gains that clip less are applied as the file asks.
-    planes: [h, w, 4] in [0, 1] (numpy or jax); wb_gains [3]. Returns a Python float.
+
+def highlight_rolloff(x, baseline_exposure):
+    """Exposure ``baseline_exposure`` (EV) applied to linear values x in [0, 1] (1 = the white
+    level) with LibRaw's highlight roll-off (exp_bef, ``exp_preserve_highlights = 1``):
+    EV <= 0 (and below ``ROLLOFF_MIN_EV``): ``clip(x * 2**EV, 0, 1)``; EV > 0: linear
+    ``x * 2**EV`` up to the knee 2**(-2 EV), then the curve of ``rolloff_coefficients`` up to
+    the white level, which stays 1. The file's exposure is applied as it asks (the greys
+    below the knee are exactly 2**EV brighter, whatever the highlights); the highlights are
+    compressed instead of clipped; nothing is vetoed.
+    x: [..., h, w, C]; baseline_exposure broadcastable to x (e.g. [..., 1, 1, 1]). float32.
     """
-    ev = float(baseline_exposure)
-    if ev <= 0.0:
-        return ev
-    x = np.asarray(isp_classic.white_balance(planes, wb_gains))
-    bright = np.quantile(x.max(axis=-1), 1.0 - float(max_clipped))
-    if bright <= 0.0:
-        return ev
-    return float(min(ev, max(0.0, -np.log2(bright))))
+    x = jnp.asarray(x, jnp.float32)
+    ev = jnp.asarray(baseline_exposure, jnp.float32)
+    shift = jnp.exp2(ev)
+    linear = jnp.clip(x * shift, 0.0, 1.0)
+    safe = jnp.maximum(shift, jnp.exp2(jnp.float32(ROLLOFF_MIN_EV)))
+    x1, a, b, c = rolloff_coefficients(safe)
+    curve = jnp.where(x < x1, x * safe, a * jnp.cbrt(x) + b * x + c)
+    return jnp.where(ev >= ROLLOFF_MIN_EV, jnp.clip(curve, 0.0, 1.0), linear)
 
 
 def calibrated_condition(balanced: jax.Array, ccm: jax.Array) -> jax.Array:
@@ -123,7 +154,8 @@ def calibrated_condition(balanced: jax.Array, ccm: jax.Array) -> jax.Array:
 
 
 def network_inputs(planes: jax.Array, wb_gains: jax.Array, ccm: jax.Array,
-                   baseline_exposure: jax.Array):
-    """(balanced planes [..., h, w, 4] in [0, 1], condition sRGB [..., 2h, 2w, 3] in [0, 1])."""
-    w = balanced_planes(planes, wb_gains, baseline_exposure)
+                   baseline_exposure: jax.Array, rolloff: bool = False):
+    """(balanced planes [..., h, w, 4] in [0, 1], condition sRGB [..., 2h, 2w, 3] in [0, 1]);
+    ``rolloff``: ``balanced_planes``'s (True at inference)."""
+    w = balanced_planes(planes, wb_gains, baseline_exposure, rolloff)
     return w, calibrated_condition(w, ccm)

@@ -208,7 +208,7 @@ def srgb_matrix_from_cam_xyz(cam_xyz) -> Optional[np.ndarray]:
 # ---------------------------------------------------------------------------
 # DNG calibration: a camera's colour from its DNG tags (numpy only).
 #
-# Adobe, "Digital Negative (DNG) Specification" 1.4.0.0, chapter 6 "Mapping Camera
+# Adobe, "Digital Negative (DNG) Specification" 1.7.1.0, chapter 6 "Mapping Camera
 # Color Space to CIE XYZ Space", as the DNG SDK implements it (dng_color_spec,
 # dng_temperature, dng_camera_profile): ColorMatrix1/2 map CIE XYZ to the reference
 # camera space under their calibration illuminants; the matrix of a scene is
@@ -329,7 +329,12 @@ def _normalize_forward_matrix(m: np.ndarray) -> np.ndarray:
 class DngColor(NamedTuple):
     """``dng_camera_to_srgb``'s result (float64).
 
-    wb_gains: [3] (r, 1, b) = 1 / neutral with G = 1: multiply the camera RGB planes by these.
+    wb_gains: [3] max(neutral) / neutral: multiply the camera RGB planes by these. The largest
+      channel of the scene white gets gain 1 and the others more (the DNG SDK normalises the
+      camera white on its largest entry, dng_color_spec::SetWhiteXY; dcraw/LibRaw's
+      scale_colors divides its multipliers by the smallest): a pixel clipped in every channel
+      stays clipped, hence neutral, after white balance. G = 1 whenever green is the scene
+      white's largest channel (daylight, tungsten); 1 / neutral with G = 1 otherwise scaled.
     ccm: [3, 3] white-balanced camera RGB -> linear sRGB (D65), rows summing to 1
       (``rgb = ccm @ (wb_gains * cam)``; isp_classic.apply_ccm's convention).
     white_xy: [2] the scene white's CIE xy the iteration converged to.
@@ -345,45 +350,67 @@ class DngColor(NamedTuple):
     weight1: float
 
 
+def illuminant_temperature(code, xy=None) -> float:
+    """The CCT (K) of a CalibrationIlluminant: ``DNG_ILLUMINANT_TEMPERATURE`` for the EXIF
+    LightSource codes; for 255 ("other", DNG 1.6) the Robertson CCT of its IlluminantData's
+    ``xy``; 0.0 (unknown) otherwise, as the DNG SDK's dng_camera_profile (a profile whose
+    temperatures are unknown uses its first calibration only)."""
+    if code is None:
+        return 0.0
+    if int(code) == 255:
+        if xy is None:
+            return 0.0
+        t = cct_robertson(xy)
+        return t if np.isfinite(t) else 0.0
+    return DNG_ILLUMINANT_TEMPERATURE.get(int(code), 0.0)
+
+
 def dng_camera_to_srgb(color_matrix1, neutral=None, *, color_matrix2=None, illuminant1=None,
                        illuminant2=None, forward_matrix1=None, forward_matrix2=None,
                        camera_calibration1=None, camera_calibration2=None, analog_balance=None,
-                       white_xy=None) -> DngColor:
-    """The DNG SDK's camera -> linear sRGB colour for a scene white (DNG 1.4 spec, chapter 6).
+                       white_xy=None, illuminant_xy1=None, illuminant_xy2=None) -> DngColor:
+    """The DNG SDK's camera -> linear sRGB colour for a scene white (DNG 1.7.1 spec, chapter 6).
 
     Inputs (float, numpy; a 3-colour camera): ``color_matrix1``/``color_matrix2`` [3, 3]
     ColorMatrix1/2 (XYZ -> reference camera space), ``illuminant1``/``illuminant2`` their
-    CalibrationIlluminant codes (``DNG_ILLUMINANT_TEMPERATURE``), ``forward_matrix1/2`` [3, 3]
+    CalibrationIlluminant codes (``illuminant_temperature``; for 255 the CIE xy [2] of
+    IlluminantData1/2 as ``illuminant_xy1/2``), ``forward_matrix1/2`` [3, 3]
     (white-balanced camera -> XYZ D50), ``camera_calibration1/2`` [3, 3], ``analog_balance`` [3]
     (identity / ones when None), and the scene white as ``neutral`` [3] (AsShotNeutral: the
     camera's response to it) or ``white_xy`` [2] (AsShotWhiteXY).
 
-    Steps (the spec's names): XYZtoCamera(w) = AB CC(w) CM(w), with CM(w) = g CM1 + (1 - g) CM2,
-    g = (1/T(w) - 1/T2) / (1/T1 - 1/T2) clipped to [0, 1] (T: CCT, T1 < T2 the illuminants'
-    temperatures; g = 1 when there is one matrix or either temperature is unknown); each CM is
-    first scaled so that D50's largest camera value is 1. The white w of a neutral is the fixed
-    point of w <- xy(inverse(XYZtoCamera(w)) neutral), from D50 (at most 30 passes, as the SDK).
-    Camera -> XYZ(D50): with ForwardMatrix, FM(w) diag(1 / ReferenceNeutral) inverse(AB CC) with
-    ReferenceNeutral = inverse(AB CC) neutral; without, Bradford(w -> D50) inverse(XYZtoCamera(w)).
-    Then Bradford(D50 -> D65) and XYZ -> linear sRGB; ``ccm`` is that matrix times diag(neutral)
-    (so it takes white-balanced camera RGB), rows normalised to sum 1 (the white maps to sRGB white
-    exactly; the overall scale is exposure, which BaselineExposure carries).
+    Steps (as dng_color_spec.cpp): XYZtoCamera_i = AB CC_i CM_i for each calibration (each CM
+    first scaled so that D50's largest camera value is 1); XYZtoCamera(w) = g XYZtoCamera_1 +
+    (1 - g) XYZtoCamera_2, g = (1/T(w) - 1/T2) / (1/T1 - 1/T2) clipped to [0, 1] (T: CCT, the
+    calibrations ordered by temperature; g = 1 when there is one ColorMatrix or either
+    temperature is unknown or both are equal: then only the first calibration's matrices are
+    used). The white w of a neutral is the fixed point of w <- xy(inverse(XYZtoCamera(w))
+    neutral), from D50 (at most 30 passes, as the SDK). Camera -> XYZ(D50): with a
+    ForwardMatrix, FM(w) diag(1 / ReferenceNeutral) inverse(AB CC(w)) with ReferenceNeutral =
+    inverse(AB CC(w)) neutral, where FM(w) interpolates FM1 and FM2 with g when both exist and
+    is whichever exists otherwise (ForwardMatrix2 alone is used in a two-calibration profile);
+    without, Bradford(w -> D50) inverse(XYZtoCamera(w)). Then Bradford(D50 -> D65) and XYZ ->
+    linear sRGB; ``ccm`` is that matrix times diag(neutral) (so it takes white-balanced camera
+    RGB), rows normalised to sum 1 (the white maps to sRGB white exactly; the overall scale
+    is exposure, which BaselineExposure carries). ``wb_gains`` = max(neutral) / neutral.
     ValueError for a singular matrix or a neutral with a value <= 0.
     """
     cm1 = _normalize_color_matrix(np.asarray(color_matrix1, np.float64).reshape(3, 3))
     cm2 = None if color_matrix2 is None else _normalize_color_matrix(
         np.asarray(color_matrix2, np.float64).reshape(3, 3))
-    t1 = DNG_ILLUMINANT_TEMPERATURE.get(None if illuminant1 is None else int(illuminant1), 0.0)
-    t2 = DNG_ILLUMINANT_TEMPERATURE.get(None if illuminant2 is None else int(illuminant2), 0.0)
+    t1 = illuminant_temperature(illuminant1, illuminant_xy1)
+    t2 = illuminant_temperature(illuminant2, illuminant_xy2)
     dual = cm2 is not None and t1 > 0 and t2 > 0 and t1 != t2
     eye = np.eye(3)
     cc1 = eye if camera_calibration1 is None else np.asarray(camera_calibration1, np.float64).reshape(3, 3)
     cc2 = eye if camera_calibration2 is None else np.asarray(camera_calibration2, np.float64).reshape(3, 3)
     fm1 = None if forward_matrix1 is None else _normalize_forward_matrix(
         np.asarray(forward_matrix1, np.float64).reshape(3, 3))
-    fm2 = None if forward_matrix2 is None else _normalize_forward_matrix(
+    fm2 = None if forward_matrix2 is None or not dual else _normalize_forward_matrix(
         np.asarray(forward_matrix2, np.float64).reshape(3, 3))
     ab = np.diag(np.ones(3) if analog_balance is None else np.asarray(analog_balance, np.float64).ravel()[:3])
+    xyz_to_cam1 = ab @ cc1 @ cm1
+    xyz_to_cam2 = ab @ cc2 @ cm2 if dual else None
 
     def weight(xy) -> float:
         if not dual:
@@ -394,10 +421,14 @@ def dng_camera_to_srgb(color_matrix1, neutral=None, *, color_matrix2=None, illum
         return 1.0 - g if swap else g
 
     def mix(g, a, b):
-        return a if b is None or g >= 1.0 else g * a + (1.0 - g) * b
+        if b is None:
+            return a
+        if a is None:
+            return b
+        return a if g >= 1.0 else b if g <= 0.0 else g * a + (1.0 - g) * b
 
     def xyz_to_camera(g):
-        return ab @ mix(g, cc1, cc2 if dual else None) @ mix(g, cm1, cm2 if dual else None)
+        return mix(g, xyz_to_cam1, xyz_to_cam2)
 
     if neutral is None:
         if white_xy is None:
@@ -405,7 +436,7 @@ def dng_camera_to_srgb(color_matrix1, neutral=None, *, color_matrix2=None, illum
         w = np.asarray(white_xy, np.float64)[:2]
         g = weight(w)
         n = xyz_to_camera(g) @ xy_to_xyz(w)
-        n = n / n[1]
+        n = n / n.max()
     else:
         n = np.asarray(neutral, np.float64).ravel()[:3]
         if not np.all(np.isfinite(n)) or np.any(n <= 0):
@@ -419,11 +450,13 @@ def dng_camera_to_srgb(color_matrix1, neutral=None, *, color_matrix2=None, illum
                 break
             w = (w + nxt) / 2 if i == 29 else nxt
         g = weight(w)
+    if np.any(n <= 0):
+        raise ValueError(f"the scene white's camera response {n.tolist()} has a value <= 0")
     to_cam = xyz_to_camera(g)
-    if fm1 is not None:
+    fm = mix(g, fm1, fm2)
+    if fm is not None:
         abcc_inv = np.linalg.inv(ab @ mix(g, cc1, cc2 if dual else None))
         ref_neutral = abcc_inv @ n
-        fm = mix(g, fm1, fm2 if dual else None)
         camera_to_pcs = fm @ np.diag(1.0 / ref_neutral) @ abcc_inv
     else:
         camera_to_pcs = bradford_adaptation(w, WHITE_D50_XY) @ np.linalg.inv(to_cam)
@@ -434,7 +467,8 @@ def dng_camera_to_srgb(color_matrix1, neutral=None, *, color_matrix2=None, illum
     sums = ccm.sum(axis=1, keepdims=True)
     if not np.all(np.abs(sums) > 1e-8):
         raise ValueError("the colour matrix maps the scene white to black (singular calibration)")
-    return DngColor(wb_gains=n[1] / n, ccm=ccm / sums, white_xy=w, cct=cct_robertson(w), weight1=float(g))
+    return DngColor(wb_gains=n.max() / n, ccm=ccm / sums, white_xy=w, cct=cct_robertson(w), weight1=float(g))
 
 __all__ += ["WHITE_D50_XY", "WHITE_D50_XYZ", "BRADFORD", "DNG_ILLUMINANT_TEMPERATURE", "xy_to_xyz",
-            "xyz_to_xy", "cct_robertson", "bradford_adaptation", "DngColor", "dng_camera_to_srgb"]
+            "xyz_to_xy", "cct_robertson", "bradford_adaptation", "DngColor", "illuminant_temperature",
+            "dng_camera_to_srgb"]

@@ -16,10 +16,12 @@ Renders the RAW file two ways:
 * **LibRaw's calibrated rendering** (the reference): rawpy ``postprocess(use_camera_wb=True,
   output_bps=16, no_auto_bright=True, gamma=(2.4, 12.92))``: the file's as-shot white balance,
   AHD demosaic, the file's colour matrix to sRGB, the sRGB curve, no automatic brightening;
-  plus ``exp_shift = 2 ** EV`` with the EV diffraw renders the file at (its BaselineExposure,
-  lowered where it would clip more than 1% of the pixels: ``baseline_exposure``; clamped to
-  LibRaw's usable 0.25..8). With ``--crop`` the same region
-  is cut from it (in sensor layout, before the orientation).
+  plus ``exp_shift = 2 ** EV`` with the EV diffraw renders the file at (its BaselineExposure
+  + BaselineExposureOffset: ``baseline_exposure``; clamped to LibRaw's usable 0.25..8) and
+  ``exp_preserve_highlights=1.0``: LibRaw's highlight roll-off, the one diffraw applies
+  (``calibration.highlight_rolloff``). Whole frame: LibRaw's picture cut to the DNG's
+  DefaultCrop (rawpy's ``sizes.crop_*``), which diffraw's output is. With ``--crop`` the same
+  region is cut from it (in sensor layout, before the orientation).
 
 Scores (``diffraw_jax.evaluation.metrics.real_camera``): the low-pass colour difference of the diffraw
 output against the reference (CIEDE2000 after Gaussian low-passes of ``--sigma`` px and one
@@ -76,20 +78,14 @@ def crop_box(height: int, width: int, crop):
 
 
 def baseline_exposure(path: str):
-    """(the file's BaselineExposure, the EV diffraw renders it with), both floats (EV).
-
-    The file's value is the DNG BaselineExposure (+ BaselineExposureOffset; 0 for other
-    RAWs), read by ``diffraw_jax.inference.camera.read_camera_raw``; the rendering's is
-    ``calibration.inference_exposure``: that value, lowered where it would clip more than 1%
-    of the pixels. The reference is rendered at the second, so both clip the same highlights."""
-    from diffraw_jax import calibration
+    """(the file's exposure, the EV diffraw renders it with), both floats (EV): the DNG's
+    BaselineExposure + BaselineExposureOffset (0 for other RAWs), read by
+    ``diffraw_jax.inference.camera.read_camera_raw``; diffraw applies it as the file asks (with
+    LibRaw's highlight roll-off), so the two are the same."""
     from diffraw_jax.inference import camera
 
-    frame = camera.read_camera_raw(path)
-    prepared = camera.prepare_frame(frame)
-    wb = frame.wb_gains if frame.wb_gains is not None else np.ones(3, np.float32)
-    asked = float(frame.baseline_exposure or 0.0)
-    return asked, calibration.inference_exposure(prepared.planes, wb, asked)
+    asked = float(camera.read_camera_raw(path).baseline_exposure or 0.0)
+    return asked, asked
 
 
 def libraw_reference(path: str, *, exp_shift=None, oriented: bool = True) -> np.ndarray:
@@ -100,10 +96,19 @@ def libraw_reference(path: str, *, exp_shift=None, oriented: bool = True) -> np.
     kw = dict(LIBRAW_ARGS)
     if exp_shift is not None:
         kw["exp_shift"] = float(exp_shift)
+        kw["exp_preserve_highlights"] = 1.0
     if not oriented:
         kw["user_flip"] = 0
     with rawpy.imread(path) as r:
         img = r.postprocess(**kw)
+        s = r.sizes
+        if oriented and s.crop_width and s.crop_height and (s.crop_width, s.crop_height) != (s.width, s.height):
+            from diffraw_jax.inference import camera  # the DNG's DefaultCrop, as diffraw applies it
+
+            img = camera.unorient(img, s.flip)
+            img = img[s.crop_top_margin:s.crop_top_margin + s.crop_height,
+                      s.crop_left_margin:s.crop_left_margin + s.crop_width]
+            img = camera.orient(img, s.flip)
     return img.astype(np.float32) / 65535.0
 
 
@@ -239,7 +244,7 @@ def write_summary(out_dir: str, summary: dict) -> None:
         f"- diffraw: `{summary['diffraw_command']}`",
         f"- LibRaw: `{summary['libraw_command']}`",
         f"- BaselineExposure: {summary['baseline_exposure']:+.2f} EV; rendered at {summary['exposure_used']:+.2f} EV "
-        "(lowered where it would clip more than 1% of the pixels)",
+        "(with LibRaw's highlight roll-off, as the reference)",
         "- Definitions: `diffraw_jax/evaluation/metrics/real_camera.py` (low_pass_color_difference, lattice_statistic).",
         "",
         "![diffraw | LibRaw](side_by_side.jpg)",
@@ -274,7 +279,7 @@ def main(argv=None) -> int:
         exp_shift = float(np.clip(2.0 ** ev_used, 0.25, 8.0))
         libraw_cmd = (f"rawpy.imread({a.input!r}).postprocess("
                       + ", ".join(f"{k}={v!r}" for k, v in LIBRAW_ARGS.items())
-                      + (f", exp_shift={exp_shift:.4g}" if exp_shift is not None else "") + ")")
+                      + (f", exp_shift={exp_shift:.4g}, exp_preserve_highlights=1.0" if exp_shift is not None else "") + ")")
         if crop is None:
             out, wall, cmd = render_cli(a.input, a.checkpoint, extra)
             ref = libraw_reference(a.input, exp_shift=exp_shift)

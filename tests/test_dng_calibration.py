@@ -122,7 +122,6 @@ def test_two_color_matrices_interpolate_by_inverse_colour_temperature(tmp_path):
                                      illuminant1=tags.calibration_illuminant1,
                                      illuminant2=tags.calibration_illuminant2)
         frame = camera.read_camera_raw(path)
-        np.testing.assert_allclose(frame.ccm, c.ccm, atol=1e-6)
         return path, frame, c
 
     # A D65 white (CCT 6502 K >= 6500 K): all weight on ColorMatrix2, no adaptation; LibRaw,
@@ -164,16 +163,21 @@ def test_two_color_matrices_interpolate_by_inverse_colour_temperature(tmp_path):
 
 def test_forward_matrix_maps_white_balanced_camera_to_d50(tmp_path):
     # With ForwardMatrix1 (white-balanced camera -> XYZ D50) the matrix is XYZ->sRGB .
-    # Bradford(D50 -> D65) . FM, whatever the ColorMatrix says about the white's temperature.
-    fm = np.array([[0.6144, 0.3486, 0.0011], [0.2037, 0.9522, -0.1559], [0.0196, -0.2208, 1.0266]])
-    fm = np.diag(_xyz((0.3457, 0.3585)) / fm.sum(1)) @ fm  # camera white -> D50, as the spec asks
-    n = _neutral(_normalised(CM_D65), XY_D50)
+    # Bradford(D50 -> D65) . FM', whatever the scene white, where FM' is the file's matrix with
+    # its rows scaled so that camera white maps to D50 exactly (the spec's normalisation; the
+    # file's own matrix is written unnormalised, so the scaling shows). A 3200 K white.
+    fm = np.array([[0.6144, 0.3486, 0.0011], [0.2037, 0.9522, -0.1559], [0.0196, -0.2208, 1.0266]]) * 1.1
+    fm[2] *= 0.9
+    n = _neutral(_normalised(CM_D65), (0.4234, 0.3990))
     path = _write(tmp_path / "fm.dng", n, color_matrix1=CM_D65, forward_matrix1=fm)
     frame = camera.read_camera_raw(path)
     lms50, lms65 = BRADFORD @ _xyz((0.3457, 0.3585)), BRADFORD @ color.XYZ_FROM_SRGB.sum(1)
     adapt = np.linalg.inv(BRADFORD) @ np.diag(lms65 / lms50) @ BRADFORD
-    want = _rownorm(np.linalg.inv(color.XYZ_FROM_SRGB) @ adapt @ fm)
+    fm_d50 = np.diag(_xyz((0.3457, 0.3585)) / fm.sum(1)) @ fm
+    want = _rownorm(np.linalg.inv(color.XYZ_FROM_SRGB) @ adapt @ fm_d50)
     np.testing.assert_allclose(frame.ccm, want, atol=1e-4)
+    unnormalised = _rownorm(np.linalg.inv(color.XYZ_FROM_SRGB) @ adapt @ fm)
+    assert np.abs(unnormalised - want).max() > 0.02  # the normalisation matters here
     assert "ForwardMatrix1" in frame.color_source
 
 
@@ -323,6 +327,10 @@ def test_tag_reader_reads_both_byte_orders_and_sub_ifds(tmp_path, endian):
     with pytest.raises(ValueError, match="not a TIFF"):
         (tmp_path / "x.dng").write_bytes(b"not a raw file" * 10)
         dng_tags.read_dng_color_tags(str(tmp_path / "x.dng"))
-    with pytest.raises(ValueError, match="beyond the end"):
-        (tmp_path / "t.dng").write_bytes(path.read_bytes()[:60])
-        dng_tags.read_dng_color_tags(str(tmp_path / "t.dng"))
+    # Cut inside IFD0's values: the entries still in the file are read, the others skipped.
+    (tmp_path / "t.dng").write_bytes(path.read_bytes()[:80])
+    cut = dng_tags.read_dng_color_tags(str(tmp_path / "t.dng"))
+    assert cut.dng_version == (1, 4, 0, 0) and cut.calibration_illuminant1 == 17 and cut.color_matrix1 is None
+    with pytest.raises(ValueError, match="beyond the end"):  # no IFD0 at all
+        (tmp_path / "t2.dng").write_bytes(path.read_bytes()[:9])
+        dng_tags.read_dng_color_tags(str(tmp_path / "t2.dng"))

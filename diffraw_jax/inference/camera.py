@@ -8,28 +8,40 @@ R site, and on a side of odd length, so that it becomes an RGGB mosaic with
 even sides; it is packed to planes [h, w, 4] in canonical order (R, Gr, Gb, B)
 and normalised with the frame's levels (``prepare_frame``). The networks run
 on that padded frame; ``finish`` crops their output back to exactly the input
-mosaic's H x W and applies the camera's orientation (LibRaw ``sizes.flip``).
+mosaic's H x W (or to the frame's ``crop``, a DNG's DefaultCrop) and applies the
+camera's orientation (LibRaw ``sizes.flip``).
 
 Colour
 ------
 The classical ISP itself is ``sampling.make_color_condition()`` (white
 balance, Malvar demosaic, colour matrix, sRGB curve). A file's colour
-(``frame_from_rawpy``) fills ``wb_gains`` (r, 1, b), ``ccm`` (white-balanced
+(``frame_from_rawpy``) fills ``wb_gains`` [3], ``ccm`` (white-balanced
 camera RGB -> linear sRGB, rows summing to 1), ``baseline_exposure`` (EV) and
 ``color_source`` (one line naming where they came from):
 
 - a DNG: its own tags (``dng_tags.read_dng_color_tags``) through the DNG SDK's
-  maths (``color.dng_camera_to_srgb``: AsShotNeutral, ColorMatrix1/2 and
-  ForwardMatrix1/2 interpolated by the scene white's colour temperature), and
-  BaselineExposure (+ BaselineExposureOffset) (``dng_color``);
-- other RAWs (``camera_color``): white balance from rawpy's as-shot
-  ``camera_whitebalance`` (fallback ``daylight_whitebalance``), gains (R/G, 1, B/G);
-  colour matrix from rawpy's ``color_matrix`` (LibRaw's ``rgb_cam`` from its camera
-  table; the second green's column is folded into G), or, when LibRaw leaves it
-  empty, from ``rgb_xyz_matrix`` as dcraw does (``color.srgb_matrix_from_cam_xyz``);
-  baseline exposure 0;
+  maths (``color.dng_camera_to_srgb``: AsShotNeutral or AsShotWhiteXY,
+  ColorMatrix1/2, CameraCalibration1/2, AnalogBalance and ForwardMatrix1/2
+  interpolated by the scene white's colour temperature, CalibrationIlluminant 255
+  with IlluminantData), BaselineExposure + BaselineExposureOffset, its GainMap
+  opcodes (applied to the mosaic, ``apply_opcodes``) and its DefaultCrop (``crop``,
+  applied to the output) (``dng_frame``);
+- other RAWs (``camera_color``), as LibRaw renders them: white balance from
+  rawpy's as-shot ``camera_whitebalance`` (LibRaw's cam_mul, refused as LibRaw does
+  when a multiplier is <= 0.001 or 100 times another), else ``daylight_whitebalance``
+  (pre_mul, a guess: the line starts with "fallback: "), divided by the smallest
+  (dcraw/LibRaw scale_colors); colour matrix from rawpy's ``color_matrix`` (LibRaw's
+  cmatrix, the camera's own matrix) where LibRaw itself would take it (cmatrix[0][0] >
+  0.125), its rows renormalised to sum 1 after folding the second green into G; else
+  from ``rgb_xyz_matrix`` (LibRaw's table) as dcraw does
+  (``color.srgb_matrix_from_cam_xyz``); else LibRaw's raw colour (identity, a
+  guess); the white level lowered to the data's maximum as LibRaw's adjust_maximum
+  (threshold ``ADJUST_MAXIMUM_THR``); baseline exposure 0;
 - what a file lacks falls back (``_fallback_color``): gray-world white balance,
   identity matrix, and ``color_source`` starts with "fallback: " and says which.
+
+Whenever ``color_source`` starts with "fallback: " the colour was guessed: the
+pipeline says so with ``warnings.warn`` (the CLI prints it as a "warning:" line).
 
 Files: ``read_bayer_image`` (single-channel PNG/TIFF mosaics, ZRR style) and
 ``read_camera_raw`` (anything LibRaw reads, through rawpy, imported only there).
@@ -39,8 +51,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import sys
+import warnings
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -75,8 +89,12 @@ class BayerFrame:
         normalised planes times 2**baseline_exposure (DNG BaselineExposure plus
         BaselineExposureOffset; 0.0 for other files).
       color_source: one human line naming where ``wb_gains``/``ccm`` came from
-        (``read_camera_raw`` fills it; it starts with "fallback:" when the file had
-        no colour metadata, as it does for a frame built from arrays without them).
+        (``read_camera_raw`` fills it; it starts with ``FALLBACK`` whenever any part
+        was guessed: gray world, identity, a daylight default; as it does for a frame
+        built from arrays without them).
+      crop: (top, left, height, width) of the output to keep, in mosaic (sensor)
+        coordinates, or None for the whole mosaic: a DNG's DefaultCropOrigin/Size,
+        applied after rendering (``prepare_frame``, ``finish``).
     """
 
     mosaic: np.ndarray
@@ -88,6 +106,7 @@ class BayerFrame:
     flip: int = 0
     baseline_exposure: float = 0.0
     color_source: str = "fallback: no colour metadata (gray-world white balance, no colour matrix)"
+    crop: Optional[Tuple[int, int, int, int]] = None
 
 
 class PreparedFrame(NamedTuple):
@@ -115,9 +134,10 @@ def prepare_frame(frame: BayerFrame) -> PreparedFrame:
     row -1 copies row 1, which has row -1's colour). The padded mosaic is RGGB
     with even sides; it is packed and normalised with the frame's levels, and
     ``finish`` crops the result back to exactly H x W, so no row or column of
-    the frame is lost. ValueError for a mosaic that is not 2-D or smaller than
-    2 x 2, a bad CFA, or no signal above the black level (an all-black frame
-    would silently give a black output).
+    the frame is lost. With ``frame.crop`` the output is that part of the mosaic
+    (the networks still see the whole frame). ValueError for a mosaic that is not 2-D
+    or smaller than 2 x 2, a bad CFA, a crop outside the mosaic, or no signal above the
+    black level (an all-black frame would silently give a black output).
     """
     m = np.asarray(frame.mosaic)
     if m.ndim != 2:
@@ -132,6 +152,11 @@ def prepare_frame(frame: BayerFrame) -> PreparedFrame:
     planes = raw.normalize(raw.pack(m, "RGGB"), frame.black_level, frame.white_level)
     if not np.any(planes > 0):
         raise ValueError("no signal above the black level (all-black RAW)")
+    if frame.crop is not None:
+        ct, cl, ch, cw = (int(v) for v in frame.crop)
+        if ct < 0 or cl < 0 or ch < 1 or cw < 1 or ct + ch > height or cl + cw > width:
+            raise ValueError(f"crop {cw}x{ch} at ({cl}, {ct}) is outside the {width}x{height} mosaic")
+        top, left, height, width = top + ct, left + cl, ch, cw
     return PreparedFrame(np.asarray(planes, np.float32), top, left, height, width, int(frame.flip or 0))
 
 
@@ -198,45 +223,93 @@ def _letter_index(desc: str, letter: str) -> int:
 
 
 def _gains(mults, desc: str) -> Optional[np.ndarray]:
+    """White-balance gains [3] (R, G, B) from LibRaw multipliers (by colour index, mapped
+    through ``desc``): divided by the smallest, so every gain is >= 1 (dcraw/LibRaw
+    scale_colors with highlight mode 0: a pixel clipped in every channel stays white). None
+    when there are fewer than 3, a non-finite one, one <= 0.001 (LibRaw's identify refuses
+    such cam_mul) or one more than 100 times another."""
     m = np.asarray(mults, np.float64).ravel()
     if m.size < 3 or not np.all(np.isfinite(m)):
         return None
-    r, g, b = (m[_letter_index(desc, ch)] for ch in "RGB")
-    if min(r, g, b) <= 0:
+    rgb = np.array([m[_letter_index(desc, ch)] for ch in "RGB"])
+    if rgb.min() <= 0.001 or rgb.max() > 100.0 * rgb.min():
         return None
-    return np.array([r / g, 1.0, b / g], np.float32)
+    return (rgb / rgb.min()).astype(np.float32)
+
+
+#: LibRaw's default ``adjust_maximum_thr`` (LIBRAW_DEFAULT_ADJUST_MAXIMUM_THRESHOLD): when the
+#: data's maximum (above black) is below the white level but above this share of it, LibRaw
+#: takes it as the white level (``libraw_white_level``).
+ADJUST_MAXIMUM_THR = 0.75
+
+#: LibRaw takes the camera's own matrix (cmatrix, rawpy's ``color_matrix``) only when its first
+#: entry exceeds this (identify: ``cmatrix[0][0] > 0.125``).
+CMATRIX_MIN = 0.125
+
+
+def libraw_white_level(visible: np.ndarray, black, white: float, cfa: str) -> np.ndarray:
+    """The white levels LibRaw renders a non-DNG file with (its adjust_maximum with the default
+    threshold ``ADJUST_MAXIMUM_THR``): the data's maximum above black, m = max(code - black of
+    its site), replaces the range white - black when 0 < m < white - black and m > 0.75
+    (white - black), black being the largest channel black. Returns float64 [4] in canonical
+    order (R, Gr, Gb, B): black + m per channel, or ``white`` for each. ``visible``: the mosaic
+    [H, W] in the ``cfa`` layout; ``black``: a scalar or [4] canonical."""
+    black = np.broadcast_to(np.asarray(black, np.float64).ravel(), (4,))
+    top = float(white) - float(np.max(black))
+    m = max(float(np.max(visible[i::2, j::2])) - float(black[_site_plane(cfa, i, j)])
+            for i in range(2) for j in range(2) if visible[i::2, j::2].size)
+    if top > 0 and 0 < m < top and m > ADJUST_MAXIMUM_THR * top:
+        return black + m
+    return np.full(4, float(white))
+
+
+def _site_plane(cfa: str, i: int, j: int) -> int:
+    """The canonical plane (0 R, 1 Gr, 2 Gb, 3 B) of the mosaic sites (i::2, j::2) of a mosaic
+    in the ``cfa`` layout (``raw.cfa_offset``: where the layout's R site sits)."""
+    top, left = raw.cfa_offset(cfa)
+    return 2 * ((i + top) % 2) + (j + left) % 2
 
 
 def camera_color(raw_obj) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-    """(wb_gains [3] or None, ccm [3, 3] or None) of an open rawpy object.
+    """(wb_gains [3] or None, ccm [3, 3] or None) of an open rawpy object, as LibRaw renders it.
 
-    White balance: as-shot ``camera_whitebalance`` (by colour index, mapped
-    through ``color_desc``) as (R/G, 1, B/G); else ``daylight_whitebalance``;
-    else None (the classical ISP then uses gray world).
-    Colour matrix (camera RGB -> linear sRGB): rawpy's ``color_matrix``
-    (LibRaw's rgb_cam, [3, 4] by colour index; every green column is summed into
-    G because the demosaic averages both greens); if that is all zero, dcraw's
-    construction from ``rgb_xyz_matrix`` (XYZ -> camera):
-    ``color.srgb_matrix_from_cam_xyz(cam_xyz[R, G, B])``; else None (identity).
+    White balance: as-shot ``camera_whitebalance`` (by colour index, mapped through
+    ``color_desc``), else ``daylight_whitebalance``, as gains divided by the smallest
+    (``_gains``); None when neither is usable (the caller falls back to gray world).
+    Colour matrix (white-balanced camera RGB -> linear sRGB): rawpy's ``color_matrix``
+    (LibRaw's cmatrix, [3, 4] by colour index; every green column is summed into G because
+    the demosaic averages both greens) when LibRaw would take it (first entry >
+    ``CMATRIX_MIN``), its rows renormalised to sum 1 (white stays white); else dcraw's
+    construction from ``rgb_xyz_matrix`` (LibRaw's table, XYZ -> camera):
+    ``color.srgb_matrix_from_cam_xyz(cam_xyz[R, G, B])``; else None (LibRaw's raw colour,
+    identity: a guess).
     """
     desc = _desc(raw_obj)
     wb = _gains(raw_obj.camera_whitebalance, desc)
     if wb is None:
         wb = _gains(getattr(raw_obj, "daylight_whitebalance", []), desc)
-    ccm = None
+    return wb, _libraw_matrix(raw_obj, desc)[0]
+
+
+def _libraw_matrix(raw_obj, desc: str):
+    """(ccm [3, 3] float32 or None, how: "cmatrix" / "cam_xyz" / None) (``camera_color``)."""
     cm = np.asarray(raw_obj.color_matrix, np.float64)
-    if cm.shape[0] == 3 and cm.shape[1] >= 3 and np.all(np.isfinite(cm)) and np.any(cm != 0):
+    if cm.ndim == 2 and cm.shape[0] == 3 and cm.shape[1] >= 3 and np.all(np.isfinite(cm)) and cm[0, 0] > CMATRIX_MIN:
         cols = [_letter_index(desc, "R"), _letter_index(desc, "G"), _letter_index(desc, "B")]
         ccm = cm[:, cols].copy()
         for k, ch in enumerate(desc[: cm.shape[1]].upper()):
             if ch == "G" and k != cols[1]:
                 ccm[:, 1] += cm[:, k]
-    else:
-        cam_xyz = np.asarray(raw_obj.rgb_xyz_matrix, np.float64)
-        if cam_xyz.shape[0] >= 3 and np.any(cam_xyz != 0):
-            rows = [_letter_index(desc, ch) for ch in "RGB"]
-            ccm = color.srgb_matrix_from_cam_xyz(cam_xyz[rows, :3])
-    return wb, (None if ccm is None else ccm.astype(np.float32))
+        sums = ccm.sum(axis=1, keepdims=True)
+        if np.all(np.abs(sums) > 1e-6):
+            return (ccm / sums).astype(np.float32), "cmatrix"
+    cam_xyz = np.asarray(raw_obj.rgb_xyz_matrix, np.float64)
+    if cam_xyz.ndim == 2 and cam_xyz.shape[0] >= 3 and np.all(np.isfinite(cam_xyz)) and np.any(cam_xyz != 0):
+        rows = [_letter_index(desc, ch) for ch in "RGB"]
+        ccm = color.srgb_matrix_from_cam_xyz(cam_xyz[rows, :3])
+        if ccm is not None and np.all(np.isfinite(ccm)):
+            return ccm.astype(np.float32), "cam_xyz"
+    return None, None
 
 
 def frame_from_rawpy(raw_obj, path: Optional[str] = None) -> BayerFrame:
@@ -245,13 +318,14 @@ def frame_from_rawpy(raw_obj, path: Optional[str] = None) -> BayerFrame:
     Uses ``raw_image_visible``, the CFA from ``raw_pattern``/``color_desc``
     (``raw.pattern_from_rawpy``), per-channel black levels
     (``black_level_per_channel`` reordered with ``raw.canonical_channel_values``),
-    ``white_level`` and the orientation ``sizes.flip``. Colour and exposure
-    (``wb_gains``, ``ccm``, ``baseline_exposure``, ``color_source``): when ``path``
-    (the file ``raw_obj`` was opened from) is a DNG, from its own tags
-    (``dng_color``); else LibRaw's (``camera_color``); what is missing falls back
-    (``_fallback_color``). ValueError for
-    non-Bayer sensors (no / non-2x2 pattern: Foveon, X-Trans, linear DNG) or a
-    3-channel ``raw_image``.
+    ``white_level`` and the orientation ``sizes.flip``. ``path``: the file ``raw_obj``
+    was opened from. When it is a DNG, the picture is the DNG's own (``dng_frame``):
+    colour and exposure from its tags, GainMap opcodes applied to the mosaic, DefaultCrop
+    as ``crop``. Otherwise LibRaw's (``camera_color``, ``libraw_white_level``); what is
+    missing falls back (``_fallback_color``). Without ``path`` the file's own tags cannot
+    be read: LibRaw's reading is used and a warning says so (pass the path for the same
+    picture as ``read_camera_raw`` and the CLI). ValueError for non-Bayer sensors (no /
+    non-2x2 pattern: Foveon, X-Trans, linear DNG) or a 3-channel ``raw_image``.
     """
     pattern = raw_obj.raw_pattern
     if int(getattr(raw_obj, "num_colors", 3) or 3) == 1 or (pattern is not None and np.asarray(pattern).size == 1):
@@ -271,28 +345,134 @@ def frame_from_rawpy(raw_obj, path: Optional[str] = None) -> BayerFrame:
                        black_level=black.astype(np.float32),
                        white_level=float(raw_obj.white_level), flip=flip)
     tags = None
-    if path is not None and dng_tags.is_tiff(path):
+    if path is None:
+        warnings.warn("from_rawpy without the file's path: its own DNG tags (colour, BaselineExposure, "
+                      "GainMap, DefaultCrop) could not be read; LibRaw's reading is used (pass path= "
+                      "for the picture from_file and the CLI give)", UserWarning, stacklevel=3)
+    elif dng_tags.is_tiff(path):
         try:
             tags = dng_tags.read_dng_color_tags(path)
-        except ValueError:  # LibRaw read it: take LibRaw's colour (and say so below)
+        except ValueError as e:  # LibRaw read it: take LibRaw's colour (and say so below)
+            log.debug("%s: DNG tags not read (%s)", path, e)
             tags = None
     if tags is not None and tags.is_dng:
-        wb, ccm, source = dng_color(tags, frame)
-        exposure = (tags.baseline_exposure or 0.0) + (tags.baseline_exposure_offset or 0.0)
-    else:
-        wb, ccm = camera_color(raw_obj)
-        source = _libraw_color_source(raw_obj, wb, ccm)
-        if wb is None or ccm is None:
-            wb, ccm, source = _fallback_color(frame, wb, ccm, source)
-        exposure = 0.0
-    return dataclasses.replace(frame, wb_gains=np.asarray(wb, np.float32), ccm=np.asarray(ccm, np.float32),
-                               baseline_exposure=float(exposure), color_source=source)
+        return dng_frame(tags, frame, raw_obj)
+    wb, ccm = camera_color(raw_obj)
+    source = _libraw_color_source(raw_obj, wb, ccm)
+    if wb is None or ccm is None:
+        wb, ccm, source = _fallback_color(frame, wb, ccm, source)
+    white = libraw_white_level(visible, black, float(raw_obj.white_level), frame.cfa)
+    white = float(white[0]) if np.all(white == white[0]) else white.astype(np.float32)  # one level: a scalar
+    return dataclasses.replace(frame, white_level=white, wb_gains=np.asarray(wb, np.float32),
+                               ccm=np.asarray(ccm, np.float32), baseline_exposure=0.0, color_source=source)
+
+
+def dng_frame(tags: "dng_tags.DngColorTags", frame: BayerFrame, raw_obj=None) -> BayerFrame:
+    """The frame as the DNG specification reads it: ``frame`` (LibRaw's mosaic of the active
+    area and levels) with the DNG's colour (``dng_color``), exposure (``tags.exposure``), its
+    GainMap opcodes applied (``apply_opcodes``; any other opcode named in one warning) and
+    its DefaultCrop (``default_crop``)."""
+    wb, ccm, source = dng_color(tags, frame)
+    frame = dataclasses.replace(frame, wb_gains=np.asarray(wb, np.float32), ccm=np.asarray(ccm, np.float32),
+                                baseline_exposure=tags.exposure, color_source=source)
+    frame = apply_opcodes(frame, tags, raw_obj)
+    return dataclasses.replace(frame, crop=default_crop(tags, frame.mosaic.shape))
+
+
+def default_crop(tags: "dng_tags.DngColorTags", shape) -> Optional[Tuple[int, int, int, int]]:
+    """(top, left, height, width) of a DNG's DefaultCropOrigin/Size in the active area of
+    ``shape`` [H, W], rounded to whole pixels, or None (no crop tags; a DefaultScale other
+    than 1, whose crop is in scaled units, logged; a crop that does not fit, logged)."""
+    if tags.default_crop_size is None:
+        return None
+    if tags.default_scale is not None and any(abs(v - 1.0) > 1e-9 for v in tags.default_scale):
+        log.info("DefaultScale %s is not 1: the DefaultCrop is not applied", tags.default_scale)
+        return None
+    x, y = tags.default_crop_origin or (0.0, 0.0)
+    w, h = tags.default_crop_size
+    top, left, height, width = (int(round(v)) for v in (y, x, h, w))
+    if top < 0 or left < 0 or height < 1 or width < 1 or top + height > shape[0] or left + width > shape[1]:
+        log.info("DefaultCrop %dx%d at (%d, %d) does not fit the %dx%d image: not applied",
+                 width, height, left, top, shape[1], shape[0])
+        return None
+    if (top, left, height, width) == (0, 0, shape[0], shape[1]):
+        return None
+    return top, left, height, width
+
+
+def _site_levels(level, cfa: str, shape) -> np.ndarray:
+    """A per-channel level (scalar or 4 values in canonical order) at every site of a mosaic
+    [H, W] in the ``cfa`` layout: float64 [H, W]."""
+    v = np.broadcast_to(np.asarray(level, np.float64).ravel(), (4,)) if np.size(level) in (1, 4) else None
+    if v is None:
+        raise ValueError(f"a level is a scalar or 4 values, got {level!r}")
+    out = np.empty(shape, np.float64)
+    for i in range(2):
+        for j in range(2):
+            out[i::2, j::2] = v[_site_plane(cfa, i, j)]
+    return out
+
+
+def apply_opcodes(frame: BayerFrame, tags: "dng_tags.DngColorTags", raw_obj=None) -> BayerFrame:
+    """``frame`` with the DNG's GainMap opcodes applied to its mosaic (float32 codes), each in
+    the stage its list names (DNG 1.7.1 chapter 7): OpcodeList1 on the stored codes (the raw
+    image with its margins when ``raw_obj`` gives them, limited to the white level); OpcodeList2
+    on the linearised values (code - black) / (white - black), limited to 1; OpcodeList3
+    (after demosaicing, per colour plane) on each site of the mosaic by its colour, limited to
+    1, an exact equivalent for a gain that varies slowly against the 2-px Bayer cell. Every
+    other opcode is named in one warning (not applied)."""
+    if tags.other_opcodes:
+        names = ", ".join(f"{name} (OpcodeList{k})" for k, name in tags.other_opcodes)
+        warnings.warn(f"DNG opcodes not applied: {names}", UserWarning, stacklevel=4)
+    if not tags.gain_maps:
+        return frame
+    m = np.asarray(frame.mosaic, np.float64)
+    white = float(np.max(np.asarray(frame.white_level, np.float64)))
+    list1 = [g for g in tags.gain_maps if g.list_tag == 1]
+    if list1:
+        full, (t, l) = m, (0, 0)
+        if raw_obj is not None:
+            try:
+                full = np.asarray(raw_obj.raw_image, np.float64)
+                sz = raw_obj.sizes
+                t, l = int(sz.top_margin), int(sz.left_margin)
+            except Exception:  # noqa: BLE001 -- no raw_image: the visible area is the image
+                full, (t, l) = m, (0, 0)
+        for g in list1:
+            full = dng_tags.apply_gain_map(full, g, clip=white)
+        m = np.asarray(full, np.float64)[t:t + m.shape[0], l:l + m.shape[1]]
+    later = [g for g in tags.gain_maps if g.list_tag in (2, 3)]
+    if later:
+        blk = _site_levels(frame.black_level, frame.cfa, m.shape)
+        rng = _site_levels(frame.white_level, frame.cfa, m.shape) - blk
+        lin = (m - blk) / rng
+        for g in later:
+            if g.list_tag == 2:
+                lin = dng_tags.apply_gain_map(lin, g, clip=1.0)
+            else:
+                lin = _apply_plane_gain_map(lin, g, frame.cfa)
+        m = blk + lin * rng
+    return dataclasses.replace(frame, mosaic=m.astype(np.float32))
+
+
+def _apply_plane_gain_map(lin: np.ndarray, gm, cfa: str) -> np.ndarray:
+    """An OpcodeList3 GainMap (planes of the demosaiced RGB image: 0 R, 1 G, 2 B) on a
+    linearised mosaic: each site gets the gain of its colour's plane at its position."""
+    colour = np.empty(lin.shape, np.int64)
+    for i in range(2):
+        for j in range(2):
+            colour[i::2, j::2] = (0, 1, 1, 2)[_site_plane(cfa, i, j)]
+    rgb = np.repeat(lin[..., None], 3, axis=-1)
+    rgb = dng_tags.apply_gain_map(rgb, gm, clip=1.0)
+    return np.take_along_axis(rgb, colour[..., None], axis=-1)[..., 0]
 
 
 # ---------------------------------------------------------------------------
 # Colour calibration of a file: DNG tags, LibRaw's tables, fallback.
 
-FALLBACK = "fallback: "  # the start of ``color_source`` when a file's colour was not in it
+FALLBACK = "fallback: "  # the start of ``color_source`` when any part of a file's colour was guessed
+
+log = logging.getLogger(__name__)
 
 
 def _gray_world(frame: BayerFrame) -> np.ndarray:
@@ -319,59 +499,65 @@ def _fallback_color(frame: BayerFrame, wb, ccm, source: str):
 
 
 def _libraw_color_source(raw_obj, wb, ccm) -> str:
-    """The ``color_source`` line of ``camera_color``'s result (a ``FALLBACK`` line's start
-    when a part is None)."""
+    """The ``color_source`` line of ``camera_color``'s result; it starts with ``FALLBACK`` when
+    the white balance is LibRaw's daylight default (a guess); a part that is None is named
+    and ``_fallback_color`` adds the prefix."""
     desc = _desc(raw_obj)
+    daylight = wb is not None and _gains(raw_obj.camera_whitebalance, desc) is None
     if wb is None:
         wb_part = "no white balance in the file"
-    elif _gains(raw_obj.camera_whitebalance, desc) is not None:
+    elif daylight:
+        wb_part = "LibRaw's daylight white balance (no usable as-shot one)"
+    else:
         wb_part = "as-shot white balance"
-    else:
-        wb_part = "daylight white balance (no as-shot one)"
-    cm = np.asarray(raw_obj.color_matrix, np.float64)
-    if ccm is None:
-        cm_part = "no colour matrix"
-    elif cm.shape[0] == 3 and np.any(cm != 0):
-        cm_part = "colour matrix (rgb_cam)"
-    else:
-        cm_part = "colour matrix from rgb_xyz_matrix (dcraw)"
-    return f"LibRaw's camera table: {wb_part}, {cm_part}"
+    how = _libraw_matrix(raw_obj, desc)[1]
+    cm_part = {"cmatrix": "the camera's colour matrix (cmatrix, rows renormalised)",
+               "cam_xyz": "colour matrix from LibRaw's rgb_xyz_matrix (dcraw)"}.get(how, "no colour matrix")
+    line = f"LibRaw's camera table: {wb_part}, {cm_part}"
+    return (FALLBACK + line) if daylight and ccm is not None else line
 
 
 def dng_color(tags: "dng_tags.DngColorTags", frame: BayerFrame):
     """(wb_gains [3], ccm [3, 3], color_source) of a DNG from its own tags.
 
     With a 3-colour ColorMatrix1 and the scene white (AsShotNeutral or AsShotWhiteXY):
-    ``color.dng_camera_to_srgb`` (the DNG SDK's ColorMatrix1/2 + ForwardMatrix1/2
-    interpolation by the white's colour temperature). With a ColorMatrix but no scene
-    white: the same with the gray-world neutral (a fallback line). Without a ColorMatrix:
-    AsShotNeutral's white balance (else gray world) and the identity matrix (a fallback
-    line). A singular calibration (ValueError from the colour maths) falls back too.
+    ``color.dng_camera_to_srgb`` (the DNG SDK's ColorMatrix1/2, CameraCalibration1/2,
+    AnalogBalance and ForwardMatrix1/2 interpolation by the white's colour temperature;
+    CalibrationIlluminant 255 with its IlluminantData's xy). With a ColorMatrix but no
+    scene white: the same with the gray-world neutral (a fallback line). Without a
+    ColorMatrix: AsShotNeutral's white balance (else gray world) and the identity matrix (a
+    fallback line). A singular calibration (ValueError from the colour maths) falls back too.
     """
     cm1, cm2 = tags.color_matrix1, tags.color_matrix2
     names = "ColorMatrix1/2" if cm2 is not None else "ColorMatrix1"
-    if tags.forward_matrix1 is not None:
-        names += " + ForwardMatrix1/2" if tags.forward_matrix2 is not None else " + ForwardMatrix1"
+    fms = [k for k, m in (("1", tags.forward_matrix1), ("2", tags.forward_matrix2)) if m is not None]
+    if fms:
+        names += " + ForwardMatrix" + "/".join(fms)
     neutral = tags.as_shot_neutral
     three = cm1 is not None and cm1.shape == (3, 3) and (cm2 is None or cm2.shape == (3, 3))
     if neutral is not None and (neutral.size != 3 or not np.all(neutral > 0)):
         neutral = None
     if not three:
-        wb = None if neutral is None else neutral[1] / neutral
+        wb = None if neutral is None else neutral.max() / neutral
         why = "no ColorMatrix" if cm1 is None else f"a {cm1.shape[0]}-colour ColorMatrix"
         return _fallback_color(frame, wb, None, f"the DNG has {why}" + (
             " (white balance from its AsShotNeutral)" if wb is not None else " and no AsShotNeutral"))
     fallback_white = neutral is None and tags.as_shot_white_xy is None
     if fallback_white:
         neutral = 1.0 / _gray_world(frame)
+    three_or_none = lambda m: m if m is not None and m.shape == (3, 3) else None  # noqa: E731
     kw = dict(color_matrix2=cm2, illuminant1=tags.calibration_illuminant1,
-              illuminant2=tags.calibration_illuminant2, forward_matrix1=tags.forward_matrix1,
-              forward_matrix2=tags.forward_matrix2, camera_calibration1=tags.camera_calibration1,
-              camera_calibration2=tags.camera_calibration2, analog_balance=tags.analog_balance)
+              illuminant2=tags.calibration_illuminant2, forward_matrix1=three_or_none(tags.forward_matrix1),
+              forward_matrix2=three_or_none(tags.forward_matrix2),
+              camera_calibration1=three_or_none(tags.camera_calibration1),
+              camera_calibration2=three_or_none(tags.camera_calibration2),
+              analog_balance=tags.analog_balance if tags.analog_balance is not None
+              and tags.analog_balance.size == 3 and np.all(tags.analog_balance > 0) else None,
+              illuminant_xy1=tags.illuminant_xy1, illuminant_xy2=tags.illuminant_xy2)
     try:
         c = color.dng_camera_to_srgb(cm1, neutral, white_xy=tags.as_shot_white_xy, **kw)
     except (ValueError, np.linalg.LinAlgError) as e:
-        return _fallback_color(frame, None if fallback_white else neutral[1] / neutral, None,
+        return _fallback_color(frame, None if fallback_white else neutral.max() / neutral, None,
                                f"the DNG's {names} is unusable ({e})")
     white = "AsShotNeutral" if tags.as_shot_neutral is not None else "AsShotWhiteXY"
     detail = f"scene white {c.cct:.0f} K" + (f", {c.weight1:.2f} of the first calibration"

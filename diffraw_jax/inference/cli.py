@@ -71,6 +71,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -527,19 +528,20 @@ def process_file(pipe, path: str, out: str, args) -> int:
     """One input -> ``out`` (raises on any problem); returns the output's pixel count."""
     from diffraw_jax.inference import camera
 
-    frame = read_input(path, args)
-    prepared = camera.prepare_frame(frame)
-    pipe.plan(2 * prepared.planes.shape[0], 2 * prepared.planes.shape[1])  # "smaller than a tile" first
-    color_image = None
-    if pipe.color == "image":
-        color_image = camera.read_color_image(args.color, path, prepared)
-    planes, cond = pipe.inputs(prepared, frame, color_image)
+    with warnings.catch_warnings(record=True) as caught:  # guessed colour, unapplied opcodes: one line each
+        warnings.simplefilter("always")
+        frame = read_input(path, args)
+        prepared = camera.prepare_frame(frame)
+        pipe.plan(2 * prepared.planes.shape[0], 2 * prepared.planes.shape[1])  # "smaller than a tile" first
+        color_image = None
+        if pipe.color == "image":
+            color_image = camera.read_color_image(args.color, path, prepared)
+        planes, cond = pipe.inputs(prepared, frame, color_image)
+    for w in caught:
+        log.warning("warning: %s: %s", os.path.basename(path), w.message)
     if pipe.calibrated_model:
-        ev = pipe.last_exposure
-        asked = float(frame.baseline_exposure or 0.0)
-        note = (f"{ev:+.2f} EV" if abs(ev - asked) < 1e-6 else
-                f"{ev:+.2f} EV (the file asks {asked:+.2f} EV, which would clip more than 1% of the pixels)")
-        log.info("%s: colour from %s; exposure %s", os.path.basename(path), frame.color_source, note)
+        log.info("%s: colour from %s; exposure %+.2f EV", os.path.basename(path), frame.color_source,
+                 pipe.last_exposure)
     img = pipe.sample_planes(planes, cond, seed=args.seed, progress=not args.quiet)
     meta = outputs.Metadata(
         outputs.describe_colour(pipe.color, frame.color_source, args.color, pipe.calibrated_model),

@@ -4,8 +4,9 @@
 
     pipe = DiffRAWPipeline.from_checkpoint("pretrained/demo")      # a weights folder or workdir
     srgb = pipe(mosaic, black_level=63, white_level=1020, cfa="RGGB", seed=0)
+    srgb = pipe.from_file("IMG_0001.DNG", seed=0)   # [H, W, 3] float32 sRGB in [0, 1], oriented
     with rawpy.imread("IMG_0001.DNG") as r:
-        srgb = pipe.from_rawpy(r, seed=0)   # [H, W, 3] float32 sRGB in [0, 1], oriented
+        same = pipe.from_rawpy(r, "IMG_0001.DNG", seed=0)  # the same picture
 
 The output covers the whole mosaic (``camera.prepare_frame``) in the camera's
 orientation. The sampler is the one the model asks for (its config's
@@ -22,7 +23,9 @@ core modules only (rawpy is never imported here: ``from_rawpy`` takes an open
 """
 from __future__ import annotations
 
+import functools
 import sys
+import warnings
 from typing import Optional, Tuple
 
 import jax
@@ -240,14 +243,14 @@ class DiffRAWPipeline:
     def calibrated_inputs(self, prepared: camera.PreparedFrame, frame: camera.BayerFrame):
         """A calibrated model's inputs: (balanced planes float32 [h, w, 4] in [0, 1], condition
         sRGB float32 [2h, 2w, 3] in [0, 1]) from the frame's calibration (``wb_gains``, gray
-        world when None; ``ccm``, identity when None; ``baseline_exposure`` EV, lowered where
-        it would clip more than 1% of the pixels: ``calibration.inference_exposure``; the EV
-        used is kept in ``last_exposure``)."""
+        world when None; ``ccm``, identity when None; ``baseline_exposure`` EV, applied as the
+        file asks with LibRaw's highlight roll-off: ``calibration.balanced_planes``; the EV is
+        kept in ``last_exposure``)."""
         planes = jnp.asarray(prepared.planes)
         wb = (isp_classic.gray_world_gains(planes) if frame.wb_gains is None
               else jnp.asarray(frame.wb_gains, jnp.float32))
         ccm = jnp.eye(3, dtype=jnp.float32) if frame.ccm is None else jnp.asarray(frame.ccm, jnp.float32)
-        ev = calibration.inference_exposure(planes, wb, frame.baseline_exposure or 0.0)
+        ev = float(frame.baseline_exposure or 0.0)
         self.last_exposure = ev
         w, cond = _calibrated_inputs(planes, wb, ccm, jnp.float32(ev))
         return np.asarray(w, np.float32), np.asarray(cond, np.float32)
@@ -255,7 +258,12 @@ class DiffRAWPipeline:
     def inputs(self, prepared: camera.PreparedFrame, frame: camera.BayerFrame, color_image=None):
         """(planes [h, w, 4], condition [2h, 2w, 3]), float32 in [0, 1], of a prepared frame: the
         planes as prepared (balanced by the frame's calibration for a calibrated model,
-        ``calibrated_inputs``) and the pipeline's colour condition (or ``color_image``)."""
+        ``calibrated_inputs``) and the pipeline's colour condition (or ``color_image``).
+        ``warnings.warn`` when the colour used was guessed (``frame.color_source`` starts with
+        ``camera.FALLBACK``: gray world, identity, a daylight default)."""
+        if color_image is None and self.color in ("classic", "calibrated") and \
+                str(frame.color_source).startswith(camera.FALLBACK):
+            warnings.warn(f"colour guessed: {frame.color_source[len(camera.FALLBACK):]}", UserWarning, stacklevel=3)
         if self.calibrated_model:
             planes, cond = self.calibrated_inputs(prepared, frame)
             if color_image is not None:
@@ -287,10 +295,16 @@ class DiffRAWPipeline:
         ISP (gray world / identity when None) or a calibrated model; ``baseline_exposure``
         (EV) is a calibrated model's exposure. ``flip``: LibRaw orientation code.
         """
+        given = [name for name, v in (("white balance", wb_gains), ("colour matrix", ccm)) if v is not None]
+        guessed = [name for name, v in (("gray-world white balance", wb_gains),
+                                        ("an identity colour matrix", ccm)) if v is None]
+        source = ("the caller's " + " and ".join(given)) if given else "no colour given"
+        if guessed:
+            source = f"{camera.FALLBACK}{source}: {' and '.join(guessed)}"
         frame = camera.BayerFrame(mosaic=np.asarray(mosaic), cfa=raw.check_pattern(cfa),
                                   black_level=black_level, white_level=white_level,
                                   wb_gains=wb_gains, ccm=ccm, flip=flip,
-                                  baseline_exposure=float(baseline_exposure))
+                                  baseline_exposure=float(baseline_exposure), color_source=source)
         return self.process(frame, seed=seed, color_image=color_image, progress=progress)
 
     def from_file(self, path: str, *, seed: int = 0, color_image=None, progress: bool = False) -> np.ndarray:
@@ -298,17 +312,22 @@ class DiffRAWPipeline:
         own colour tags and BaselineExposure, else LibRaw's tables), oriented."""
         return self.process(camera.read_camera_raw(path), seed=seed, color_image=color_image, progress=progress)
 
-    def from_rawpy(self, raw_obj, *, seed: int = 0, color_image=None,
+    def from_rawpy(self, raw_obj, path: Optional[str] = None, *, seed: int = 0, color_image=None,
                    progress: bool = False) -> np.ndarray:
-        """An open ``rawpy.RawPy`` -> sRGB float32 [H, W, 3] in [0, 1] (``camera.frame_from_rawpy``)."""
-        return self.process(camera.frame_from_rawpy(raw_obj), seed=seed, color_image=color_image,
+        """An open ``rawpy.RawPy`` -> sRGB float32 [H, W, 3] in [0, 1] (``camera.frame_from_rawpy``).
+
+        ``path``: the file ``raw_obj`` was opened from; with it the picture is ``from_file``'s
+        (a DNG's own tags, GainMap and DefaultCrop); without it LibRaw's reading, with a
+        warning that the file's own tags could not be read."""
+        return self.process(camera.frame_from_rawpy(raw_obj, path), seed=seed, color_image=color_image,
                             progress=progress)
 
 
 #: The colour conditions a pipeline can use (``DiffRAWPipeline`` ``color``).
 COLORS = ("g", "classic", "calibrated", "image")
 
-_calibrated_inputs = jax.jit(calibration.network_inputs)
+#: A calibrated model's inputs at inference: the exposure with LibRaw's highlight roll-off.
+_calibrated_inputs = jax.jit(functools.partial(calibration.network_inputs, rolloff=True))
 
 
 def check_color(color: Optional[str], condition: str, path: str = "the model") -> str:
