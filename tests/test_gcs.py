@@ -43,61 +43,19 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-import urllib.request
 
 import pytest
 
 from diffraw_jax.checkpoints import checkpointing, weights
 from diffraw_jax.runtime import paths
-from tests.helpers import REPO
+from tests.helpers import GCS_BUCKET as BUCKET, REPO
 from tests.readme_commands import TINY, find_commands, substitute
-
-BUCKET = "diffraw-test"  # tensorstore accepts only valid GCS bucket names ("B" is not)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs_env(tmp_path_factory):
-    """Environment variables that point every GCS client of a new process at the emulator."""
-    pytest.importorskip("gcsfs")
-    pytest.importorskip("gcp_storage_emulator")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("gcs") / "emulator.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "tests", "gcs_emulator.py"), "start", "--host", "127.0.0.1",
-             "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "--quiet"],
-            stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the GCS emulator did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield {"EPATH_USE_TF": "false", "STORAGE_EMULATOR_HOST": url,  # etils.epath -> fsspec/gcsfs
-               "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # no bucket-layout lookups (need credentials)
-               "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x",  # orbax's arrays
-               "CLOUD_STORAGE_EMULATOR_ENDPOINT": url}  # ArrayRecord's reader (google-cloud-cpp)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 RUN = """

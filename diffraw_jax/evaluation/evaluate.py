@@ -168,10 +168,12 @@ class ShardedSampler:
         return {name: np.asarray(v, np.float32)[:b] for name, v in out.items()}
 
 
-def check_processes_agree(**values) -> None:
+def check_processes_agree(role: str = "evaluation", hint: str = "", **values) -> None:
     """ValueError (one line, on every process) when the processes of a multi-process run do
     not all pass the same ``values`` (e.g. config=its JSON, checkpoint_step=6): each is
-    hashed and the hashes are gathered from every process. A no-op on one process."""
+    hashed and the hashes are gathered from every process. A no-op on one process.
+    ``role`` names the run in the message ("evaluation", "training"); ``hint`` replaces its
+    advice (default: the same --config, overrides, --workdir and checkpoint)."""
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
@@ -184,9 +186,10 @@ def check_processes_agree(**values) -> None:
     if bad:
         shown = ", ".join(f"{k}={values[k]}" for k in bad if not k.startswith("config"))
         raise ValueError(
-            f"the {jax.process_count()} evaluation processes disagree on {', '.join(bad)}"
+            f"the {jax.process_count()} {role} processes disagree on {', '.join(bad)}"
             + (f" (process {jax.process_index()} has {shown})" if shown else "")
-            + ": start every process with the same --config, overrides and --workdir, on the same checkpoint")
+            + ": " + (hint or "start every process with the same --config, overrides and --workdir, "
+                      "on the same checkpoint"))
 
 
 NIQE_MIN_SIZE = 192  # two 96-px patches at the half scale
