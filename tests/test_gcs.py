@@ -212,3 +212,28 @@ def test_a_gs_path_is_never_made_local(tmp_path, monkeypatch):
     assert checkpointing.checkpoint_dir("a/../run") == os.path.join(str(tmp_path), "run", "checkpoints")
     assert os.fspath(paths.as_path("/abs/run")) == "/abs/run"
     assert os.listdir(tmp_path) == []
+
+
+UNFINISHED = """
+import sys
+from etils import epath
+from diffraw_jax.checkpoints import checkpointing
+root = epath.Path(sys.argv[1])
+(root / "6" / "state").mkdir(parents=True, exist_ok=True)  # a save of step 6 that failed midway
+(root / "6" / "state" / "_METADATA").write_text("{}")
+(root / "3" / "state").mkdir(parents=True, exist_ok=True)  # a committed step
+(root / "3" / "state" / "_METADATA").write_text("{}")
+(root / "3" / checkpointing.COMMIT_MARKER).write_text("ok")
+print("REMOVED", checkpointing.remove_unfinished(root, 6), checkpointing.remove_unfinished(root, 3))
+print("LEFT", sorted(p.name for p in root.iterdir()))
+"""
+
+
+def test_a_failed_gs_save_leaves_no_step_folder(gcs_env, tmp_path):
+    # On gs:// orbax writes <step>/ in place and marks the commit with commit_success.txt: what a
+    # failed save leaves is that folder without the mark, removed like a local tmp folder.
+    env = dict(os.environ, PYTHONPATH=REPO, **gcs_env)
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(UNFINISHED), f"gs://{BUCKET}/unfinished/checkpoints"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "REMOVED ['6'] []" in r.stdout and "LEFT ['3']" in r.stdout, r.stdout + r.stderr[-2000:]

@@ -401,17 +401,6 @@ def _check_inputs(config, workdir: str) -> None:
         weights.load_config(config.distill.teacher)  # FileNotFoundError naming it, before any work
 
 
-def _broadcast_text(text: str, size: int = 2048) -> str:
-    """Process 0's ``text`` (UTF-8, at most ``size`` bytes) on every process."""
-    from jax.experimental import multihost_utils
-
-    buf = np.zeros(size, np.uint8)
-    data = text.encode()[:size]
-    buf[:len(data)] = np.frombuffer(data, np.uint8)
-    got = np.asarray(multihost_utils.broadcast_one_to_all(buf)).astype(np.uint8)
-    return bytes(got).rstrip(b"\0").decode(errors="replace")
-
-
 def _take_lock(workdir: str, break_lock: bool):
     """Process 0 takes the workdir's lock (``WorkdirLock``); the others follow it
     (``workdir_lock.Follower`` with its token). Every process raises alike when it could not:
@@ -428,7 +417,8 @@ def _take_lock(workdir: str, break_lock: bool):
         from jax.experimental import multihost_utils
 
         kind = int(multihost_utils.broadcast_one_to_all(np.int32(kind)))
-        shared = _broadcast_text(error if kind else (lock.token if lock is not None else ""))
+        shared = parallel.broadcast_bytes((error if kind else (lock.token if lock is not None else "")).encode()
+                                          ).decode(errors="replace")
         if kind:
             error = shared
         elif jax.process_index() != 0:
