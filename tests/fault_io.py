@@ -12,10 +12,12 @@ import io
 import os
 
 
-def install() -> None:
-    spec = os.environ.get("DIFFRAW_FAULT_EIO", "")
+def install(spec=None):
+    """Installs the wrapper for ``spec`` ("SUFFIX=N", default ``$DIFFRAW_FAULT_EIO``); returns a
+    function that removes it (None when there is nothing to install)."""
+    spec = spec if spec is not None else os.environ.get("DIFFRAW_FAULT_EIO", "")
     if not spec:
-        return
+        return None
     suffix, count = spec.rsplit("=", 1)
     left = [int(count)]
     real = builtins.open
@@ -29,3 +31,8 @@ def install() -> None:
         return real(file, mode, *args, **kwargs)
 
     builtins.open = io.open = open_
+
+    def undo():
+        builtins.open = io.open = real
+
+    return undo

@@ -140,18 +140,18 @@ def race(start_at, q):
     try:
         lock = wl.WorkdirLock(wd + "/race", renew_every=0).acquire()
         q.put("ok")
-        time.sleep(3)
+        time.sleep(2)
         lock.release()
     except wl.WorkdirLockedError as e:
         q.put("refused: " + str(e))
 
 
 if __name__ == "__main__":
-    # Exactly one of 4 trainers racing for a new lease gets it (generation 0 precondition).
-    ctx = mp.get_context("spawn")
+    # Exactly one of 3 trainers racing for a new lease gets it (generation 0 precondition).
+    ctx = mp.get_context("fork")
     q = ctx.Queue()
-    start_at = time.time() + 4
-    procs = [ctx.Process(target=race, args=(start_at, q)) for _ in range(4)]
+    start_at = time.time() + 1
+    procs = [ctx.Process(target=race, args=(start_at, q)) for _ in range(3)]
     for p in procs:
         p.start()
     results = sorted(q.get(timeout=120) for _ in procs)

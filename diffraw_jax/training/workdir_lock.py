@@ -222,10 +222,16 @@ class _GcsLease:
         return (_parse(r.value) if r.state == "value" else {}), r.stamp.generation
 
     def _write(self, record: Optional[dict], if_equal: bytes) -> bytes:
-        """The new generation, or b'' when the object was no longer at ``if_equal``."""
+        """The new generation, or b'' when the object was no longer at ``if_equal``. A write whose
+        answer was lost and was retried finds its own record there: that counts as written."""
         value = None if record is None else (json.dumps(record, indent=1) + "\n").encode()
-        return self._retry("write the lock", lambda: self._store().write(
+        new = self._retry("write the lock", lambda: self._store().write(
             LOCK_FILE, value, if_equal=if_equal).result()).generation
+        if not new and record is not None:
+            owner, generation = self.read()
+            if owner.get("token") == record["token"] and owner.get("renewed") == record["renewed"]:
+                return generation
+        return new
 
     def acquire(self, record: dict, workdir, break_lock: bool) -> None:
         owner, generation = self.read()
@@ -284,8 +290,6 @@ class WorkdirLock:
             self._backend = _GcsLease(uri, lease_s)
         elif paths.is_uri(uri):
             self._backend = None
-            log.warning("no workdir lock on %s (only local/NFS disks and gs:// have one): make sure one "
-                        "trainer at a time uses it", self.workdir)
         else:
             self._backend = _FlockFile(uri)
         self.lost_to: Optional[dict] = None
@@ -305,6 +309,9 @@ class WorkdirLock:
             self.workdir.mkdir(parents=True, exist_ok=True)
         if self._backend is not None:
             self._backend.acquire(self.owner, self.workdir, self.break_lock)
+        else:
+            log.warning("no workdir lock on %s (only local/NFS disks and gs:// have one): make sure one "
+                        "trainer at a time uses it", self.workdir)
         self._acquired = True
         if isinstance(self._backend, _GcsLease) and self.renew_every > 0:
             self._thread = threading.Thread(target=self._renew_loop, name="workdir-lease", daemon=True)
@@ -330,9 +337,11 @@ class WorkdirLock:
         """None while the lock is this trainer's; else the one line that says who took it."""
         with self._mutex:
             if self.lost_to is None and self._backend is not None and self._acquired:
-                if not self._backend.held():
-                    self.lost_to = self._backend.read()[0] if isinstance(self._backend, _GcsLease) \
-                        else self._backend.read()
+                try:
+                    if not self._backend.held():
+                        self.lost_to = _holder(self._backend) or {}
+                except ConnectionError as e:  # unknown, not lost: the next check or renewal decides
+                    log.warning("could not check the workdir lock %s: %s", self.path, e)
         if self.lost_to is None:
             return None
         return (f"the lock of {self.workdir} was taken by {describe(self.lost_to)} (--break_lock or an "
@@ -372,9 +381,16 @@ class Follower:
     def __init__(self, workdir, token: str):
         self.workdir = paths.as_path(workdir)
         self.token = token
+        self._backend = WorkdirLock(workdir, renew_every=0)._backend
 
     def lost(self) -> Optional[str]:
-        owner = holder(self.workdir)
+        if self._backend is None:  # no lock on this storage
+            return None
+        try:
+            owner = _holder(self._backend)
+        except ConnectionError as e:  # unknown, not lost
+            log.warning("could not check the workdir lock of %s: %s", self.workdir, e)
+            return None
         if owner is not None and owner.get("token") == self.token:
             return None
         return (f"the lock of {self.workdir} was taken by {describe(owner)} (--break_lock or an expired lease); "
@@ -384,10 +400,11 @@ class Follower:
 def holder(workdir) -> Optional[dict]:
     """The owner record of ``workdir``'s lock, or None when there is no lock file (read-only).
     A flock file left by a dead process still names it: ``WorkdirLock.acquire`` decides."""
-    lock = WorkdirLock(workdir, renew_every=0)
-    backend = lock._backend
-    if backend is None:
-        return None
+    backend = WorkdirLock(workdir, renew_every=0)._backend
+    return None if backend is None else _holder(backend)
+
+
+def _holder(backend) -> Optional[dict]:
     if isinstance(backend, _GcsLease):
         owner, generation = backend.read()
         return owner if owner or generation not in (b"", b"\x02") else None
