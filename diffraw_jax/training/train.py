@@ -466,9 +466,13 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None, break_lock: b
     ``data_sources``: optional (train, test) random-access sources (tests); default TFDS.
     One trainer per workdir: the workdir's lock (``diffraw_jax.training.workdir_lock``) is held
     while it trains; ``break_lock`` takes it from a trainer the user knows is gone.
-    Raises ``WorkdirLockedError`` (another trainer holds it), ``CheckpointSaveError``
-    (a save did not commit), ValueError / FileNotFoundError (bad inputs, found before
-    anything is written).
+    Several processes (jax.distributed): process 0 holds the lock, every process checks it
+    before each save; a preemption notice on any host stops every host at the same step.
+    Raises, on every process alike: ``WorkdirLockedError`` (another trainer holds the lock, or
+    took it), ``ConnectionError`` (a gs:// lock unreachable), ``CheckpointSaveError`` (a save
+    did not commit), ``CheckpointReadError`` (the storage failed reading a checkpoint to resume
+    from), ValueError / FileNotFoundError (bad inputs, or processes given different data,
+    found before anything is written).
     """
     _check_inputs(config, workdir)
     # The data first: a missing dataset or hosts reading different data end the run before
