@@ -374,6 +374,15 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
+def _ignore_sigterm_while_stopping() -> None:
+    """After the preemption save the process is on its way out: a later SIGTERM (another notice,
+    or one that reached this host after every host had stopped) must not kill it mid-exit."""
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: log.warning("SIGTERM received while stopping: ignored"))
+    except ValueError:  # not the main thread
+        pass
+
+
 def _raise_on_nonfinite(metrics, first_step: int, manager, workdir) -> None:
     """NonFiniteLossError naming the first of ``metrics`` (host copies of the per-step
     metrics of steps first_step, first_step + 1, ...) whose loss or gradient was not finite."""
@@ -566,6 +575,7 @@ def _train(config, workdir: str, sources, lock) -> TrainState:
     pending = []
     last = (start, time.perf_counter())
     log.info("training %s from step %d to %d in %s", config.task, start, total, workdir)
+    stopped = False  # for preemption
     with _Preemption(install=jax.process_count() == 1) as preempt:
         for step in range(start, total):
             state, metrics = step_fn(state, next(data_iter), step_key)
@@ -603,7 +613,10 @@ def _train(config, workdir: str, sources, lock) -> TrainState:
             if preempted:
                 saves.finish()
                 log.warning("stopping at step %d for preemption (checkpoint saved)", done)
+                stopped = True
                 break
+    if stopped:
+        _ignore_sigterm_while_stopping()
     saves.finish()
     manager.close()
     writer.flush()
