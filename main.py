@@ -24,9 +24,9 @@ flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
-flags.DEFINE_bool("break_lock", False, "Train even if the workdir's lock names another trainer "
-                  "(only when you know it is gone; a lock whose process is gone or whose heartbeat is "
-                  "over 10 minutes old is taken over without it).")
+flags.DEFINE_bool("break_lock", False, "Take the workdir's lock from a trainer that still holds it "
+                  "(only when you know it is gone: a lock goes with its process on local and NFS disks, "
+                  "and a gs:// lease not renewed for 10 minutes is taken over without it).")
 flags.DEFINE_bool("verbose", False, "Also show library INFO logs (orbax, clu, absl) and full tracebacks.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -54,7 +54,7 @@ def main(argv):
             from diffraw_jax.checkpoints import checkpointing
             from diffraw_jax.training import train
 
-            one_line_errors += (checkpointing.CheckpointSaveError,)
+            one_line_errors += (checkpointing.CheckpointSaveError, checkpointing.CheckpointReadError)
             train.train_and_evaluate(config, FLAGS.workdir, break_lock=FLAGS.break_lock)
         else:
             from diffraw_jax.evaluation import evaluate

@@ -79,3 +79,17 @@ def tile_sharding(devices: Sequence[jax.Device] | None = None) -> NamedSharding 
     if len(devices) < 2:
         return None
     return NamedSharding(Mesh(np.array(devices), (TILE_AXIS,)), P(TILE_AXIS))
+
+
+def broadcast_bytes(data: bytes) -> bytes:
+    """Process 0's ``data`` on every process (two collectives: the length, then the bytes);
+    ``data`` itself on one process. Every process must call it; the others' ``data`` is ignored."""
+    if jax.process_count() == 1:
+        return data
+    from jax.experimental import multihost_utils
+
+    n = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
+    buf = np.zeros(max(n, 1), np.uint8)
+    if jax.process_index() == 0:
+        buf[:n] = np.frombuffer(data, np.uint8)
+    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf)).astype(np.uint8)[:n])

@@ -18,10 +18,12 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.helpers import REPO  # noqa: E402
+from tests.helpers import GCS_BUCKET, REPO  # noqa: E402
 
 
 # ------------------------------------------------------------------ subprocesses
@@ -151,3 +153,56 @@ def tiny_model(tmp_path_factory) -> TinyModel:
             fcntl.flock(lock, fcntl.LOCK_UN)
     trees = serialization.msgpack_restore((root / "state.msgpack").read_bytes())
     return TinyModel(str(root / "workdir"), trees["params"], trees["ema_params"])
+
+
+# ------------------------------------------------------------------ a GCS emulator
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_env(tmp_path_factory):
+    """A GCS emulator on loopback with the bucket ``tests.helpers.GCS_BUCKET`` (``tests/gcs_emulator.py``,
+    in memory), for the whole session: the environment variables that point every GCS client
+    of a new process at it."""
+    pytest.importorskip("gcsfs")
+    pytest.importorskip("gcp_storage_emulator")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("gcs") / "emulator.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "tests", "gcs_emulator.py"), "start", "--host", "127.0.0.1",
+             "--port", str(port), "--in-memory", "--default-bucket", GCS_BUCKET, "--quiet"],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/storage/v1/b/{GCS_BUCKET}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the GCS emulator did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield {"EPATH_USE_TF": "false", "STORAGE_EMULATOR_HOST": url,  # etils.epath -> fsspec/gcsfs
+               "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # no bucket-layout lookups (need credentials)
+               "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x",  # orbax's arrays
+               "CLOUD_STORAGE_EMULATOR_ENDPOINT": url}  # ArrayRecord's reader (google-cloud-cpp)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+

@@ -13,6 +13,7 @@ from diffraw_jax.training import train
 from diffraw_jax.models import factory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GCS_BUCKET = "diffraw-test"  # conftest's GCS emulator (tensorstore accepts only valid bucket names)
 
 
 # ------------------------------------------------------------------ training data and step

@@ -43,61 +43,19 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-import urllib.request
 
 import pytest
 
 from diffraw_jax.checkpoints import checkpointing, weights
 from diffraw_jax.runtime import paths
-from tests.helpers import REPO
+from tests.helpers import GCS_BUCKET as BUCKET, REPO
 from tests.readme_commands import TINY, find_commands, substitute
-
-BUCKET = "diffraw-test"  # tensorstore accepts only valid GCS bucket names ("B" is not)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs_env(tmp_path_factory):
-    """Environment variables that point every GCS client of a new process at the emulator."""
-    pytest.importorskip("gcsfs")
-    pytest.importorskip("gcp_storage_emulator")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("gcs") / "emulator.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "tests", "gcs_emulator.py"), "start", "--host", "127.0.0.1",
-             "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "--quiet"],
-            stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the GCS emulator did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield {"EPATH_USE_TF": "false", "STORAGE_EMULATOR_HOST": url,  # etils.epath -> fsspec/gcsfs
-               "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # no bucket-layout lookups (need credentials)
-               "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x",  # orbax's arrays
-               "CLOUD_STORAGE_EMULATOR_ENDPOINT": url}  # ArrayRecord's reader (google-cloud-cpp)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 RUN = """
@@ -254,3 +212,28 @@ def test_a_gs_path_is_never_made_local(tmp_path, monkeypatch):
     assert checkpointing.checkpoint_dir("a/../run") == os.path.join(str(tmp_path), "run", "checkpoints")
     assert os.fspath(paths.as_path("/abs/run")) == "/abs/run"
     assert os.listdir(tmp_path) == []
+
+
+UNFINISHED = """
+import sys
+from etils import epath
+from diffraw_jax.checkpoints import checkpointing
+root = epath.Path(sys.argv[1])
+(root / "6" / "state").mkdir(parents=True, exist_ok=True)  # a save of step 6 that failed midway
+(root / "6" / "state" / "_METADATA").write_text("{}")
+(root / "3" / "state").mkdir(parents=True, exist_ok=True)  # a committed step
+(root / "3" / "state" / "_METADATA").write_text("{}")
+(root / "3" / checkpointing.COMMIT_MARKER).write_text("ok")
+print("REMOVED", checkpointing.remove_unfinished(root, 6), checkpointing.remove_unfinished(root, 3))
+print("LEFT", sorted(p.name for p in root.iterdir()))
+"""
+
+
+def test_a_failed_gs_save_leaves_no_step_folder(gcs_env, tmp_path):
+    # On gs:// orbax writes <step>/ in place and marks the commit with commit_success.txt: what a
+    # failed save leaves is that folder without the mark, removed like a local tmp folder.
+    env = dict(os.environ, PYTHONPATH=REPO, **gcs_env)
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(UNFINISHED), f"gs://{BUCKET}/unfinished/checkpoints"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "REMOVED ['6'] []" in r.stdout and "LEFT ['3']" in r.stdout, r.stdout + r.stderr[-2000:]

@@ -231,16 +231,26 @@ pid, nproc = int(pid), int(nproc)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address="127.0.0.1:" + port, num_processes=nproc, process_id=pid)
 from configs import test as tc
-from diffraw_jax.evaluation import evaluate
+from diffraw_jax.evaluation import evaluate, metrics as M
 from diffraw_jax.training import train
 from tests.helpers import tiny_source
+scored = {"periodic": 0, "evaluate": 0}  # calls of the scorers, per process (counted, not replaced)
+real_compute, real_update = M.compute_metrics, M.SplitMetrics.update
+def compute(*a, **k):
+    scored["periodic"] += 1
+    return real_compute(*a, **k)
+def update(self, *a, **k):
+    scored["evaluate"] += 1
+    return real_update(self, *a, **k)
+M.compute_metrics, M.SplitMetrics.update = compute, update
 cfg = tc.get_config(); cfg.degradation.enabled = False
 cfg.train.num_train_steps = 4; cfg.train.checkpoint_every_steps = 4; cfg.train.log_every_steps = 2
 cfg.train.eval_every_steps = 2; cfg.train.eval_num_images = 3; cfg.eval.ddim_steps = 2; cfg.eval.crop_size = 32
 cfg.eval.num_images = 3
 train.train_and_evaluate(cfg, wd, data_sources=(tiny_source(), tiny_source(3, seed=1)))
 summary = evaluate.evaluate(cfg, wd, data_source=tiny_source(3, seed=1))
-print("STEP", pid, summary["checkpoint_step"], flush=True)
+print("STEP", pid, summary["checkpoint_step"], summary["methods"]["Classical ISP"]["original"]["psnr"], flush=True)
+print("SCORED", pid, scored["periodic"], scored["evaluate"], flush=True)
 jax.distributed.shutdown()
 """
 
@@ -249,6 +259,12 @@ def test_two_process_training_with_periodic_eval_writes_one_set_of_scalars(tmp_p
     wd = tmp_path / "run"
     outs = _ok(_launch(tmp_path, [wd, wd], "", 2, script=TRAIN_SCRIPT))
     assert all(f"STEP {i} 4" in o for i, o in enumerate(outs)), outs
+    psnr = [o.split(f"STEP {i} 4 ")[1].split()[0] for i, o in enumerate(outs)]
+    assert psnr[0] == psnr[1] and float(psnr[0]) > 5  # process 0's summary, returned by both
+    # The scores are computed once, by process 0 (2 periodic evaluations; the final evaluation's
+    # images), not replicated on process 1, which only takes part in the sampling.
+    scored = [tuple(int(v) for v in o.split("SCORED ")[1].split()[1:3]) for o in outs]
+    assert scored[0][0] == 2 and scored[0][1] > 0 and scored[1] == (0, 0), scored
     from tensorboard.backend.event_processing import event_accumulator
 
     events = [n for n in os.listdir(wd) if n.startswith("events.out.tfevents")]

@@ -160,3 +160,67 @@ def test_bad_inputs_are_found_before_anything_is_written(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_teacher"):
         train.train_and_evaluate(cfg, str(wd), data_sources=(tiny_source(), tiny_source(4)))
     assert time.time() - t0 < 10 and not wd.exists()
+
+
+# ------------------------------------------------ resume: damage against storage errors (#29)
+
+
+def _two_checkpoints(root):
+    """A manager of <root>/checkpoints with steps 1 and 2 of a tiny state {"w": [3] float32 = step}."""
+    import numpy as np
+
+    manager = checkpointing.create_manager(str(root))
+    for step in (1, 2):
+        checkpointing.save(manager, step, {"w": np.full(3, step, np.float32)})
+        manager.wait_until_finished()
+    return manager
+
+
+@pytest.mark.parametrize("eio,outcome", [(1, "restored"), (10, "reported")])
+def test_an_io_error_on_a_good_checkpoint_is_retried_or_reported_never_set_aside(tmp_path, eio, outcome):
+    from tests import fault_io
+
+    manager = _two_checkpoints(tmp_path)
+    undo = fault_io.install(f"checkpoints/2/state/_METADATA={eio}")  # real OSError(EIO) from open()
+    try:
+        if outcome == "restored":
+            step, state = checkpointing.restore_latest(manager, None)
+            assert step == 2 and state["w"].tolist() == [2, 2, 2]
+        else:
+            with pytest.raises(checkpointing.CheckpointReadError) as e:
+                checkpointing.restore_latest(manager, None)
+            msg = str(e.value)
+            assert "\n" not in msg and msg.startswith("could not read the checkpoint of step 2 in ")
+            assert "Input/output error" in msg and "nothing was moved" in msg
+    finally:
+        undo()
+        manager.close()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+    assert not (tmp_path / "checkpoints_unreadable").exists()
+
+
+def test_a_checkpoint_that_does_not_parse_is_set_aside_and_the_previous_restored(tmp_path):
+    manager = _two_checkpoints(tmp_path)
+    (tmp_path / "checkpoints" / "2" / "state" / "_METADATA").write_text("{garbage")
+    step, state = checkpointing.restore_latest(manager, None)
+    manager.close()
+    assert step == 1 and state["w"].tolist() == [1, 1, 1]
+    assert os.listdir(tmp_path / "checkpoints") == ["1"]
+    assert (tmp_path / "checkpoints_unreadable" / "2" / "state").is_dir()
+
+
+@pytest.mark.parametrize("error,storage", [
+    (OSError(errno.EIO, "Input/output error"), True),
+    (PermissionError(errno.EACCES, "Permission denied"), True),
+    (ValueError("UNAVAILABLE: Error reading gs://b/c/2/state/x"), True),
+    (ValueError("INTERNAL: read failed [os_error_code='5']"), True),
+    (FileNotFoundError(errno.ENOENT, "No such file"), False),  # a file a partial save never wrote
+    (ValueError("Expecting property name enclosed in double quotes"), False),
+    (ValueError("DATA_LOSS: Error decoding manifest"), False),
+])
+def test_storage_errors_are_told_from_damage(error, storage):
+    assert checkpointing.is_storage_error(error) is storage
+    try:  # also when orbax wraps it
+        raise RuntimeError("restore failed") from error
+    except RuntimeError as wrapped:
+        assert checkpointing.is_storage_error(wrapped) is storage

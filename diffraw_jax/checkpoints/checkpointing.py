@@ -8,10 +8,13 @@ Two contracts:
 
 * **The trainer's** (``create_manager``, ``save``, ``restore_latest``): saves are
   asynchronous; the last ``keep`` are kept. ``restore_latest`` (the resume) walks
-  back from the newest step when a checkpoint is unreadable (partial write,
-  corruption), reporting each one it skips and moving it to
+  back from the newest step when a checkpoint is damaged (a partial write, bytes
+  that do not parse), reporting each one it skips and moving it to
   ``checkpoints_unreadable/``, so a damaged latest checkpoint never ends a run
-  that has an older one.
+  that has an older one. An error of the storage (EIO, permission, unreachable)
+  is not damage: the read is retried, then reported (``CheckpointReadError``) and
+  nothing is moved. Every process of a multi-process run decides alike (the
+  outcomes are gathered) and reloads the manager after a checkpoint is moved.
 * **Read-only** (``restore_params``, what ``diffraw_jax.checkpoints.weights.load_inference``
   calls for a workdir): the parameter subtree of one step only (never the Adam
   moments), onto one local device, whatever mesh wrote it. It never writes,
@@ -25,12 +28,16 @@ when it reads a workdir, so a weights folder loads without orbax).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import sys
+import time
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -94,13 +101,21 @@ def _first_line(text: str) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
+COMMIT_MARKER = "commit_success.txt"  # orbax's mark of a committed step on gs:// (no atomic rename there)
+
+
 def remove_unfinished(directory, step: int) -> list:
-    """Removes ``<directory>/<step>.orbax-checkpoint-tmp*`` (a save that did not commit);
-    returns the names removed (those it could remove)."""
+    """Removes what a save of ``step`` that did not commit left: ``<directory>/<step>.orbax-checkpoint-tmp*``
+    (local disks: orbax renames it to ``<step>`` on commit) and, on gs:// (where orbax writes
+    ``<step>/`` in place and marks the commit with ``commit_success.txt``), ``<step>/`` when it
+    has no such mark. Returns the names removed (those it could remove)."""
     removed = []
     root = epath.Path(directory)
     try:
         candidates = [p for p in root.iterdir() if p.name.startswith(f"{step}.orbax-checkpoint-tmp")]
+        in_place = root / str(step)
+        if "://" in os.fspath(root) and in_place.exists() and not (in_place / COMMIT_MARKER).exists():
+            candidates.append(in_place)
     except (FileNotFoundError, OSError):
         return removed
     for path in candidates:
@@ -192,11 +207,95 @@ def quiet_failed_saves() -> None:
             logger.addFilter(_DropFailedSaveNoise())
 
 
+class CheckpointReadError(RuntimeError):
+    """A checkpoint could not be read because of the storage (an I/O error, permission,
+    unreachable), not its bytes: nothing was set aside."""
+
+
+READ_TRIES = 3
+_STORAGE_WORDS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED", "Input/output error",
+                  "Permission denied", "Connection reset", "Connection refused", "timed out")
+
+
+def is_storage_error(error: BaseException) -> bool:
+    """True when ``error`` (or an exception it was raised from) is the storage failing rather
+    than a checkpoint that does not parse: an OSError other than a missing file, or a
+    tensorstore/orbax text naming an OS error code other than ENOENT, unavailability,
+    a deadline or a permission."""
+    seen = set()
+    e = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+            return True
+        text = str(e)
+        code = re.search(r"os_error_code='?(\d+)", text)
+        if (code and code.group(1) != "2") or any(k in text for k in _STORAGE_WORDS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _parse_metadata(step_dir: epath.Path) -> None:
+    """Reads and parses the JSON files of a step (its step metadata, the state's tree
+    metadata and the data iterator's files): ValueError / FileNotFoundError for damage,
+    OSError for the storage. Reads a few kB; no collective."""
+    files = [step_dir / "_CHECKPOINT_METADATA", step_dir / "state" / "_METADATA"]
+    data = step_dir / "data"
+    if data.exists():
+        files += sorted(p for p in data.iterdir() if p.name.endswith(".json"))
+    for f in files:
+        json.loads(f.read_bytes().decode())
+
+
+def _read_step(manager, step: int, items: dict):
+    """('ok', restored) | ('damaged', error) | ('storage', error) for one step: the metadata
+    parsed first, then the restore; storage errors retried (READ_TRIES, backing off)."""
+    many = jax.process_count() > 1
+    for attempt in range(READ_TRIES):
+        try:
+            _parse_metadata(epath.Path(manager.directory) / str(step))
+            if many:  # the restore has barriers inside: first agree that every process can begin it
+                return "ok", None
+            return "ok", manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001 -- orbax raises many types for damaged files
+            if not is_storage_error(e):
+                return "damaged", e
+            if attempt == READ_TRIES - 1:
+                return "storage", e
+            log.warning("reading the checkpoint of step %d failed (%s); trying again", step, _first_line(str(e)))
+            time.sleep(0.5 * 2 ** attempt)
+
+
+_OUTCOMES = ("ok", "damaged", "storage")
+
+
+def _agree(outcome: str) -> str:
+    """The worst outcome over every process (storage > damaged > ok)."""
+    if jax.process_count() == 1:
+        return outcome
+    from jax.experimental import multihost_utils
+
+    codes = np.asarray(multihost_utils.process_allgather(np.int32(_OUTCOMES.index(outcome))))
+    return _OUTCOMES[int(codes.max())]
+
+
 def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
     """Moves unreadable step folders to ``checkpoints_unreadable/`` (kept for inspection,
-    out of the manager's way so the run can save those steps again)."""
-    if not steps or jax.process_index() != 0:
+    out of the manager's way so the run can save those steps again): process 0 moves them,
+    then every process waits for it and reloads its manager."""
+    if not steps:
         return
+    if jax.process_index() == 0:
+        _move_aside(manager, steps)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"diffraw set aside {steps}")
+    manager.reload()
+
+
+def _move_aside(manager: ocp.CheckpointManager, steps) -> None:
     root = epath.Path(manager.directory)
     aside = root.parent / f"{root.name}_unreadable"
     aside.mkdir(parents=True, exist_ok=True)
@@ -213,13 +312,14 @@ def _set_aside(manager: ocp.CheckpointManager, steps) -> None:
             dst = aside / f"{step}.{k}"
         src.rename(dst)
         log.error("moved the unreadable checkpoint of step %d to %s", step, dst)
-    manager.reload()
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data=None):
-    """Restores the newest readable checkpoint.
+    """Restores the newest readable checkpoint (alike on every process).
 
-    Returns ``(step, state)`` or ``(None, None)`` when there is none. ``abstract_state``
+    Returns ``(step, state)`` or ``(None, None)`` when there is none. Damaged checkpoints
+    (module docstring) newer than the one restored are moved aside; ``CheckpointReadError``
+    when the storage fails on one (retried first), ``RuntimeError`` when none is readable. ``abstract_state``
     (``jax.ShapeDtypeStruct`` leaves with shardings) fixes the restored layout; with
     None the tree comes back as saved (nested dicts of arrays). ``data``: the orbax
     argument that restores the data iterator in place
@@ -231,19 +331,34 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data=Non
     steps = sorted(manager.all_steps(), reverse=True)
     unreadable = []
     ignore_reads_finishing_after_a_failed_restore()
+    items = {"state": ocp.args.StandardRestore(abstract_state)}  # None: as saved
+    if data is not None:
+        items["data"] = data
     for step in steps:
-        items = {"state": ocp.args.StandardRestore(abstract_state)}  # None: as saved
-        if data is not None:
-            items["data"] = data
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as e:  # noqa: BLE001 -- orbax raises many types for damaged files
-            log.error("checkpoint at step %d is unreadable (%s: %s); trying the previous one",
-                      step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        outcome, result = _read_step(manager, step, items)
+        if jax.process_count() > 1:
+            outcome = _agree(outcome)
+            if outcome == "ok":  # every process parsed the metadata: restore together
+                try:
+                    result = manager.restore(step, args=ocp.args.Composite(**items))
+                except Exception as e:  # noqa: BLE001
+                    outcome, result = ("storage" if is_storage_error(e) else "damaged"), e
+                outcome = _agree(outcome)
+        if outcome == "storage":
+            why = _first_line(f"{type(result).__name__}: {result}") if isinstance(result, BaseException) else \
+                "another process could not read it"
+            raise CheckpointReadError(
+                f"could not read the checkpoint of step {step} in {manager.directory} ({why}; "
+                f"{READ_TRIES} tries): the storage failed, not the checkpoint; nothing was moved; "
+                "rerun when the storage answers")
+        if outcome == "damaged":
+            why = (f"{type(result).__name__}: {_first_line(str(result))}" if isinstance(result, BaseException)
+                   else "another process could not parse it")
+            log.error("checkpoint at step %d is unreadable (%s); trying the previous one", step, why)
             unreadable.append(step)
             continue
         _set_aside(manager, unreadable)
-        return step, restored["state"]
+        return step, result["state"]
     if steps:
         raise RuntimeError(f"no readable checkpoint among steps {steps} in {manager.directory}")
     return None, None

@@ -482,6 +482,23 @@ def load_data_sources(config):
     return sources["train"], sources["test"]
 
 
+def source_fingerprint(data_source) -> str:
+    """'<n> records, <12 hex digits>': the record count and a SHA-256 of the first and last
+    records (every field's bytes, in key order). Two sources with the same split of the same
+    dataset give the same string; a host reading another split or dataset almost surely not.
+    Reads two records."""
+    import hashlib
+
+    n = len(data_source)
+    digest = hashlib.sha256(str(n).encode())
+    for i in sorted({0, n - 1}) if n else ():
+        record = data_source[i]
+        for k in sorted(record):
+            v = record[k]
+            digest.update(k.encode() + (v if isinstance(v, bytes) else np.ascontiguousarray(v).tobytes()))
+    return f"{n} records, {digest.hexdigest()[:12]}"
+
+
 def center_crop(batch, crop: int):
     """Even-offset centre crop of a model-input batch (``create_eval_loader``) to ``crop``
     mosaic pixels: "dslr" [B, crop, crop, 3], "raw" [B, crop/2, crop/2, 4] (the offset is

@@ -20,8 +20,9 @@ it evaluates (the first ``eval.num_images`` records of the split, not a 1/N
 shard), the parameters are laid out as in training (``factory.param_shardings``)
 and each batch of ``data.eval_batch_size`` images (rounded up to a multiple of the
 global device count; the last batch padded, the padding masked out) is split over
-the mesh's data axes. The outputs are gathered once per batch, every process
-computes the same metrics, and process 0 alone writes files. The processes must
+the mesh's data axes. The outputs are gathered once per batch, process 0
+alone computes the metrics and writes files, and every process returns its summary
+(``parallel.broadcast_bytes``). The processes must
 agree on the config, the checkpoint step and the number of images
 (``check_processes_agree``: a ValueError in one line otherwise).
 
@@ -168,10 +169,12 @@ class ShardedSampler:
         return {name: np.asarray(v, np.float32)[:b] for name, v in out.items()}
 
 
-def check_processes_agree(**values) -> None:
+def check_processes_agree(role: str = "evaluation", hint: str = "", **values) -> None:
     """ValueError (one line, on every process) when the processes of a multi-process run do
     not all pass the same ``values`` (e.g. config=its JSON, checkpoint_step=6): each is
-    hashed and the hashes are gathered from every process. A no-op on one process."""
+    hashed and the hashes are gathered from every process. A no-op on one process.
+    ``role`` names the run in the message ("evaluation", "training"); ``hint`` replaces its
+    advice (default: the same --config, overrides, --workdir and checkpoint)."""
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
@@ -184,9 +187,10 @@ def check_processes_agree(**values) -> None:
     if bad:
         shown = ", ".join(f"{k}={values[k]}" for k in bad if not k.startswith("config"))
         raise ValueError(
-            f"the {jax.process_count()} evaluation processes disagree on {', '.join(bad)}"
+            f"the {jax.process_count()} {role} processes disagree on {', '.join(bad)}"
             + (f" (process {jax.process_index()} has {shown})" if shown else "")
-            + ": start every process with the same --config, overrides and --workdir, on the same checkpoint")
+            + ": " + (hint or "start every process with the same --config, overrides and --workdir, "
+                      "on the same checkpoint"))
 
 
 NIQE_MIN_SIZE = 192  # two 96-px patches at the half scale
@@ -324,6 +328,9 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         x01 = outs.pop("c")
         if calibrated:  # the calibrated model's own condition, scored as a row of its own
             outs["Calibrated ISP (c)"] = x01
+        bar.update(int(mask.sum()))
+        if not lead:  # the sampling above is every process's; the scores are process 0's
+            continue
         # Scored one image at a time: the scores do not depend on how images were batched
         # (the batch size follows the device count; XLA's reductions follow the shape).
         for i in np.flatnonzero(mask):
@@ -340,8 +347,9 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
         for i in np.flatnonzero(mask):
             if len(grid_rows) < e.grid_images:
                 grid_rows.append([outs["Classical ISP"][i], x01[i], outs[next(iter(methods))][i], y01[i]])
-        bar.update(int(mask.sum()))
     bar.close()
+    if not lead:  # process 0's summary (it scored every image), as JSON
+        return json.loads(parallel.broadcast_bytes(b"").decode())
 
     fields = ["id", "method", "protocol"] + per_image
     table = io.StringIO(newline="")
@@ -365,8 +373,8 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     ref = dslr_scorer.summary()
     ref.setdefault("niqe", f"n/a (images < {NIQE_MIN_SIZE} px)")
     summary["methods"]["DSLR (reference)"] = {"original": ref}
-    if not lead:  # process 0 writes the files
-        return summary
+    if jax.process_count() > 1:
+        parallel.broadcast_bytes(json.dumps(summary, default=str).encode())
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     text = write_tables(summary, out_dir)
     if grid_rows:

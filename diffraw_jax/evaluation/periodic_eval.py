@@ -14,7 +14,8 @@ DSLR) as an image summary to the metric writer (TensorBoard), and logs one line.
 It samples through evaluation's path (``evaluate.ShardedSampler``): the images split
 over every device of every process (padded to a multiple of the device count), the
 parameters laid out as in training, image i with ``fold_in(key(seed + 2), i)``; every
-process reads the same images and computes the same scores; process 0 writes.
+process reads the same images and takes part in the sampling (a collective); process 0
+alone computes the scores (LPIPS included) and writes them.
 
 Its cost is one sampler call on a handful of images, i.e. the share a user
 picks with ``eval_every_steps`` and ``eval_num_images``; it returns the
@@ -77,16 +78,16 @@ class PeriodicEval:
         """Samples, writes scalars and the grid at ``step``; returns the seconds taken.
         ``params``: the EMA parameters laid out by ``factory.param_shardings`` (the trainer's)."""
         t0 = time.perf_counter()
-        outs = self.sampler(params, self.w, calibration_=self.calibration)
+        outs = self.sampler(params, self.w, calibration_=self.calibration)  # every process
+        if jax.process_index() != 0:  # the scores are process 0's to compute and write
+            return time.perf_counter() - t0
         out01 = outs[self.label]
         scores = metrics.mean_scores(metrics.compute_metrics(out01, self.y01, metrics=SCORES))
         scalars = {f"eval/{self.label}/{m}": scores[m] for m in SCORES}
         seconds = time.perf_counter() - t0
-        if jax.process_index() == 0:
-            writer.write_scalars(step, {**scalars, "eval/seconds": seconds})
-            rows = [[outs["classic"][i], outs["c"][i], out01[i], self.y01[i]]
-                    for i in range(self.grid_images)]
-            writer.write_images(step, {"eval/samples": evaluate.grid_image(rows, LABELS)[None]})
+        writer.write_scalars(step, {**scalars, "eval/seconds": seconds})
+        rows = [[outs["classic"][i], outs["c"][i], out01[i], self.y01[i]] for i in range(self.grid_images)]
+        writer.write_images(step, {"eval/samples": evaluate.grid_image(rows, LABELS)[None]})
         log.info("eval step %d: %s on %d test images (c: %s): PSNR %.2f  SSIM %.4f  LPIPS %.4f  (%s)",
                  step, self.label, len(self.w), self.color_note, scalars[f"eval/{self.label}/psnr"],
                  scalars[f"eval/{self.label}/ssim"], scalars[f"eval/{self.label}/lpips"],

@@ -345,13 +345,20 @@ def _flatten(d, prefix=""):
 
 
 class _Preemption:
-    """SIGTERM -> finish the current step, save, exit cleanly."""
+    """SIGTERM -> finish the current step, save, exit cleanly: the handler of a run of one
+    process. A run of several processes installs nothing (``install=False``): there JAX's
+    preemption notifier, started by ``jax.distributed.initialize``, owns SIGTERM and
+    ``manager.reached_preemption(step)`` (``multihost_utils.reached_preemption_sync_point``)
+    turns a notice on any host into the same step on every host."""
 
-    def __init__(self):
+    def __init__(self, install: bool = True):
         self.requested = False
+        self.install = install
         self._old = None
 
     def __enter__(self):
+        if not self.install:
+            return self
         try:
             self._old = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread
@@ -365,6 +372,15 @@ class _Preemption:
     def __exit__(self, *exc):
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+
+
+def _ignore_sigterm_while_stopping() -> None:
+    """After the preemption save the process is on its way out: a later SIGTERM (another notice,
+    or one that reached this host after every host had stopped) must not kill it mid-exit."""
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: log.warning("SIGTERM received while stopping: ignored"))
+    except ValueError:  # not the main thread
+        pass
 
 
 def _raise_on_nonfinite(metrics, first_step: int, manager, workdir) -> None:
@@ -395,22 +411,62 @@ def _check_inputs(config, workdir: str) -> None:
 
 
 def _take_lock(workdir: str, break_lock: bool):
-    """Process 0 takes the workdir's lock; every process learns whether it did (WorkdirLockedError)."""
-    lock, error = None, ""
+    """Process 0 takes the workdir's lock (``WorkdirLock``); the others follow it
+    (``workdir_lock.Follower`` with its token). Every process raises alike when it could not:
+    ``WorkdirLockedError`` (another trainer), ``ConnectionError`` (a gs:// lease unreachable)."""
+    lock, error, kind = None, "", 0
     if jax.process_index() == 0:
         try:
             lock = workdir_lock.WorkdirLock(workdir, break_lock=break_lock).acquire()
         except workdir_lock.WorkdirLockedError as e:
-            error = str(e)
+            error, kind = str(e), 1
+        except ConnectionError as e:
+            error, kind = str(e), 2
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        ok = multihost_utils.broadcast_one_to_all(np.int32(not error))
-        if not ok and not error:
-            error = f"{workdir} is locked by another trainer (process 0 says who)"
-    if error:
-        raise workdir_lock.WorkdirLockedError(error)
+        kind = int(multihost_utils.broadcast_one_to_all(np.int32(kind)))
+        shared = parallel.broadcast_bytes((error if kind else (lock.token if lock is not None else "")).encode()
+                                          ).decode(errors="replace")
+        if kind:
+            error = shared
+        elif jax.process_index() != 0:
+            lock = workdir_lock.Follower(workdir, shared)
+    if kind:
+        raise (workdir_lock.WorkdirLockedError if kind == 1 else ConnectionError)(error)
     return lock
+
+
+def _check_lock(lock, workdir: str) -> None:
+    """Before each save, on every process: WorkdirLockedError on every process (one line each)
+    when any of them finds that the lock is no longer this run's."""
+    why = lock.lost() if lock is not None else None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        seen = np.asarray(multihost_utils.process_allgather(np.int32(why is not None)))
+        if why is None and seen.any():
+            why = (f"the lock of {workdir} was taken by another trainer (process {int(np.argmax(seen))} "
+                   "found it); stopped without saving")
+    if why:
+        raise workdir_lock.WorkdirLockedError(why)
+
+
+def _load_data(config, data_sources):
+    """(train, test) sources, checked before anything is written: a calibrated model's data
+    carry its calibration, and every process reads the same data (their record counts and first
+    and last records compared with a collective). ValueError in one line on every process."""
+    from diffraw_jax.data import input_pipeline
+    from diffraw_jax.evaluation import evaluate
+
+    train_src, test_src = data_sources if data_sources is not None else input_pipeline.load_data_sources(config)
+    if config.task == "diffraw" and factory.model_condition(config) == "calibrated":
+        _check_calibrated_data(train_src, config)
+    evaluate.check_processes_agree(
+        role="training", hint="give every process the same dataset (--config.data.name, data_dir, split)",
+        train_data=input_pipeline.source_fingerprint(train_src),
+        test_data=input_pipeline.source_fingerprint(test_src))
+    return train_src, test_src
 
 
 def train_and_evaluate(config, workdir: str, *, data_sources=None, break_lock: bool = False) -> TrainState:
@@ -419,29 +475,33 @@ def train_and_evaluate(config, workdir: str, *, data_sources=None, break_lock: b
     ``data_sources``: optional (train, test) random-access sources (tests); default TFDS.
     One trainer per workdir: the workdir's lock (``diffraw_jax.training.workdir_lock``) is held
     while it trains; ``break_lock`` takes it from a trainer the user knows is gone.
-    Raises ``WorkdirLockedError`` (another trainer holds it), ``CheckpointSaveError``
-    (a save did not commit), ValueError / FileNotFoundError (bad inputs, found before
-    anything is written).
+    Several processes (jax.distributed): process 0 holds the lock, every process checks it
+    before each save; a preemption notice on any host stops every host at the same step.
+    Raises, on every process alike: ``WorkdirLockedError`` (another trainer holds the lock, or
+    took it), ``ConnectionError`` (a gs:// lock unreachable), ``CheckpointSaveError`` (a save
+    did not commit), ``CheckpointReadError`` (the storage failed reading a checkpoint to resume
+    from), ValueError / FileNotFoundError (bad inputs, or processes given different data,
+    found before anything is written).
     """
     _check_inputs(config, workdir)
+    # The data first: a missing dataset or hosts reading different data end the run before
+    # anything is written to the workdir (taking the lock creates it).
+    sources = _load_data(config, data_sources)
     lock = _take_lock(workdir, break_lock)
     try:
-        return _train(config, workdir, data_sources, lock)
+        return _train(config, workdir, sources, lock)
     finally:
-        if lock is not None:
+        if isinstance(lock, workdir_lock.WorkdirLock):
             lock.release()
 
 
-def _train(config, workdir: str, data_sources, lock) -> TrainState:
+def _train(config, workdir: str, sources, lock) -> TrainState:
     from clu import metric_writers, parameter_overview, periodic_actions
 
     from diffraw_jax.data import input_pipeline
 
-    # The data first: a missing dataset ends the run before anything is written to the workdir.
-    train_src, test_src = data_sources if data_sources is not None else input_pipeline.load_data_sources(config)
+    train_src, test_src = sources
     calibrated = config.task == "diffraw" and factory.model_condition(config) == "calibrated"
-    if calibrated:
-        _check_calibrated_data(train_src, config)
     wd = paths.as_path(workdir)  # local (made absolute) or gs://: every host writes to the same place
     wd.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:  # inference and evaluation rebuild the model from it
@@ -515,7 +575,8 @@ def _train(config, workdir: str, data_sources, lock) -> TrainState:
     pending = []
     last = (start, time.perf_counter())
     log.info("training %s from step %d to %d in %s", config.task, start, total, workdir)
-    with _Preemption() as preempt:
+    stopped = False  # for preemption
+    with _Preemption(install=jax.process_count() == 1) as preempt:
         for step in range(start, total):
             state, metrics = step_fn(state, next(data_iter), step_key)
             pending.append(metrics)
@@ -540,8 +601,11 @@ def _train(config, workdir: str, data_sources, lock) -> TrainState:
                          rate, logs.format_duration((total - done) / max(rate, 1e-9)),
                          "  ".join(f"{k} {v:.4g}" for k, v in summary.items()))
             if save:
-                if lock is not None:
-                    lock.check()  # another trainer took the workdir: stop without saving
+                try:
+                    _check_lock(lock, workdir)  # another trainer took the workdir: every process stops
+                except workdir_lock.WorkdirLockedError:
+                    saves.finish()  # the save before the loss was this run's: let it commit
+                    raise
                 saves.start(done, state, data_iter.save_args())
             if periodic_eval is not None and (done % eval_every == 0 or done == total) and not preempted:
                 seconds = periodic_eval(done, state.ema_params, writer)
@@ -549,7 +613,10 @@ def _train(config, workdir: str, data_sources, lock) -> TrainState:
             if preempted:
                 saves.finish()
                 log.warning("stopping at step %d for preemption (checkpoint saved)", done)
+                stopped = True
                 break
+    if stopped:
+        _ignore_sigterm_while_stopping()
     saves.finish()
     manager.close()
     writer.flush()
