@@ -26,6 +26,7 @@ CORE = [
     "flax>=0.11,<0.13",
     "optax>=0.2.4",
     "orbax-checkpoint>=0.11",
+    "tensorstore>=0.1.60",  # the gs:// workdir lock's generation preconditions (orbax needs it too)
     "etils[epath]>=1.7",  # workdirs, data and outputs, local or gs:// (diffraw_jax.runtime.paths)
     "numpy>=1.26,<3",
     "rawpy>=0.24",

@@ -307,3 +307,19 @@ def test_cli_profile_splits_a_run_and_measures_the_network_apart(tmp_path):
                                  "finish (crop, orient)", "PNG encode", "write"}
     assert r["f_s"] > 0 and r["g_s"] is None and r["network_s"] >= r["f_s"]  # calibrated: no G in the path
     assert r["wall_s"] >= sum(r["steps_s"].values()) - 0.05 and r["wall_over_network"] > 0
+
+
+def test_the_compilation_cache_is_bounded(tmp_path):
+    """diffraw's persistent compilation cache has a size bound (JAX evicts the least recently used
+    programs beyond it) unless JAX's own JAX_COMPILATION_CACHE_MAX_SIZE says otherwise."""
+    code = ("import jax; from diffraw_jax.inference import cli; folder = cli.enable_compilation_cache(); "
+            "print(folder, jax.config.jax_compilation_cache_max_size)")
+    env = dict(os.environ, DIFFRAW_CACHE_DIR=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(tmp_path / "cache"), str(2 << 30)]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(env, JAX_COMPILATION_CACHE_MAX_SIZE="12345"))
+    assert r.returncode == 0 and r.stdout.split()[1] == "12345", r.stdout + r.stderr

@@ -220,26 +220,6 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
-    src = (tiny_source(), tiny_source(2))
-    train.train_and_evaluate(loop_config(4), str(tmp_path), data_sources=src)
-    ckpt = os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "4")
-    for root, _, files in os.walk(os.path.join(ckpt, "state")):
-        for f in files:  # damage every file of the latest state
-            open(os.path.join(root, f), "wb").write(b"garbage")
-    # The project's logger may not propagate to the root (diffraw_jax.runtime.logs.setup, run by any
-    # in-process CLI test before this one): listen on it directly.
-    project = logging.getLogger("diffraw_jax")
-    project.addHandler(caplog.handler)
-    try:
-        with caplog.at_level("ERROR"):
-            state = train.train_and_evaluate(loop_config(4), str(tmp_path), data_sources=src)
-    finally:
-        project.removeHandler(caplog.handler)
-    assert any("step 4 is unreadable" in r.getMessage() for r in caplog.records)
-    assert int(state.step) == 4  # resumed from step 2 and trained 2 more
-
-
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = loop_config(6, ckpt_every=1)
     cfg.optim.learning_rate = 1e30  # parameters blow up after the first update

@@ -358,13 +358,17 @@ def _err(path: str, reason) -> None:
 
 
 CACHE_ENV = "DIFFRAW_CACHE_DIR"
+# The cache's size bound: JAX deletes the least recently used programs beyond it
+# (``jax_compilation_cache_max_size``; JAX's own JAX_COMPILATION_CACHE_MAX_SIZE wins when set).
+CACHE_MAX_BYTES = 2 << 30
 
 
 def enable_compilation_cache() -> Optional[str]:
     """Turns on JAX's persistent compilation cache, so a second run compiles nothing: in
     ``$DIFFRAW_CACHE_DIR`` or ``~/.cache/diffraw-jax/jax`` (JAX's own ``JAX_COMPILATION_CACHE_DIR``
     wins when set; ``DIFFRAW_CACHE_DIR=off`` turns it off). Every program is cached, however
-    fast it compiled, unless JAX's own thresholds are set in the environment. Returns the folder."""
+    fast it compiled, unless JAX's own thresholds are set in the environment. The folder is
+    bounded to ``CACHE_MAX_BYTES`` (least recently used programs go first). Returns the folder."""
     import jax
 
     folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get(CACHE_ENV) or os.path.join(
@@ -381,6 +385,8 @@ def enable_compilation_cache() -> Optional[str]:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES" not in os.environ:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     return folder
 
 
