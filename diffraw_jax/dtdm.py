@@ -406,6 +406,7 @@ def sample(
     method: str = "dtdm",
     num_steps: int | None = None,
     eta: float = 0.0,
+    start: int | None = None,
 ) -> Array:
     """Draws y_hat from the reverse process, starting from x noised to step s.
 
@@ -430,6 +431,12 @@ def sample(
           to step s, for a network trained on the plain epsilon target. num_steps
           must be None or s.
       num_steps: see ``method``.
+      start: "dtdm_ddim" only (not in the paper; docs/real-detail.md): the step the
+        deterministic sampler starts from, 1 <= start <= s (default s). The start point is
+        m_start ~ N(sqrt(ab_start) x, (1 - ab_start) I) -- eq. 18 with y replaced by x, exact
+        only at start = s -- and ``num_steps`` (<= start) strided steps go from start to 0.
+        A smaller start adds less noise to x, so more of x (its detail and its noise) stays.
+        For "dtdm" the start is ``num_steps`` itself (Algorithm 2 from m_n).
 
     Returns:
       y_hat with the shape of x, float32. One ``lax.scan``: the denoiser is traced
@@ -437,6 +444,9 @@ def sample(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if start is not None and method != "dtdm_ddim":
+        raise ValueError(f"start is a 'dtdm_ddim' option; method {method!r} starts at "
+                         "num_steps ('dtdm') or s ('ddpm')")
     s = _check_static_int("s", s, 1, schedule.num_timesteps)
     n = s if num_steps is None else _check_static_int("num_steps", num_steps, 1, s)
     x = jnp.asarray(x, jnp.float32)
@@ -471,8 +481,11 @@ def sample(
         return out
 
     # dtdm_ddim
-    ts = sampling_timesteps(s, n)
-    start = q_sample(schedule, x, x, s, normal(key_start, x.shape), s)
+    t0 = s if start is None else _check_static_int("start", start, 1, s)
+    if n > t0:
+        raise ValueError(f"num_steps ({n}) must be <= start ({t0})")
+    ts = sampling_timesteps(t0, n)
+    start = q_sample(schedule, x, x, t0, normal(key_start, x.shape), s)
     stochastic = eta != 0.0
 
     def body(m, tt):

@@ -90,7 +90,8 @@ class DiffRAWPipeline:
     def from_checkpoint(cls, path: str, *, method: Optional[str] = None, num_steps: Optional[int] = None,
                         color: Optional[str] = None, tile="train", overlap: Optional[int] = None, batch: int = 4,
                         eta: float = 0.0, use_ema: Optional[bool] = None,
-                        step: Optional[int] = None, other_sampler: bool = False) -> "DiffRAWPipeline":
+                        step: Optional[int] = None, other_sampler: bool = False,
+                        start: Optional[int] = None) -> "DiffRAWPipeline":
         """Loads a weights folder or a training workdir (read-only, ``weights.load_inference``).
 
         ``method``/``num_steps``: default what the model's config asks for
@@ -104,7 +105,8 @@ class DiffRAWPipeline:
         min(64, tile / 4) rounded down to even. ``use_ema``: default the
         config's ``sample.use_ema``; ``step``: a workdir's checkpoint step.
         ``other_sampler``: let a distilled student run a sampler other than the one it
-        was distilled for (otherwise a ValueError saying which that is).
+        was distilled for (otherwise a ValueError saying which that is). ``start``: the step a
+        dtdm_ddim sampler starts from (``factory.sampler_settings``; default s).
         Raises FileNotFoundError, ValueError or RuntimeError (see ``load_inference``).
         """
         loaded = weights.load_inference(path, use_ema=use_ema, step=step, color_net=False)
@@ -113,7 +115,7 @@ class DiffRAWPipeline:
         color = check_color(color, loaded.condition, path)
         if color == "g":
             loaded.color_net = weights.find_color_net(loaded.config, path)
-        settings = loaded.sampler_settings(method, num_steps, other_than_distilled=other_sampler)
+        settings = loaded.sampler_settings(method, num_steps, other_than_distilled=other_sampler, start=start)
         if isinstance(tile, str):
             if tile != "train":
                 raise ValueError(f"tile must be 'train', a size, (H, W) or None, got {tile!r}")
