@@ -58,6 +58,7 @@ __all__ = [
     "ddim_step",
     "ddpm_reverse_step",
     "sampling_timesteps",
+    "start_for_noise",
     "sample",
     "METHODS",
     "OBJECTIVES",
@@ -386,6 +387,24 @@ def sampling_timesteps(s: int, num_steps: int) -> np.ndarray:
     ts = np.round(np.linspace(s, 0, num_steps + 1)).astype(np.int32)
     assert np.all(np.diff(ts) < 0), ts
     return ts
+
+
+def start_for_noise(schedule: Schedule, s: int, sigma01: float) -> int:
+    """The start step whose noise matches an input noise of std ``sigma01`` (sRGB units of [0, 1]):
+    the smallest t in [1, s] with 0.5 * sqrt((1 - ab_t) / ab_t) >= sigma01, or s when none
+    (or when ``sigma01`` is not finite). Not in the paper (docs/real-detail.md "The start step
+    from the file's noise"): starting at m_t = sqrt(ab_t) x + sqrt(1 - ab_t) z and jumping to
+    y_hat = m_t / sqrt(ab_t) - ..., the start adds noise of std sqrt((1 - ab_t) / ab_t) in the
+    model's [-1, 1] range, half that in [0, 1]; at this t it just covers the input's own noise.
+    Python int."""
+    s = int(s)
+    if not np.isfinite(sigma01):
+        return s
+    ab = np.asarray(schedule.alpha_bars, np.float64)[1:s + 1]
+    om = np.asarray(schedule.one_minus_alpha_bars, np.float64)[1:s + 1]
+    added = 0.5 * np.sqrt(om / ab)
+    hits = np.nonzero(added >= float(sigma01))[0]
+    return int(hits[0] + 1) if hits.size else s
 
 
 def _check_static_int(name: str, value, lo: int, hi: int) -> int:

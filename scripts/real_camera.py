@@ -152,7 +152,7 @@ def _pipeline_args(extra):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tile", type=int)
     p.add_argument("--other-sampler", action="store_true")
-    p.add_argument("--start", type=int)
+    p.add_argument("--start", type=lambda v: v if v == "auto" else int(v))
     a, unknown = p.parse_known_args(extra)
     if unknown:
         raise ValueError(f"with --crop the diffraw arguments may be --method, --steps, --color, --seed, "
@@ -193,6 +193,8 @@ def render_crop(dng: str, checkpoint: str, crop, extra, exposure: float) -> tupl
     pipe = DiffRAWPipeline.from_checkpoint(checkpoint, **kw)
     out = pipe.process(sub, seed=a.seed)
     wall = time.perf_counter() - t0
+    if pipe.auto_start:
+        kw["start"] = f"auto: t={pipe.settings.start or pipe.settings.num_steps or pipe.settings.s}, condition noise {pipe.last_noise:.4f}"
     desc = (f"DiffRAWPipeline.from_checkpoint({checkpoint!r}, "
             + ", ".join(f"{k}={v!r}" for k, v in kw.items() if v not in (None, False)) + ")"
             + f".process(centre crop {w}x{h} of the mosaic at row {top}, column {left}, seed={a.seed})")
