@@ -28,6 +28,8 @@ def fake_deb(tmp_path, pkg="plasma-workspace-wallpapers"):
         yy, xx = np.mgrid[0:h, 0:w]
         img = np.stack([xx / w, yy / h, 0.5 + 0.2 * np.sin(xx / 3.0)], -1) * 200 + rng.integers(0, 20, (h, w, 3))
         Image.fromarray(img.astype(np.uint8)).save(src / rel)
+    (src / "usr/share/wallpapers/Test/metadata.json").write_text(
+        json.dumps({"KPlugin": {"License": "LGPLv3", "Authors": [{"Name": "A. Photographer"}]}}))
     doc = src / "usr/share/doc" / pkg
     doc.mkdir(parents=True)
     (doc / "copyright").write_text("Files: *\nLicense: LGPL-3\n")
@@ -56,6 +58,7 @@ def test_fake_package_to_pairs(tmp_path, monkeypatch):
     assert s["photo_pairs"] + s["dead_leaves_pairs"] == 8 and s["photo_pairs"] >= 1
     assert res["photos"][1]["skipped_smaller_than_crop"] and res["photos"][1]["pairs"] == 0
     assert res["photos"][0]["pairs"] == s["photo_pairs"]
+    assert res["photos"][0]["licence"] == "LGPLv3" and res["photos"][0]["authors"] == ["A. Photographer"]
     for split, n in (("train", 6), ("test", 2)):
         for i in range(n):
             assert (out / split / "huawei_raw" / f"{i}.png").is_file()

@@ -14,8 +14,10 @@
    drawings, renders and abstract images of both packages are left out). A listed file
    that is missing stops the command.
 3. **Licences**: each package's ``usr/share/doc/<package>/copyright`` is copied to
-   ``OUT/LICENSES/<package>.copyright``; ``OUT/photos.json`` names every photograph, its
-   package and version, size and SHA-256, and the pairs made from it.
+   ``OUT/LICENSES/<package>.copyright`` (mate-backgrounds: GPL-2+, authors per file); ``OUT/photos.json``
+   names every photograph, its package and version, its own licence and authors where the
+   package gives them per wallpaper (plasma's ``metadata.json``: LGPLv3 for all 11 used), size and
+   SHA-256, and the pairs made from it.
 4. **Pairs** (deterministic per (seed, split, index)): with probability ``--photo_share`` a
    photograph (uniformly drawn) is the scene, else the textured dead leaves of
    ``synthetic_zrr.render_scene``. A photograph is downscaled by a random factor (its short
@@ -163,6 +165,22 @@ def find_photos(root: str, photos=PHOTOS) -> list:
     return [os.path.join(root, p) for p in photos]
 
 
+def photo_licence(root: str, rel_path: str) -> dict:
+    """A plasma wallpaper's own licence and authors from its ``metadata.json`` (KPlugin License,
+    Authors), {} for the mate photographs (their licence is in the package's copyright file, per
+    file)."""
+    parts = rel_path.split("/")
+    if "wallpapers" not in parts:
+        return {}
+    meta = os.path.join(root, *parts[:parts.index("wallpapers") + 2], "metadata.json")
+    if not os.path.isfile(meta):
+        return {}
+    with open(meta, encoding="utf-8") as f:
+        m = json.load(f)
+    k = m.get("KPlugin", m)
+    return {"licence": k.get("License"), "authors": [a.get("Name") for a in k.get("Authors", [])]}
+
+
 def package_of(rel_path: str) -> str:
     """The package a listed photograph comes from."""
     return "mate-backgrounds" if rel_path.startswith("usr/share/backgrounds/mate/") else "plasma-workspace-wallpapers"
@@ -297,8 +315,9 @@ def generate(out: str, root: str, num_train: int, num_test: int, size: int = 448
 
         with Image.open(p) as im:
             wh = list(im.size)
-        entries.append({"file": rel, "package": package_of(rel), "size": wh, "sha256": digest,
-                        "skipped_smaller_than_crop": kept[i] is None, "pairs": int(counts[i + 1])})
+        entries.append({"file": rel, "package": package_of(rel), **photo_licence(root, rel), "size": wh,
+                        "sha256": digest, "skipped_smaller_than_crop": kept[i] is None,
+                        "pairs": int(counts[i + 1])})
     summary = {"pairs": len(jobs), "photo_pairs": int(counts[1:].sum()), "dead_leaves_pairs": int(counts[0]),
                "photographs": len(paths), "photographs_skipped": skipped, "size": size, "seed": seed,
                "photo_share": photo_share, "clean_share": CLEAN_SHARE}
