@@ -1,8 +1,8 @@
 """Real photographs as clean targets, unprocessed into RAW pairs beside the textured dead leaves
 (issue 28, item 2), in the ZRR layout of ``synthetic_zrr``.
 
-    python -m diffraw_jax.data.photos --out data/photos_v1 --num_train 1024 --num_test 32 \\
-        [--photo_share 0.5] [--seed 0] [--debs data/debs] [--workers N]
+    python -m diffraw_jax.data.photos --out data/photos --num_train 1024 --num_test 32 \\
+        [--photo_share 0.5] [--seed 0] [--debs data/debs] [--workers N] [--warp]
 
 1. **Download** the Debian packages ``PACKAGES`` (``plasma-workspace-wallpapers``,
    ``mate-backgrounds``) with ``apt-get download`` into ``--debs`` (default
@@ -24,8 +24,8 @@
    side to 1-3 times the crop, never upscaled: the downscale removes the file's own noise
    and JPEG blocks, so the target is clean), a random square crop of ``size + 16`` px is
    cut from it, randomly flipped / rotated by 90 degrees, and unprocessed exactly as a
-   dead-leaves scene (``synthetic_zrr.unprocess``: misalignment warp, inverse tone curve and
-   colour matrix, white balance, optics blur, exposure, mosaic, lens shading, the sensor's
+   dead-leaves scene (``synthetic_zrr.unprocess``: pixel-aligned unless ``--warp``, inverse tone
+   curve and colour matrix, white balance, optics blur, exposure, mosaic, lens shading, the sensor's
    noise, clipping, 10 bits), each pair with its own calibration in ``calibration/<i>.json``.
    The sensor noise is drawn by ``draw_noise`` for every pair (photo or dead leaves): base
    ISO to ISO-3200-like, clean inputs well represented (docs/real-detail.md). A photograph
@@ -233,10 +233,14 @@ def photo_scene(photo: np.ndarray, rng: np.random.Generator, side: int) -> np.nd
     return np.ascontiguousarray(np.rot90(crop, int(rng.integers(4))))
 
 
-def make_example(seed: int, split: str, index: int, size: int, photos: list, photo_share: float):
+def make_example(seed: int, split: str, index: int, size: int, photos: list, photo_share: float,
+                 warp: bool = False):
     """One pair: (raw uint16 [size, size], dslr uint8 [size, size, 3], calibration dict, source),
     deterministic per (seed, split, index) given the same ``photos`` (arrays, in ``PHOTOS`` order;
-    None for a skipped one). ``source``: the photograph's index in ``photos``, or -1 for dead leaves."""
+    None for a skipped one). ``source``: the photograph's index in ``photos``, or -1 for dead leaves.
+    ``warp``: the ZRR-like misalignment of ``unprocess``; off by default (pixel-aligned pairs: the
+    data of calibrated models, whose condition comes from the RAW itself -- synthetic_zrr's
+    ``--aligned``; pretrained/demo/TRAINING.md stage 3)."""
     rng = np.random.default_rng([seed, synthetic_zrr.SPLIT_IDS[split], index, 28])
     side = size + 2 * MARGIN
     usable = [i for i, p in enumerate(photos) if p is not None]
@@ -248,7 +252,7 @@ def make_example(seed: int, split: str, index: int, size: int, photos: list, pho
         scene = synthetic_zrr.render_scene(rng, side)
     shot, read = draw_noise(rng)
     dslr = np.round(np.clip(scene[MARGIN:MARGIN + size, MARGIN:MARGIN + size], 0, 1) * 255).astype(np.uint8)
-    raw, info = synthetic_zrr.unprocess(scene, rng, margin=MARGIN, shot=shot, read=read)
+    raw, info = synthetic_zrr.unprocess(scene, rng, margin=MARGIN, shot=shot, read=read, warp=warp)
     return raw, dslr, synthetic_zrr.calibration(info), source
 
 
@@ -261,8 +265,8 @@ def _init(paths, size):
 
 
 def _work(args):
-    out, seed, split, index, size, share = args
-    raw, dslr, calib, source = make_example(seed, split, index, size, _PHOTOS, share)
+    out, seed, split, index, size, share, warp = args
+    raw, dslr, calib, source = make_example(seed, split, index, size, _PHOTOS, share, warp)
     synthetic_zrr.write_pair(out, split, index, raw, dslr, calib)
     return source
 
@@ -282,7 +286,7 @@ def usable_photos(paths: list, size: int) -> tuple:
 
 
 def generate(out: str, root: str, num_train: int, num_test: int, size: int = 448, seed: int = 0,
-             photo_share: float = 0.5, workers=None, photos=PHOTOS) -> dict:
+             photo_share: float = 0.5, workers=None, photos=PHOTOS, warp: bool = False) -> dict:
     """Writes the pairs and ``photos.json`` under ``out`` from the photographs under ``root``
     (extracted packages) -> the summary dict (counts of pairs from photographs and from dead leaves,
     photographs used and skipped)."""
@@ -297,7 +301,7 @@ def generate(out: str, root: str, num_train: int, num_test: int, size: int = 448
     for split, n in (("train", num_train), ("test", num_test)):
         for sub in ("huawei_raw", "canon", "calibration"):
             os.makedirs(os.path.join(out, split, sub), exist_ok=True)
-        jobs += [(out, seed, split, i, size, photo_share) for i in range(n)]
+        jobs += [(out, seed, split, i, size, photo_share, warp) for i in range(n)]
     workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     if workers == 1:
         _init(kept, size)
@@ -320,7 +324,7 @@ def generate(out: str, root: str, num_train: int, num_test: int, size: int = 448
                         "pairs": int(counts[i + 1])})
     summary = {"pairs": len(jobs), "photo_pairs": int(counts[1:].sum()), "dead_leaves_pairs": int(counts[0]),
                "photographs": len(paths), "photographs_skipped": skipped, "size": size, "seed": seed,
-               "photo_share": photo_share, "clean_share": CLEAN_SHARE}
+               "photo_share": photo_share, "clean_share": CLEAN_SHARE, "warp": warp}
     return {"summary": summary, "photos": entries}
 
 
@@ -334,6 +338,8 @@ def main(argv=None) -> int:
     p.add_argument("--photo_share", type=float, default=0.5, help="share of pairs made from photographs")
     p.add_argument("--debs", default="data/debs", help="where the .deb files go and are extracted (DEBS/root)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--warp", action="store_true",
+                   help="misaligned pairs (ZRR-like warp); default pixel-aligned, as calibrated models train")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     a = p.parse_args(argv)
     try:
@@ -348,7 +354,8 @@ def main(argv=None) -> int:
         versions = extract(download(a.debs), root)
         os.makedirs(a.out, exist_ok=True)
         copy_licences(root, a.out)
-        result = generate(a.out, root, a.num_train, a.num_test, a.size, a.seed, a.photo_share, a.workers)
+        result = generate(a.out, root, a.num_train, a.num_test, a.size, a.seed, a.photo_share, a.workers,
+                          warp=a.warp)
     except DataError as e:
         print(f"photos: error: {e}", file=sys.stderr)
         return 2
