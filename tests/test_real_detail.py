@@ -74,3 +74,15 @@ def test_auto_start_through_the_pipeline(tmp_path):
     assert starts[0] < starts[1] and starts[0] <= 10
     with pytest.raises(ValueError, match="step or 'auto'"):
         DiffRAWPipeline.from_checkpoint("pretrained/distill-1", start="sometimes")
+
+
+def test_cli_start_option():
+    """diffraw --start: a positive step or 'auto'; anything else is an argparse error (one line)."""
+    import argparse
+
+    from diffraw_jax.inference import cli
+
+    assert cli._start("auto") == "auto" and cli._start("12") == 12
+    for bad in ("0", "-3", "later"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli._start(bad)
