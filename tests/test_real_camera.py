@@ -138,7 +138,7 @@ def test_real_camera_script_on_a_crop_of_a_written_dng(tmp_path, capsys):
     rc_script = _load_script()
     out = tmp_path / "out"
     assert rc_script.main(["--input", str(dng), "--checkpoint", "pretrained/distill-1", "--crop", "224x160",
-                           "--out", str(out), "--jpeg_width", "300"]) == 0
+                           "--out", str(out), "--jpeg_width", "300", "--references"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["region"] == "centre crop 224x160 of the mosaic (row 18, column 16)"
     with rawpy.imread(str(dng)) as r:
@@ -148,11 +148,22 @@ def test_real_camera_script_on_a_crop_of_a_written_dng(tmp_path, capsys):
     assert sc["lattice_ratio"] == pytest.approx(sc["lattice_diffraw"] / sc["lattice_libraw"])
     de = sc["color_delta_e2000"]
     assert 0 <= de["median"] <= de["p95"] and de["mean"] > 0 and de["gain"] > 0
+    # the 100%-view rows: diffraw, c and LibRaw's DHT, the last recomputed here from rawpy
+    assert set(sc["detail"]) == {"diffraw", "condition", "libraw_dht"}
+    with rawpy.imread(str(dng)) as r:
+        dht = r.postprocess(use_camera_wb=True, output_bps=16, no_auto_bright=True, gamma=(2.4, 12.92),
+                            demosaic_algorithm=rawpy.DemosaicAlgorithm.DHT)[18:178, 16:240] / 65535.0
+    want = real_camera.detail_statistics(dht, ref)
+    for k in ("chroma_noise", "luma_noise", "detail_energy", "detail_correlation"):
+        assert sc["detail"]["libraw_dht"][k] == pytest.approx(want[k], rel=1e-4), k
     assert s["wall_s"] > 0 and s["machine"]["cpu_count"] >= 1
     assert s["baseline_exposure"] == 0.0 and s["exposure_used"] == 0.0 and s["exp_shift"] == 1.0
     assert "from_checkpoint" in s["diffraw_command"] and "no_auto_bright=True" in s["libraw_command"]
     md = (out / "summary.md").read_text()
     assert f"{de['mean']:.2f} / {de['median']:.2f} / {de['p95']:.2f}" in md
+    d = sc["detail"]["diffraw"]
+    assert (f"| diffraw | {d['chroma_noise']:.2f} | {d['luma_noise']:.2f} | {d['detail_energy']:.2f} "
+            f"| {d['detail_correlation']:.3f} |") in md and "| LibRaw DHT demosaic |" in md
     with Image.open(out / "side_by_side.jpg") as im:
         assert im.width <= 300 and im.width > 2 * im.height  # two 224x160 panels side by side, downscaled
     assert "colour dE2000 mean" in capsys.readouterr().out
