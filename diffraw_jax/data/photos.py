@@ -100,7 +100,7 @@ class DataError(RuntimeError):
 #: Share of pairs drawn in the "clean" (base-ISO) range.
 CLEAN_SHARE = 0.4
 #: 10-bit codes (white - black = 957): shot (codes per code of signal) and read (codes) ranges,
-#: log-uniform. Clean: a base-ISO camera (the shared DNG measures shot 0.022, read 0.14 on this
+#: log-uniform. Clean: a base-ISO camera (the shared DNG measures shot 0.021, read 0.20 on this
 #: scale); noisy: up to an ISO-3200-like file.
 CLEAN_SHOT, CLEAN_READ = (0.01, 0.1), (0.05, 0.5)
 NOISY_SHOT, NOISY_READ = (0.1, 2.5), (0.5, 4.0)
