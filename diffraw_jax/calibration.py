@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffraw_jax import batches, color, isp_classic
+from diffraw_jax import batches, color, isp_classic, raw
 
 #: The condition a DiffRAW model is trained with (config ``model.condition``).
 CONDITIONS = ("paper", "calibrated")
@@ -140,6 +140,30 @@ def highlight_rolloff(x, baseline_exposure):
     x1, a, b, c = rolloff_coefficients(safe)
     curve = jnp.where(x < x1, x * safe, a * jnp.cbrt(x) + b * x + c)
     return jnp.where(ev >= ROLLOFF_MIN_EV, jnp.clip(curve, 0.0, 1.0), linear)
+
+
+#: Slope of the sRGB curve at linear mid-grey 0.18: 1.055 / 2.4 * 0.18 ** (1 / 2.4 - 1).
+SRGB_SLOPE_MID_GREY = 1.055 / 2.4 * 0.18 ** (1.0 / 2.4 - 1.0)
+
+
+def condition_noise(planes, exposure_ev: float) -> float:
+    """The noise std of a frame's condition c at mid-grey, in sRGB units of [0, 1] (float; nan when
+    the frame's noise cannot be measured).
+
+    ``planes``: the frame's normalised RAW planes [h, w, 4] in [0, 1] (before white balance and
+    exposure); ``exposure_ev``: the EV it is rendered at (``inference_exposure``). The RAW noise
+    is ``raw.noise_profile``'s (variance = shot * x + read**2); a mid-grey output (linear 0.18,
+    the green channel, whose white-balance gain is 1) comes from x = 0.18 / 2**EV, so its linear
+    std is 2**EV * sqrt(shot * x + read**2), and through the sRGB curve (slope
+    ``SRGB_SLOPE_MID_GREY`` = 1.196 there) the sRGB std. Demosaicking and the colour matrix
+    change it by a factor of order one, which this first-order figure leaves out.
+    """
+    prof = raw.noise_profile(np.asarray(planes, np.float64))
+    if not np.isfinite(prof["shot"]):
+        return float("nan")
+    gain = 2.0 ** float(exposure_ev)
+    x = 0.18 / gain
+    return float(gain * np.sqrt(prof["shot"] * x + prof["read"] ** 2) * SRGB_SLOPE_MID_GREY)
 
 
 def calibrated_condition(balanced: jax.Array, ccm: jax.Array) -> jax.Array:

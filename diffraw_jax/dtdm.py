@@ -58,6 +58,7 @@ __all__ = [
     "ddim_step",
     "ddpm_reverse_step",
     "sampling_timesteps",
+    "start_for_noise",
     "sample",
     "METHODS",
     "OBJECTIVES",
@@ -388,6 +389,24 @@ def sampling_timesteps(s: int, num_steps: int) -> np.ndarray:
     return ts
 
 
+def start_for_noise(schedule: Schedule, s: int, sigma01: float) -> int:
+    """The start step whose noise matches an input noise of std ``sigma01`` (sRGB units of [0, 1]):
+    the smallest t in [1, s] with 0.5 * sqrt((1 - ab_t) / ab_t) >= sigma01, or s when none
+    (or when ``sigma01`` is not finite). Not in the paper (docs/real-detail.md "The start step
+    from the file's noise"): starting at m_t = sqrt(ab_t) x + sqrt(1 - ab_t) z and jumping to
+    y_hat = m_t / sqrt(ab_t) - ..., the start adds noise of std sqrt((1 - ab_t) / ab_t) in the
+    model's [-1, 1] range, half that in [0, 1]; at this t it just covers the input's own noise.
+    Python int."""
+    s = int(s)
+    if not np.isfinite(sigma01):
+        return s
+    ab = np.asarray(schedule.alpha_bars, np.float64)[1:s + 1]
+    om = np.asarray(schedule.one_minus_alpha_bars, np.float64)[1:s + 1]
+    added = 0.5 * np.sqrt(om / ab)
+    hits = np.nonzero(added >= float(sigma01))[0]
+    return int(hits[0] + 1) if hits.size else s
+
+
 def _check_static_int(name: str, value, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be a Python int (it sets the loop length), got {type(value).__name__}")
@@ -406,6 +425,7 @@ def sample(
     method: str = "dtdm",
     num_steps: int | None = None,
     eta: float = 0.0,
+    start: int | None = None,
 ) -> Array:
     """Draws y_hat from the reverse process, starting from x noised to step s.
 
@@ -430,6 +450,12 @@ def sample(
           to step s, for a network trained on the plain epsilon target. num_steps
           must be None or s.
       num_steps: see ``method``.
+      start: "dtdm_ddim" only (not in the paper; docs/real-detail.md): the step the
+        deterministic sampler starts from, 1 <= start <= s (default s). The start point is
+        m_start ~ N(sqrt(ab_start) x, (1 - ab_start) I) -- eq. 18 with y replaced by x, exact
+        only at start = s -- and ``num_steps`` (<= start) strided steps go from start to 0.
+        A smaller start adds less noise to x, so more of x (its detail and its noise) stays.
+        For "dtdm" the start is ``num_steps`` itself (Algorithm 2 from m_n).
 
     Returns:
       y_hat with the shape of x, float32. One ``lax.scan``: the denoiser is traced
@@ -437,6 +463,9 @@ def sample(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if start is not None and method != "dtdm_ddim":
+        raise ValueError(f"start is a 'dtdm_ddim' option; method {method!r} starts at "
+                         "num_steps ('dtdm') or s ('ddpm')")
     s = _check_static_int("s", s, 1, schedule.num_timesteps)
     n = s if num_steps is None else _check_static_int("num_steps", num_steps, 1, s)
     x = jnp.asarray(x, jnp.float32)
@@ -471,8 +500,11 @@ def sample(
         return out
 
     # dtdm_ddim
-    ts = sampling_timesteps(s, n)
-    start = q_sample(schedule, x, x, s, normal(key_start, x.shape), s)
+    t0 = s if start is None else _check_static_int("start", start, 1, s)
+    if n > t0:
+        raise ValueError(f"num_steps ({n}) must be <= start ({t0})")
+    ts = sampling_timesteps(t0, n)
+    start = q_sample(schedule, x, x, t0, normal(key_start, x.shape), s)
     stochastic = eta != 0.0
 
     def body(m, tt):

@@ -23,7 +23,7 @@ def make_sampler(model, schedule: dtdm.Schedule, settings: "factory.SamplerSetti
     """``fn(params, w, c, x, key) -> y_hat`` (``dtdm.sample`` with the U-Net as denoiser).
 
     ``settings``: the validated sampler (``factory.sampler_settings``): ``dtdm.sample``
-    with its ``method`` and ``num_steps`` from step ``s``.
+    with its ``method`` and ``num_steps`` from step ``s`` (``start`` for dtdm_ddim).
 
     w: packed RAW [B, H/2, W/2, 4] in [0, 1]; c, x: [B, H, W, 3] in [-1, 1]
     (x = c = G(w) at test time, Algorithm 2 lines 1-2); y_hat: [B, H, W, 3]
@@ -53,7 +53,8 @@ def make_sampler(model, schedule: dtdm.Schedule, settings: "factory.SamplerSetti
                 f = inner(m, t)
                 jax.debug.callback(lambda _: on_step(), t)
                 return f
-        return dtdm.sample(denoise, schedule, x, s, key, method=method, num_steps=num_steps, eta=eta)
+        return dtdm.sample(denoise, schedule, x, s, key, method=method, num_steps=num_steps, eta=eta,
+                           start=settings.start)
 
     return jax.jit(sample_fn) if jit else sample_fn
 

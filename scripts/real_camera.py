@@ -25,7 +25,12 @@ Renders the RAW file two ways:
 
 Scores (``diffraw_jax.evaluation.metrics.real_camera``): the low-pass colour difference of the diffraw
 output against the reference (CIEDE2000 after Gaussian low-passes of ``--sigma`` px and one
-exposure gain: mean, median, p95), and the 16-px lattice statistic of both and their ratio.
+exposure gain: mean, median, p95), the 16-px lattice statistic of both and their ratio, and the
+100%-view statistics of issue 28 (``detail_statistics``: chroma noise, luma noise, detail energy,
+detail correlation against LibRaw AHD after registration and matched tone curves). With
+``--references`` the 100%-view table also scores the model's own condition c and LibRaw's DHT
+demosaic (another classical rendering) against the same reference. With ``--crop`` the extra
+arguments may also be ``--start T`` (a dtdm_ddim sampler started at step T; docs/real-detail.md).
 
 Writes ``OUT/summary.json``, ``OUT/summary.md`` (the numbers, the wall time of the diffraw
 rendering, the commands, the date and the machine) and ``OUT/side_by_side.jpg`` (diffraw |
@@ -88,12 +93,15 @@ def baseline_exposure(path: str):
     return asked, asked
 
 
-def libraw_reference(path: str, *, exp_shift=None, oriented: bool = True) -> np.ndarray:
+def libraw_reference(path: str, *, exp_shift=None, oriented: bool = True, demosaic=None) -> np.ndarray:
     """LibRaw's rendering (``LIBRAW_ARGS``, ``exp_shift`` if given) as float32 [H, W, 3] in [0, 1];
-    ``oriented=False``: in sensor layout (``user_flip=0``)."""
+    ``oriented=False``: in sensor layout (``user_flip=0``); ``demosaic``: a
+    ``rawpy.DemosaicAlgorithm`` other than LibRaw's default AHD."""
     import rawpy
 
     kw = dict(LIBRAW_ARGS)
+    if demosaic is not None:
+        kw["demosaic_algorithm"] = demosaic
     if exp_shift is not None:
         kw["exp_shift"] = float(exp_shift)
         kw["exp_preserve_highlights"] = 1.0
@@ -149,38 +157,83 @@ def _pipeline_args(extra):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tile", type=int)
     p.add_argument("--other-sampler", action="store_true")
+    p.add_argument("--start", type=lambda v: v if v == "auto" else int(v))
     a, unknown = p.parse_known_args(extra)
     if unknown:
         raise ValueError(f"with --crop the diffraw arguments may be --method, --steps, --color, --seed, "
-                         f"--tile, --other-sampler; not {' '.join(unknown)}")
+                         f"--tile, --other-sampler, --start; not {' '.join(unknown)}")
     return a
 
 
-def render_crop(dng: str, checkpoint: str, crop, extra, exposure: float) -> tuple:
-    """The centre crop of the mosaic through DiffRAWPipeline -> (sRGB float32 [h, w, 3] in sensor
-    layout, wall seconds, a description of the call, (top, left, h, w), LibRaw's flip code)."""
-    from diffraw_jax.inference import DiffRAWPipeline, camera
+def crop_frame(dng: str, crop, exposure: float):
+    """(the centre crop of the file's mosaic as a BayerFrame in sensor layout (flip 0) rendered at
+    ``exposure`` EV, (top, left, h, w), the file's LibRaw flip code); ``crop`` None: the whole
+    mosaic (still at ``exposure``, still flip 0)."""
+    from diffraw_jax.inference import camera
 
-    a = _pipeline_args(extra)
     frame = camera.read_camera_raw(dng)
-    top, left, h, w = crop_box(*frame.mosaic.shape, crop)
-    flip = frame.flip
+    if crop is None:
+        top, left, (h, w) = 0, 0, frame.mosaic.shape
+    else:
+        top, left, h, w = crop_box(*frame.mosaic.shape, crop)
     sub = camera.BayerFrame(mosaic=frame.mosaic[top:top + h, left:left + w], cfa=frame.cfa,
                             black_level=frame.black_level, white_level=frame.white_level,
                             wb_gains=frame.wb_gains, ccm=frame.ccm, flip=0,
                             baseline_exposure=exposure,  # the whole frame's (``baseline_exposure``)
                             color_source=frame.color_source)
-    kw = dict(method=a.method, num_steps=a.steps, color=a.color, other_sampler=a.other_sampler)
+    return sub, (top, left, h, w), frame.flip
+
+
+def render_crop(dng: str, checkpoint: str, crop, extra, exposure: float) -> tuple:
+    """The centre crop of the mosaic through DiffRAWPipeline -> (sRGB float32 [h, w, 3] in sensor
+    layout, wall seconds, a description of the call, (top, left, h, w), LibRaw's flip code)."""
+    from diffraw_jax.inference import DiffRAWPipeline
+
+    a = _pipeline_args(extra)
+    sub, (top, left, h, w), flip = crop_frame(dng, crop, exposure)
+    kw = dict(method=a.method, num_steps=a.steps, color=a.color, other_sampler=a.other_sampler, start=a.start)
     if a.tile is not None:
         kw["tile"] = a.tile or None
     t0 = time.perf_counter()
     pipe = DiffRAWPipeline.from_checkpoint(checkpoint, **kw)
     out = pipe.process(sub, seed=a.seed)
     wall = time.perf_counter() - t0
+    if pipe.auto_start:
+        kw["start"] = f"auto: t={pipe.settings.start or pipe.settings.num_steps or pipe.settings.s}, condition noise {pipe.last_noise:.4f}"
     desc = (f"DiffRAWPipeline.from_checkpoint({checkpoint!r}, "
             + ", ".join(f"{k}={v!r}" for k, v in kw.items() if v not in (None, False)) + ")"
             + f".process(centre crop {w}x{h} of the mosaic at row {top}, column {left}, seed={a.seed})")
     return out, wall, desc, (top, left, h, w), flip
+
+
+def reference_renderings(dng: str, checkpoint: str, crop, exposure: float, exp_shift: float) -> dict:
+    """The two other renderings the 100%-view table compares, of the crop (``crop`` None: the whole
+    mosaic), oriented like LibRaw's output, sRGB float32 [H, W, 3] in [0, 1]:
+
+    * ``condition``: the model's own condition c (no network runs): for a calibrated model the
+      classical ISP with the file's calibration at ``exposure`` EV (``DiffRAWPipeline.inputs``);
+    * ``libraw_dht``: LibRaw with ``LIBRAW_ARGS`` and ``exp_shift`` but the DHT demosaic."""
+    import rawpy
+
+    from diffraw_jax.inference import DiffRAWPipeline, camera
+
+    sub, (top, left, h, w), flip = crop_frame(dng, crop, exposure)
+    pipe = DiffRAWPipeline.from_checkpoint(checkpoint)
+    prepared = camera.prepare_frame(sub)
+    _, cond = pipe.inputs(prepared, sub)
+    cond = camera.finish(cond, prepared)  # sensor layout (the frame's flip is 0)
+    dht = libraw_reference(dng, exp_shift=exp_shift, oriented=False,
+                           demosaic=rawpy.DemosaicAlgorithm.DHT)[top:top + h, left:left + w]
+    return {"condition": camera.orient(cond, flip), "libraw_dht": camera.orient(dht, flip)}
+
+
+def detail_rows(out: np.ndarray, ref: np.ndarray, references: dict) -> dict:
+    """The 100%-view statistics (``real_camera.detail_statistics``) of diffraw's ``out`` and of each
+    of ``references`` (name -> sRGB image of the same region) against LibRaw's ``ref``."""
+    rows = {"diffraw": real_camera.detail_statistics(out, ref)}
+    for name, img in references.items():
+        rows[name] = real_camera.detail_statistics(img, ref)
+    return rows
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, path: str, max_width: int = 1600, gap: int = 8) -> None:
@@ -210,8 +263,10 @@ def machine() -> dict:
     return info
 
 
-def evaluate(out01: np.ndarray, ref01: np.ndarray, sigma: float, period: int) -> dict:
-    """The issue's statistics of ``out01`` against LibRaw's ``ref01`` (both [H, W, 3] in [0, 1])."""
+def evaluate(out01: np.ndarray, ref01: np.ndarray, sigma: float, period: int, references=None) -> dict:
+    """The statistics of issues 21 and 28 of ``out01`` against LibRaw's ``ref01`` (both [H, W, 3] in
+    [0, 1]): colour, lattice, and the 100%-view ``detail`` rows (diffraw and each of ``references``,
+    name -> image)."""
     if out01.shape != ref01.shape:
         raise ValueError(f"diffraw's output {out01.shape} and LibRaw's rendering {ref01.shape} differ in size")
     lat_out = real_camera.lattice_statistic(out01, period)
@@ -219,7 +274,12 @@ def evaluate(out01: np.ndarray, ref01: np.ndarray, sigma: float, period: int) ->
     return {"color_delta_e2000": real_camera.low_pass_color_difference(out01, ref01, sigma),
             "lowpass_sigma_px": sigma, "lattice_period_px": period,
             "lattice_diffraw": lat_out, "lattice_libraw": lat_ref,
-            "lattice_ratio": lat_out / lat_ref if lat_ref > 0 else float("inf")}
+            "lattice_ratio": lat_out / lat_ref if lat_ref > 0 else float("inf"),
+            "detail": detail_rows(out01, ref01, references or {})}
+
+
+#: Row names of the 100%-view table in summary.md.
+ROW_NAMES = {"diffraw": "diffraw", "condition": "the model's condition c", "libraw_dht": "LibRaw DHT demosaic"}
 
 
 def write_summary(out_dir: str, summary: dict) -> None:
@@ -240,6 +300,14 @@ def write_summary(out_dir: str, summary: dict) -> None:
         f"| lattice statistic: LibRaw | {s['lattice_libraw']:.2f} |",
         f"| lattice ratio diffraw / LibRaw | {s['lattice_ratio']:.1f} |",
         f"| diffraw wall time | {summary['wall_s']:.1f} s |",
+        "",
+        "100%-view statistics against LibRaw AHD (ratios after registration and matched tone curves; "
+        "`real_camera.detail_statistics`):",
+        "",
+        "| rendering | chroma noise | luma noise | detail energy | detail correlation |",
+        "|---|---|---|---|---|",
+        *[f"| {ROW_NAMES.get(k, k)} | {d['chroma_noise']:.2f} | {d['luma_noise']:.2f} | {d['detail_energy']:.2f} "
+          f"| {d['detail_correlation']:.3f} |" for k, d in s["detail"].items()],
         "",
         f"- diffraw: `{summary['diffraw_command']}`",
         f"- LibRaw: `{summary['libraw_command']}`",
@@ -268,6 +336,8 @@ def main(argv=None) -> int:
     p.add_argument("--sigma", type=float, default=real_camera.LOWPASS_SIGMA, help="low-pass sigma, px")
     p.add_argument("--period", type=int, default=16, help="lattice period, px")
     p.add_argument("--jpeg_width", type=int, default=1600)
+    p.add_argument("--references", action="store_true",
+                   help="also score the model's condition c and LibRaw's DHT demosaic against LibRaw AHD")
     a = p.parse_args(argv)
     try:
         if not os.path.isfile(a.input):
@@ -280,19 +350,24 @@ def main(argv=None) -> int:
         libraw_cmd = (f"rawpy.imread({a.input!r}).postprocess("
                       + ", ".join(f"{k}={v!r}" for k, v in LIBRAW_ARGS.items())
                       + (f", exp_shift={exp_shift:.4g}, exp_preserve_highlights=1.0" if exp_shift is not None else "") + ")")
+        from diffraw_jax.inference import camera
+
+        references = {}
         if crop is None:
             out, wall, cmd = render_cli(a.input, a.checkpoint, extra)
             ref = libraw_reference(a.input, exp_shift=exp_shift)
             region = f"whole frame {out.shape[1]}x{out.shape[0]}"
+            box, flip = (0, 0) + ref.shape[:2], None
         else:
-            from diffraw_jax.inference import camera
-
-            out, wall, cmd, (top, left, h, w), flip = render_crop(a.input, a.checkpoint, crop, extra, ev_used)
+            out, wall, cmd, box, flip = render_crop(a.input, a.checkpoint, crop, extra, ev_used)
+            top, left, h, w = box
             ref = libraw_reference(a.input, exp_shift=exp_shift, oriented=False)[top:top + h, left:left + w]
             out, ref = camera.orient(out, flip), camera.orient(ref, flip)
-            libraw_cmd += f" (user_flip=0), the same crop, then oriented"
+            libraw_cmd += " (user_flip=0), the same crop, then oriented"
             region = f"centre crop {w}x{h} of the mosaic (row {top}, column {left})"
-        scores = evaluate(out, ref, a.sigma, a.period)
+        if a.references:
+            references = reference_renderings(a.input, a.checkpoint, crop, ev_used, exp_shift)
+        scores = evaluate(out, ref, a.sigma, a.period, references)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"real_camera.py: error: {e}", file=sys.stderr)
         return 2
@@ -307,6 +382,9 @@ def main(argv=None) -> int:
     de = scores["color_delta_e2000"]
     print(f"colour dE2000 mean {de['mean']:.2f} (median {de['median']:.2f}, p95 {de['p95']:.2f}); lattice "
           f"{scores['lattice_diffraw']:.2f} vs LibRaw {scores['lattice_libraw']:.2f}; {wall:.1f} s -> {a.out}")
+    for k, d in scores["detail"].items():
+        print(f"{ROW_NAMES.get(k, k)}: chroma noise {d['chroma_noise']:.2f}, luma noise {d['luma_noise']:.2f}, "
+              f"detail energy {d['detail_energy']:.2f}, correlation {d['detail_correlation']:.3f} (vs LibRaw AHD)")
     return 0
 
 

@@ -433,6 +433,11 @@ def main(argv=None) -> int:
     p.add_argument("--synthetic", type=int, default=6, help="also score this many synthetic scenes (0: none)")
     p.add_argument("--no_control", action="store_true", help="skip the photos through the training camera")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", default=None, metavar="SHOT,READ",
+                   help=f"the cameras' sensor noise in 10-bit codes (default {CAMERA['shot']},{CAMERA['read']}: "
+                   "ISO-800-like; e.g. 0.03,0.15 for a base-ISO file like ../shared's DNG)")
+    p.add_argument("--start", default=None, metavar="T|auto",
+                   help="the sampler's start step (dtdm_ddim; docs/real-detail.md); default s")
     a = p.parse_args(argv)
     if a.synthetic < 0:
         p.error(f"--synthetic must be >= 0, got {a.synthetic}")
@@ -446,8 +451,18 @@ def main(argv=None) -> int:
     from diffraw_jax.inference import DiffRAWPipeline
 
     t0 = time.time()
+    if a.noise:
+        try:
+            shot, read = (float(v) for v in a.noise.split(","))
+        except ValueError:
+            p.error(f"--noise must be SHOT,READ (two numbers), got {a.noise!r}")
+        if shot < 0 or read < 0:
+            p.error(f"--noise values must be >= 0, got {a.noise!r}")
+        CAMERA.update(shot=shot, read=read)
+        TRAINING_CAMERA.update(shot=shot, read=read)
+    start = None if a.start is None else (a.start if a.start == "auto" else int(a.start))
     pipe = DiffRAWPipeline.from_checkpoint(a.model, method=a.method, num_steps=a.steps if a.steps > 0 else None,
-                                           tile="train")
+                                           tile="train", start=start)
     if pipe.tile is not None and a.size < max(pipe.tile):
         p.error(f"--size {a.size} is smaller than the model's tile (its training crop, {max(pipe.tile)} px)")
     os.makedirs(a.out, exist_ok=True)

@@ -414,3 +414,27 @@ def test_import_is_light():
             "bad = [m for m in ('tensorflow', 'tensorflow_datasets', 'clu', 'grain', 'orbax', 'PIL', 'rawpy', "
             "'scipy', 'dm_pix') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ddim_start_step_adds_the_noise_of_that_step():
+    """dtdm_ddim from ``start`` t0 with one step and a denoiser that returns 0: the start point is
+    sqrt(ab_t0) x + sqrt(1 - ab_t0) z and the jump to 0 divides by sqrt(ab_t0), so the output is
+    x + sqrt((1 - ab_t0) / ab_t0) z. ab from the paper's linear betas, computed here in float64."""
+    betas = np.linspace(1e-6, 1e-2, 2000)
+    x = jnp.zeros((1, 32, 32, 3), jnp.float32) + 0.25
+    zero = lambda m, t: jnp.zeros_like(m)  # noqa: E731
+    for t0 in (5, 25, 100):
+        ab = np.prod(1.0 - betas[:t0])
+        out = dtdm.sample(zero, PAPER, x, 100, jax.random.key(0), method="dtdm_ddim", num_steps=1, start=t0)
+        dev = np.asarray(out - x)
+        assert abs(dev.mean()) < 0.05 * np.sqrt((1 - ab) / ab)
+        assert dev.std() == pytest.approx(np.sqrt((1 - ab) / ab), rel=0.05), t0
+    full = dtdm.sample(zero, PAPER, x, 100, jax.random.key(0), method="dtdm_ddim", num_steps=4)
+    same = dtdm.sample(zero, PAPER, x, 100, jax.random.key(0), method="dtdm_ddim", num_steps=4, start=100)
+    np.testing.assert_array_equal(np.asarray(full), np.asarray(same))
+    with pytest.raises(ValueError, match="must be <= start"):
+        dtdm.sample(zero, PAPER, x, 100, jax.random.key(0), method="dtdm_ddim", num_steps=4, start=3)
+    with pytest.raises(ValueError, match="start is a 'dtdm_ddim' option"):
+        dtdm.sample(zero, PAPER, x, 100, jax.random.key(0), method="dtdm", num_steps=4, start=4)
+    with pytest.raises(ValueError, match=r"start must be in \[1, 100\]"):
+        dtdm.sample(zero, PAPER, x, 100, jax.random.key(0), method="dtdm_ddim", num_steps=1, start=101)

@@ -35,6 +35,7 @@ RULES = {
     "make pretrained": "Makefile target, run by hand (made pretrained/demo; pretrained/demo/TRAINING.md)",
     "make install": ".ci/run (make test installs first)",
     "python -m diffraw_jax.data.synthetic_zrr": "workflow",
+    "python -m diffraw_jax.data.photos": "tests/test_photos.py::test_fake_package_to_pairs",  # a fake .deb: no network
     "python -m tfds_zrr.build": "workflow",
     "python -m tfds_zrr.calibrate": "tests/test_calibrate.py::test_estimates_the_shared_ccm_and_each_pairs_gains_and_exposure",
     "tfds build": "workflow",

@@ -138,7 +138,7 @@ def test_real_camera_script_on_a_crop_of_a_written_dng(tmp_path, capsys):
     rc_script = _load_script()
     out = tmp_path / "out"
     assert rc_script.main(["--input", str(dng), "--checkpoint", "pretrained/distill-1", "--crop", "224x160",
-                           "--out", str(out), "--jpeg_width", "300"]) == 0
+                           "--out", str(out), "--jpeg_width", "300", "--references"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["region"] == "centre crop 224x160 of the mosaic (row 18, column 16)"
     with rawpy.imread(str(dng)) as r:
@@ -148,11 +148,22 @@ def test_real_camera_script_on_a_crop_of_a_written_dng(tmp_path, capsys):
     assert sc["lattice_ratio"] == pytest.approx(sc["lattice_diffraw"] / sc["lattice_libraw"])
     de = sc["color_delta_e2000"]
     assert 0 <= de["median"] <= de["p95"] and de["mean"] > 0 and de["gain"] > 0
+    # the 100%-view rows: diffraw, c and LibRaw's DHT, the last recomputed here from rawpy
+    assert set(sc["detail"]) == {"diffraw", "condition", "libraw_dht"}
+    with rawpy.imread(str(dng)) as r:
+        dht = r.postprocess(use_camera_wb=True, output_bps=16, no_auto_bright=True, gamma=(2.4, 12.92),
+                            demosaic_algorithm=rawpy.DemosaicAlgorithm.DHT)[18:178, 16:240] / 65535.0
+    want = real_camera.detail_statistics(dht, ref)
+    for k in ("chroma_noise", "luma_noise", "detail_energy", "detail_correlation"):
+        assert sc["detail"]["libraw_dht"][k] == pytest.approx(want[k], rel=1e-4), k
     assert s["wall_s"] > 0 and s["machine"]["cpu_count"] >= 1
     assert s["baseline_exposure"] == 0.0 and s["exposure_used"] == 0.0 and s["exp_shift"] == 1.0
     assert "from_checkpoint" in s["diffraw_command"] and "no_auto_bright=True" in s["libraw_command"]
     md = (out / "summary.md").read_text()
     assert f"{de['mean']:.2f} / {de['median']:.2f} / {de['p95']:.2f}" in md
+    d = sc["detail"]["diffraw"]
+    assert (f"| diffraw | {d['chroma_noise']:.2f} | {d['luma_noise']:.2f} | {d['detail_energy']:.2f} "
+            f"| {d['detail_correlation']:.3f} |") in md and "| LibRaw DHT demosaic |" in md
     with Image.open(out / "side_by_side.jpg") as im:
         assert im.width <= 300 and im.width > 2 * im.height  # two 224x160 panels side by side, downscaled
     assert "colour dE2000 mean" in capsys.readouterr().out
@@ -161,3 +172,90 @@ def test_real_camera_script_on_a_crop_of_a_written_dng(tmp_path, capsys):
                            "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "too short" in err[0]
+
+
+# ---- the 100%-view statistics of issue 28 (detail_statistics) ----------------------------------
+
+def _flat_and_textured(seed=0, size=160, noise=0.004):
+    """sRGB [size, size, 3]: a constant grey left half (the flat set lies there) and a fine
+    coloured texture on the right half, plus white noise of std ``noise`` on every channel."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    base = np.full((size, size, 3), 0.5)
+    tex = gaussian_filter(rng.standard_normal((size, size)), 1.0) * 0.8
+    base[:, size // 2:] += tex[:, size // 2:, None] * np.array([1.0, 0.8, 0.6])
+    base = np.clip(base, 0.05, 0.95)
+    return base + noise * rng.standard_normal(base.shape), rng
+
+
+def test_detail_statistics_of_identical_images_are_one():
+    ref, _ = _flat_and_textured()
+    d = real_camera.detail_statistics(ref, ref)
+    assert (d["chroma_noise"], d["luma_noise"], d["detail_energy"]) == (1.0, 1.0, 1.0)
+    assert d["detail_correlation"] == pytest.approx(1.0, abs=1e-12)
+    assert d["shift"] == pytest.approx([0.0, 0.0], abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_added_noise_raises_the_noise_ratios_as_computed(seed):
+    """Independent white noise of std 2 sigma0 on a reference carrying sigma0: every linear
+    high-pass of it (L*, a*, b* are linear in small noise) has variance sigma0**2 + (2 sigma0)**2
+    times the reference's, so both ratios are sqrt(1 + 4) = 2.236; detail stays (energy ~1 + the
+    noise's small share in the band, correlation ~1)."""
+    s0 = 0.004
+    ref, rng = _flat_and_textured(seed, noise=s0)
+    img = ref + 2 * s0 * rng.standard_normal(ref.shape)
+    d = real_camera.detail_statistics(img, ref)
+    assert d["luma_noise"] == pytest.approx(np.sqrt(5.0), rel=0.05)
+    assert d["chroma_noise"] == pytest.approx(np.sqrt(5.0), rel=0.05)
+    assert d["detail_energy"] == pytest.approx(1.0, abs=0.02) and d["detail_correlation"] > 0.99
+
+
+def test_a_blur_lowers_detail_energy_and_keeps_correlation_and_noise_drops():
+    """A Gaussian blur of sigma 1 px multiplies the band-pass (DoG 0.7/2.5 px) of a sigma-1
+    texture by well under 1: energy < 0.7; the band-pass keeps its shape: correlation > 0.9; the
+    noise high-pass falls too."""
+    from scipy.ndimage import gaussian_filter
+
+    ref, _ = _flat_and_textured()
+    d = real_camera.detail_statistics(gaussian_filter(ref, (1.0, 1.0, 0)), ref)
+    assert d["detail_energy"] < 0.7 and d["detail_correlation"] > 0.9
+    assert d["luma_noise"] < 0.5 and d["chroma_noise"] < 0.5
+
+
+def test_a_shifted_copy_is_registered():
+    """np.roll by (3, -2) px: the shift is found (to 0.01 px) and the statistics are those of the
+    identical image; without registration they are not (the detail decorrelates)."""
+    ref, _ = _flat_and_textured()
+    moved = np.roll(ref, (3, -2), axis=(0, 1))
+    assert real_camera.estimate_shift(moved, ref) == pytest.approx((3.0, -2.0), abs=0.01)
+    d = real_camera.detail_statistics(moved, ref)
+    for k in ("chroma_noise", "luma_noise", "detail_energy", "detail_correlation"):
+        assert d[k] == pytest.approx(1.0, abs=0.002), k
+    assert real_camera.detail_statistics(moved, ref, register_images=False)["detail_correlation"] < 0.3
+
+
+def test_tone_curves_take_out_exposure_and_gamma_but_not_noise():
+    """A rendering that is the reference through 0.7 x**1.5 (darker, steeper) is matched back: the
+    noise ratios come back to ~1 and the detail energy from ~0.55 (unmatched) to > 0.8 (the curve
+    is fitted on sigma-4 blurs, which bend a little over this strong 1-px texture). The fitted curve
+    is monotone and, on identical images, the identity (also beyond its end knots)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(2)
+    ramp = np.linspace(0.15, 0.85, 160)[:, None, None] * np.ones((160, 160, 3))
+    ramp[:, 80:] += gaussian_filter(rng.standard_normal((160, 160)), 1.0)[:, 80:, None] * 0.5
+    ref = np.clip(ramp, 0.02, 0.98) + 0.004 * rng.standard_normal(ramp.shape)
+    img = 0.7 * ref ** 1.5
+    d = real_camera.detail_statistics(img, ref)
+    assert d["luma_noise"] == pytest.approx(1.0, abs=0.08) and d["chroma_noise"] == pytest.approx(1.0, abs=0.08)
+    assert d["detail_energy"] > 0.8 and d["detail_correlation"] > 0.98
+    assert real_camera.detail_statistics(img, ref, match_tone=False)["detail_energy"] < 0.6
+    curves = real_camera.fit_tone_curves(img, ref)
+    assert all(np.all(np.diff(ky) >= 0) and np.all(np.diff(kx) > 0) for kx, ky in curves)
+    x = np.linspace(-0.1, 1.1, 7)[:, None, None] * np.ones((1, 1, 3))
+    same = real_camera.fit_tone_curves(ref, ref)
+    np.testing.assert_allclose(real_camera.apply_tone_curves(x, same), x, atol=1e-12)
+    with pytest.raises(ValueError, match="differ"):
+        real_camera.detail_statistics(ref, ref[:100])

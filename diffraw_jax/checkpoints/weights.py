@@ -87,9 +87,9 @@ class LoadedModel:
         return factory.count_params(self.params)
 
     def sampler_settings(self, method=None, num_steps=None, *,
-                         other_than_distilled: bool = False) -> factory.SamplerSettings:
+                         other_than_distilled: bool = False, start=None) -> factory.SamplerSettings:
         return factory.sampler_settings(self.config, method, num_steps,
-                                        other_than_distilled=other_than_distilled)
+                                        other_than_distilled=other_than_distilled, start=start)
 
 
 # ---------------------------------------------------------------------------

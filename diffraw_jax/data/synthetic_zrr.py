@@ -437,7 +437,9 @@ def unprocess(scene_srgb: np.ndarray, rng: np.random.Generator, *, margin: int =
     signal = mosaic * exposure * (WHITE_LEVEL - BLACK_LEVEL)
     shot = _log_uniform(rng, *SHOT_RANGE) if shot is None else float(shot)
     read = _log_uniform(rng, *READ_RANGE) if read is None else float(read)
-    noisy = signal + np.sqrt(shot * signal + read**2) * rng.standard_normal(signal.shape)
+    # max(.., 0): the optics blur (an FFT Gaussian cut at Nyquist) rings a few % below zero beside
+    # bright edges at small sigma, where shot * signal + read**2 can go negative (its sqrt NaN)
+    noisy = signal + np.sqrt(np.maximum(shot * signal + read**2, 0.0)) * rng.standard_normal(signal.shape)
     # the sensor saturates at the white level (clipped highlights), codes stop at 10 bits
     raw = np.clip(np.round(np.minimum(noisy, WHITE_LEVEL - BLACK_LEVEL) + BLACK_LEVEL), 0, MAX_CODE)
     raw = raw.astype(np.uint16)

@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--other-sampler", action="store_true",
                    help="let a distilled student run another --method/--steps than the one it was "
                    "distilled for (it was not trained for it: expect a worse picture)")
+    p.add_argument("--start", type=_start, default=None, metavar="T|auto",
+                   help="dtdm_ddim: start sampling at step T < s (less noise added to the condition, more "
+                   "of its detail and noise kept); auto: per file, from its measured noise "
+                   "(docs/real-detail.md; calibrated models). Default: s")
     p.add_argument("--step", type=int, default=None, metavar="N",
                    help="a workdir's checkpoint step (default: the latest)")
     p.add_argument("--color", default=None, metavar="calibrated|g|classic|IMAGE",
@@ -520,6 +524,19 @@ def share_of_this_process(files: List[str], failures: list) -> Tuple[List[str], 
     return mine, (failures if i == 0 else [])
 
 
+def _start(text: str):
+    """--start: "auto" or a positive int (argparse type)."""
+    if text == "auto":
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a step (a positive integer) or 'auto', got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def _load_pipeline(args):
     from diffraw_jax.inference.pipeline import DiffRAWPipeline
 
@@ -527,7 +544,7 @@ def _load_pipeline(args):
     return DiffRAWPipeline.from_checkpoint(
         args.checkpoint, method=args.method, num_steps=args.steps, color=color,
         tile="train" if args.tile is None else args.tile, overlap=args.overlap, batch=args.batch,
-        eta=args.eta, step=args.step, other_sampler=args.other_sampler)
+        eta=args.eta, step=args.step, other_sampler=args.other_sampler, start=args.start)
 
 
 def process_file(pipe, path: str, out: str, args) -> int:
@@ -548,6 +565,9 @@ def process_file(pipe, path: str, out: str, args) -> int:
     if pipe.calibrated_model:
         log.info("%s: colour from %s; exposure %+.2f EV", os.path.basename(path), frame.color_source,
                  pipe.last_exposure)
+    if pipe.auto_start:
+        log.info("%s: condition noise %.4f at mid-grey -> sampler %s", os.path.basename(path),
+                 pipe.last_noise, pipe.label)
     img = pipe.sample_planes(planes, cond, seed=args.seed, progress=not args.quiet)
     meta = outputs.Metadata(
         outputs.describe_colour(pipe.color, frame.color_source, args.color, pipe.calibrated_model),

@@ -88,6 +88,9 @@ class DiffRAWPipeline:
         self._samplers = {}
         self._bar = None
         self.last_exposure = 0.0  # the EV of the last calibrated frame (calibrated_inputs)
+        self.auto_start = False   # from_checkpoint(start="auto"): the start step per frame
+        self.base_settings = settings
+        self.last_noise = float("nan")  # auto start: the last frame's condition noise (sRGB, [0, 1])
         self._color_fn = sampling.make_color_condition(color_model if color == "g" else None, color_params)
 
     # ---- construction ----------------------------------------------------
@@ -95,7 +98,8 @@ class DiffRAWPipeline:
     def from_checkpoint(cls, path: str, *, method: Optional[str] = None, num_steps: Optional[int] = None,
                         color: Optional[str] = None, tile="train", overlap: Optional[int] = None, batch: int = 4,
                         eta: float = 0.0, use_ema: Optional[bool] = None,
-                        step: Optional[int] = None, other_sampler: bool = False) -> "DiffRAWPipeline":
+                        step: Optional[int] = None, other_sampler: bool = False,
+                        start=None) -> "DiffRAWPipeline":
         """Loads a weights folder or a training workdir (read-only, ``weights.load_inference``).
 
         ``method``/``num_steps``: default what the model's config asks for
@@ -109,7 +113,10 @@ class DiffRAWPipeline:
         min(64, tile / 4) rounded down to even. ``use_ema``: default the
         config's ``sample.use_ema``; ``step``: a workdir's checkpoint step.
         ``other_sampler``: let a distilled student run a sampler other than the one it
-        was distilled for (otherwise a ValueError saying which that is).
+        was distilled for (otherwise a ValueError saying which that is). ``start``: the step a
+        dtdm_ddim sampler starts from (``factory.sampler_settings``; default s), or "auto": per
+        frame, from the frame's measured noise (``auto_start``; a calibrated model only; for
+        method "dtdm" it sets the ancestral steps instead, Algorithm 2 from m_t).
         Raises FileNotFoundError, ValueError or RuntimeError (see ``load_inference``).
         """
         loaded = weights.load_inference(path, use_ema=use_ema, step=step, color_net=False)
@@ -118,7 +125,14 @@ class DiffRAWPipeline:
         color = check_color(color, loaded.condition, path)
         if color == "g":
             loaded.color_net = weights.find_color_net(loaded.config, path)
-        settings = loaded.sampler_settings(method, num_steps, other_than_distilled=other_sampler)
+        auto = isinstance(start, str)
+        if auto and start != "auto":
+            raise ValueError(f"start must be a step or 'auto', got {start!r}")
+        if auto and loaded.condition != "calibrated":
+            raise ValueError("start 'auto' measures the noise of the calibrated condition; "
+                             f"{path} is not a calibrated model")
+        settings = loaded.sampler_settings(method, num_steps, other_than_distilled=other_sampler,
+                                           start=None if auto else start)
         if isinstance(tile, str):
             if tile != "train":
                 raise ValueError(f"tile must be 'train', a size, (H, W) or None, got {tile!r}")
@@ -131,10 +145,12 @@ class DiffRAWPipeline:
             raise ValueError(f"color 'g' needs a trained colour network G, but {path} names none "
                              f"(color_net.workdir {loaded.config.color_net.workdir!r}); "
                              "use color 'classic' or an image")
-        return cls(loaded.model, loaded.params, loaded.schedule, settings, eta=eta, color=color,
+        pipe = cls(loaded.model, loaded.params, loaded.schedule, settings, eta=eta, color=color,
                    color_model=g.model if g else None, color_params=g.params if g else None,
                    tile=tile, overlap=overlap, batch=batch, config=loaded.config, step=loaded.step,
                    condition=loaded.condition)
+        pipe.auto_start = auto
+        return pipe
 
     def _check_tile(self, tile: Tuple[int, int]) -> None:
         th, tw = tile
@@ -144,8 +160,8 @@ class DiffRAWPipeline:
 
     @property
     def num_evaluations(self) -> int:
-        """Network evaluations per tile: the sampler's step count."""
-        return self.num_steps or self.s
+        """Network evaluations per tile: the sampler's step count (the last frame's under auto start)."""
+        return self.settings.num_steps or self.settings.s
 
     # ---- colour condition ----------------------------------------------------
     def condition(self, prepared: camera.PreparedFrame, *, wb_gains=None, ccm=None,
@@ -190,9 +206,9 @@ class DiffRAWPipeline:
         progress bar). Its host callback keeps XLA from storing it in the persistent
         compilation cache, so it is used only when a bar is shown; without one the
         sampler has no callback and a second run loads it from the cache."""
-        fn = self._samplers.get((plan, progress))
+        fn = self._samplers.get((plan, progress, self.settings))
         if fn is None:
-            fn = self._samplers[(plan, progress)] = sampling.make_sampler(
+            fn = self._samplers[(plan, progress, self.settings)] = sampling.make_sampler(
                 self.model, self.schedule, self.settings, eta=self.eta, plan=plan,
                 on_step=self._tick if progress else None, tile_sharding=self.sharding(plan))
         return fn
@@ -239,6 +255,22 @@ class DiffRAWPipeline:
             self._bar = None
         return out.astype(np.float32)
 
+    def auto_start_settings(self, planes, exposure_ev: float) -> factory.SamplerSettings:
+        """The sampler for one frame under ``start="auto"`` (docs/real-detail.md): the start step
+        t = ``dtdm.start_for_noise`` of the condition's noise at mid-grey
+        (``calibration.condition_noise`` of the frame's normalised planes [h, w, 4] at
+        ``exposure_ev``). dtdm_ddim: starts at t with min(steps, t) steps; dtdm: t ancestral steps
+        (Algorithm 2 from m_t); t = s leaves the sampler as it is. Sets ``last_noise``."""
+        base = self.base_settings
+        self.last_noise = calibration.condition_noise(planes, exposure_ev)
+        t = dtdm.start_for_noise(self.schedule, base.s, self.last_noise)
+        if t >= base.s or base.method == "ddpm":
+            return base
+        if base.method == "dtdm":
+            return base._replace(num_steps=t, label=f"{base.label}, auto start t={t}")
+        return base._replace(num_steps=min(base.num_steps or base.s, t), start=t,
+                             label=f"{base.label}, auto start t={t}")
+
     # ---- entry points --------------------------------------------------------
     def calibrated_inputs(self, prepared: camera.PreparedFrame, frame: camera.BayerFrame):
         """A calibrated model's inputs: (balanced planes float32 [h, w, 4] in [0, 1], condition
@@ -258,7 +290,8 @@ class DiffRAWPipeline:
     def inputs(self, prepared: camera.PreparedFrame, frame: camera.BayerFrame, color_image=None):
         """(planes [h, w, 4], condition [2h, 2w, 3]), float32 in [0, 1], of a prepared frame: the
         planes as prepared (balanced by the frame's calibration for a calibrated model,
-        ``calibrated_inputs``) and the pipeline's colour condition (or ``color_image``).
+        ``calibrated_inputs``) and the pipeline's colour condition (or ``color_image``). Under
+        ``start="auto"`` it also sets the frame's sampler (``auto_start_settings``).
         ``warnings.warn`` when the colour used was guessed (``frame.color_source`` starts with
         ``camera.FALLBACK``: gray world, identity, a daylight default)."""
         if color_image is None and self.color in ("classic", "calibrated") and \
@@ -266,6 +299,9 @@ class DiffRAWPipeline:
             warnings.warn(f"colour guessed: {frame.color_source[len(camera.FALLBACK):]}", UserWarning, stacklevel=3)
         if self.calibrated_model:
             planes, cond = self.calibrated_inputs(prepared, frame)
+            if self.auto_start:
+                self.settings = self.auto_start_settings(prepared.planes, self.last_exposure)
+                self.label = self.settings.label
             if color_image is not None:
                 cond = self.condition(prepared, color_image=color_image)
             return planes, cond

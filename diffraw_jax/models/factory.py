@@ -194,10 +194,11 @@ class SamplerSettings(NamedTuple):
     num_steps: Optional[int]   # None: all s steps
     s: int
     label: str                 # e.g. "DTDM-100", "DTDM-93 (s=100)", "DTDM-DDIM-10", "DDPM-100"
+    start: Optional[int] = None  # dtdm_ddim: the step sampling starts from (None: s; dtdm.sample)
 
 
 def sampler_settings(config, method: Optional[str] = None, num_steps: Optional[int] = None, *,
-                     other_than_distilled: bool = False) -> SamplerSettings:
+                     other_than_distilled: bool = False, start: Optional[int] = None) -> SamplerSettings:
     """The sampler a DiffRAW config asks for, with explicit overrides: the one validator.
 
     Defaults come from the config: ``diffusion.objective = "ddpm"`` (a network
@@ -212,8 +213,25 @@ def sampler_settings(config, method: Optional[str] = None, num_steps: Optional[i
     sampler, its config's (e.g. DTDM-DDIM-1): any other method or step count is a
     ValueError saying what it was distilled for, unless ``other_than_distilled``
     (the caller then warns; the label says "student of ...").
+
+    ``start``: the step a "dtdm_ddim" sampler starts from (``dtdm.sample``; 1..s, default
+    s; docs/real-detail.md): ValueError for another method or a step count above it. A
+    start below s is allowed for a distilled student too (its one step then jumps from
+    there); the label says "from t=START".
     """
     method, num_steps, s = _resolve_sampler(config, method, num_steps)
+    if start is not None:
+        start = int(start)
+        if method != "dtdm_ddim":
+            raise ValueError(f"a start step is a dtdm_ddim option, not {method!r}'s "
+                             "(method 'dtdm' starts at num_steps)")
+        if not 1 <= start <= s:
+            raise ValueError(f"start must be in [1, s={s}], got {start}")
+        if (num_steps or s) > start:
+            raise ValueError(f"{num_steps or s} steps cannot start from t={start}; "
+                             f"ask for at most {start} steps")
+        if start == s:
+            start = None
     if method == "dtdm":
         label = f"DTDM-{s}" if num_steps is None else f"DTDM-{num_steps} (s={s})"
     elif method == "dtdm_ddim":
@@ -232,7 +250,9 @@ def sampler_settings(config, method: Optional[str] = None, num_steps: Optional[i
                 "drop --method/--steps (or pass --other-sampler to run it anyway)")
         else:
             label = f"{label} (student of {own})"
-    return SamplerSettings(method, num_steps, s, label)
+    if start is not None:
+        label = f"{label} from t={start}"
+    return SamplerSettings(method, num_steps, s, label, start)
 
 
 def _resolve_sampler(config, method: Optional[str], num_steps: Optional[int]):
