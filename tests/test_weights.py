@@ -248,7 +248,7 @@ def test_sampler_settings_honour_the_config(trained, tmp_path):
     cfg = test_config.get_config()
     assert factory.sampler_settings(cfg).label == "DTDM-20"
     cfg.sample.num_steps = 15
-    assert factory.sampler_settings(cfg) == ("dtdm", 15, 20, "DTDM-15 (s=20)")
+    assert factory.sampler_settings(cfg) == ("dtdm", 15, 20, "DTDM-15 (s=20)", None)
     cfg.sample.method = "dtdm_ddim"
     assert factory.sampler_settings(cfg).label == "DTDM-DDIM-15"
     assert factory.sampler_settings(cfg, "dtdm", 20).num_steps is None
