@@ -8,6 +8,9 @@ With ``fsdp = 1`` this is plain data parallelism.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -93,3 +96,58 @@ def broadcast_bytes(data: bytes) -> bytes:
     if jax.process_index() == 0:
         buf[:n] = np.frombuffer(data, np.uint8)
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf)).astype(np.uint8)[:n])
+
+
+# ---------------------------------------------------------------------------
+# Processes that must agree (several hosts: one program each).
+
+#: How long ``process_values`` waits for the other processes (they start together).
+AGREE_WAIT_S = 600
+_exchanges = itertools.count()  # every process calls in the same order: the same keys
+
+
+def coordination_client():
+    """jax.distributed's client of the coordination service (its key-value store and barriers;
+    no public name: orbax's multihost helpers reach it the same way)."""
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def process_values(value: str, wait_s: float = AGREE_WAIT_S) -> list:
+    """Every process's ``value`` (a short string), in process order, through jax.distributed's
+    key-value store: no device collective, so it works on any backend (CPU without gloo
+    included) and a process that never comes is an error after ``wait_s``, not a hang.
+    ``[value]`` on one process. Every process must call it, in the same order.
+    Raises RuntimeError (one line) when another process does not answer."""
+    n, i = jax.process_count(), jax.process_index()
+    if n == 1:
+        return [value]
+    key = f"diffraw/values/{next(_exchanges)}"
+    client = coordination_client()
+    try:
+        client.key_value_set(f"{key}/{i}", value)
+        return [client.blocking_key_value_get(f"{key}/{j}", int(wait_s * 1000)) for j in range(n)]
+    except Exception as e:  # noqa: BLE001 -- jaxlib's errors: a process that never came
+        raise RuntimeError(f"the processes could not compare their values ({' '.join(str(e).split())[:200]})")
+
+
+def check_processes_agree(role: str = "evaluation", hint: str = "", **values) -> None:
+    """ValueError (one line, on every process) when the processes of a multi-process run do
+    not all pass the same ``values`` (e.g. config=its JSON, checkpoint_step=6): each is
+    hashed and the hashes are exchanged (``process_values``). A no-op on one process.
+    ``role`` names the run in the message ("evaluation", "training"); ``hint`` replaces its
+    advice (default: the same --config, overrides, --workdir and checkpoint)."""
+    if jax.process_count() == 1:
+        return
+    names = sorted(values)
+    mine = [hashlib.sha256(str(values[k]).encode()).hexdigest()[:16] for k in names]
+    every = [json.loads(v) for v in process_values(json.dumps(mine))]
+    bad = [k for j, k in enumerate(names) if len({e[j] for e in every}) > 1]
+    if bad:
+        shown = ", ".join(f"{k}={values[k]}" for k in bad if not k.startswith("config"))
+        raise ValueError(
+            f"the {jax.process_count()} {role} processes disagree on {', '.join(bad)}"
+            + (f" (process {jax.process_index()} has {shown})" if shown else "")
+            + ": " + (hint or "start every process with the same --config, overrides and --workdir, "
+                      "on the same checkpoint"))

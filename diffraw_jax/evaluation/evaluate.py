@@ -24,7 +24,7 @@ the mesh's data axes. The outputs are gathered once per batch, process 0
 alone computes the metrics and writes files, and every process returns its summary
 (``parallel.broadcast_bytes``). The processes must
 agree on the config, the checkpoint step and the number of images
-(``check_processes_agree``: a ValueError in one line otherwise).
+(``parallel.check_processes_agree``: a ValueError in one line otherwise).
 
 Randomness is per example: image ``i`` of the split (its global index) samples
 with ``fold_in(key(seed + 1), i)`` (``dtdm.sample`` with one key per example), so
@@ -35,7 +35,6 @@ DiffRAW rows' draws, and hence their numbers, differ from tables of that time.)
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -169,30 +168,6 @@ class ShardedSampler:
         return {name: np.asarray(v, np.float32)[:b] for name, v in out.items()}
 
 
-def check_processes_agree(role: str = "evaluation", hint: str = "", **values) -> None:
-    """ValueError (one line, on every process) when the processes of a multi-process run do
-    not all pass the same ``values`` (e.g. config=its JSON, checkpoint_step=6): each is
-    hashed and the hashes are gathered from every process. A no-op on one process.
-    ``role`` names the run in the message ("evaluation", "training"); ``hint`` replaces its
-    advice (default: the same --config, overrides, --workdir and checkpoint)."""
-    if jax.process_count() == 1:
-        return
-    from jax.experimental import multihost_utils
-
-    names = sorted(values)
-    digest = lambda v: np.frombuffer(hashlib.sha256(str(v).encode()).digest()[:4], np.int32)[0]  # noqa: E731
-    mine = np.array([digest(values[k]) for k in names], np.int32)
-    every = np.asarray(multihost_utils.process_allgather(mine))  # [process_count, len(names)]
-    bad = [k for j, k in enumerate(names) if len(set(every[:, j].tolist())) > 1]
-    if bad:
-        shown = ", ".join(f"{k}={values[k]}" for k in bad if not k.startswith("config"))
-        raise ValueError(
-            f"the {jax.process_count()} {role} processes disagree on {', '.join(bad)}"
-            + (f" (process {jax.process_index()} has {shown})" if shown else "")
-            + ": " + (hint or "start every process with the same --config, overrides and --workdir, "
-                      "on the same checkpoint"))
-
-
 NIQE_MIN_SIZE = 192  # two 96-px patches at the half scale
 
 
@@ -241,7 +216,7 @@ def write_tables(summary, out_dir):
 
 
 def _config_sections(config) -> dict:
-    """{"config.<section>": its JSON} (sorted keys) for ``check_processes_agree``."""
+    """{"config.<section>": its JSON} (sorted keys) for ``parallel.check_processes_agree``."""
     d = json.loads(config.to_json_best_effort(sort_keys=True))
     return {f"config.{k}": json.dumps(v, sort_keys=True) for k, v in d.items()}
 
@@ -254,7 +229,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
 
     e = config.eval
     lead = jax.process_index() == 0  # the one process that writes files and prints
-    check_processes_agree(**_config_sections(config))  # before any process loads or reads anything
+    parallel.check_processes_agree(**_config_sections(config))  # before any process loads or reads anything
     out_dir = as_path(workdir) / "eval" / split  # local (absolute) or gs://
     model_path = e.model or workdir  # a weights folder or another workdir, read-only
     loaded = weights.load_inference(model_path, use_ema=config.sample.use_ema, color_net=False)
@@ -287,7 +262,7 @@ def evaluate(config, workdir: str, *, split: str = "test", data_source=None) -> 
     if data_source is None:
         data_source = input_pipeline.load_data_sources(config)[1 if split == "test" else 0]
     n = len(data_source) if e.num_images <= 0 else min(e.num_images, len(data_source))
-    check_processes_agree(checkpoint_step=step, num_images=n)
+    parallel.check_processes_agree(checkpoint_step=step, num_images=n)
     if n == 0:
         raise ValueError(f"the {split} split is empty")
 

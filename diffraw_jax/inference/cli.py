@@ -442,8 +442,6 @@ SHUTDOWN_TIMEOUT_ENV = "DIFFRAW_SHUTDOWN_TIMEOUT_S"
 # The end-of-run wait for the other hosts: longer than any share takes. A host that dies ends
 # it sooner (JAX's heartbeats, 100 s, fail the wait of every other host).
 END_WAIT_S = 7 * 24 * 3600
-# How long the hosts wait for each other's input lists at the start.
-INPUTS_WAIT_S = 600
 
 
 def start_processes(args) -> Optional[str]:
@@ -461,31 +459,24 @@ def start_processes(args) -> Optional[str]:
     return None
 
 
-def _coordination_client():
-    """jax.distributed's client of the coordination service (its key-value store and barriers;
-    no public name: orbax's multihost helpers reach it the same way)."""
-    from jax._src import distributed
-
-    return distributed.global_state.client
-
-
 def inputs_differ(files: Sequence[str]) -> Optional[str]:
     """None when every process has the same input list (the same file names in the same order:
     each renders its share of it, ``share_of_this_process``), else why not; compared through
-    jax.distributed's key-value store, so every process learns it. One process: None."""
+    jax.distributed's key-value store (``parallel.process_values``), so every process learns
+    it. One process: None."""
     import jax
+
+    from diffraw_jax import parallel
 
     n, i = jax.process_count(), jax.process_index()
     if n == 1:
         return None
     names = [os.path.basename(f) for f in files]
     mine = f"{len(names)} {hashlib.sha256(chr(0).join(names).encode()).hexdigest()[:16]}"
-    client = _coordination_client()
     try:
-        client.key_value_set(f"diffraw/inputs/{i}", mine)
-        theirs = [client.blocking_key_value_get(f"diffraw/inputs/{j}", INPUTS_WAIT_S * 1000) for j in range(n)]
-    except Exception as e:  # noqa: BLE001 -- jaxlib's errors: a process that never came
-        return f"the processes could not compare their inputs ({' '.join(str(e).split())[:200]})"
+        theirs = parallel.process_values(mine)
+    except RuntimeError as e:
+        return str(e)
     other = next((j for j in range(n) if theirs[j] != mine), None)
     if other is None:
         return None
@@ -502,8 +493,10 @@ def wait_for_every_process() -> Optional[str]:
     once. Returns why the wait failed (another process died), or None."""
     import jax
 
+    from diffraw_jax import parallel
+
     try:
-        _coordination_client().wait_at_barrier("diffraw/end", END_WAIT_S * 1000)
+        parallel.coordination_client().wait_at_barrier("diffraw/end", END_WAIT_S * 1000)
         jax.distributed.shutdown()
     except Exception as e:  # noqa: BLE001 -- jaxlib's errors
         return " ".join(str(e).split())[:300]

@@ -457,12 +457,11 @@ def _load_data(config, data_sources):
     carry its calibration, and every process reads the same data (their record counts and first
     and last records compared with a collective). ValueError in one line on every process."""
     from diffraw_jax.data import input_pipeline
-    from diffraw_jax.evaluation import evaluate
 
     train_src, test_src = data_sources if data_sources is not None else input_pipeline.load_data_sources(config)
     if config.task == "diffraw" and factory.model_condition(config) == "calibrated":
         _check_calibrated_data(train_src, config)
-    evaluate.check_processes_agree(
+    parallel.check_processes_agree(
         role="training", hint="give every process the same dataset (--config.data.name, data_dir, split)",
         train_data=input_pipeline.source_fingerprint(train_src),
         test_data=input_pipeline.source_fingerprint(test_src))
