@@ -362,8 +362,10 @@ def _err(path: str, reason) -> None:
 
 
 CACHE_ENV = "DIFFRAW_CACHE_DIR"
-# The cache's size bound: JAX deletes the least recently used programs beyond it
-# (``jax_compilation_cache_max_size``; JAX's own JAX_COMPILATION_CACHE_MAX_SIZE wins when set).
+# The cache's size bound: at start, the least recently used programs beyond it are deleted
+# (``prune_compilation_cache``) down to 3/4 of it. Not JAX's own LRU bound
+# (``jax_compilation_cache_max_size``): it needs ``filelock`` and fails on every write in a
+# cache folder written without it (its ``-atime`` files missing).
 CACHE_MAX_BYTES = 2 << 30
 
 
@@ -372,7 +374,7 @@ def enable_compilation_cache() -> Optional[str]:
     ``$DIFFRAW_CACHE_DIR`` or ``~/.cache/diffraw-jax/jax`` (JAX's own ``JAX_COMPILATION_CACHE_DIR``
     wins when set; ``DIFFRAW_CACHE_DIR=off`` turns it off). Every program is cached, however
     fast it compiled, unless JAX's own thresholds are set in the environment. The folder is
-    bounded to ``CACHE_MAX_BYTES`` (least recently used programs go first). Returns the folder."""
+    kept under ``CACHE_MAX_BYTES`` (``prune_compilation_cache``). Returns the folder."""
     import jax
 
     folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get(CACHE_ENV) or os.path.join(
@@ -389,9 +391,41 @@ def enable_compilation_cache() -> Optional[str]:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES" not in os.environ:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
-        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    removed = prune_compilation_cache(folder, CACHE_MAX_BYTES)
+    if removed:
+        log.info("compilation cache %s: removed %d least recently used programs (bound %.1f GiB)",
+                 folder, removed, CACHE_MAX_BYTES / 2**30)
     return folder
+
+
+def prune_compilation_cache(folder: str, max_bytes: int) -> int:
+    """Deletes the least recently used files of ``folder`` (by access time, then modification
+    time) until what is left is at most 3/4 of ``max_bytes``, when it holds more than
+    ``max_bytes``. Files another process removes meanwhile are skipped. Returns how many it
+    deleted."""
+    entries = []
+    with os.scandir(folder) as it:
+        for e in it:
+            try:
+                if e.is_file(follow_symlinks=False):
+                    st = e.stat(follow_symlinks=False)
+                    entries.append((max(st.st_atime, st.st_mtime), st.st_size, e.path))
+            except OSError:
+                continue
+    total = sum(size for _, size, _ in entries)
+    if total <= max_bytes:
+        return 0
+    removed = 0
+    for _, size, path in sorted(entries):
+        if total <= max_bytes * 3 // 4:
+            break
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        total -= size
+        removed += 1
+    return removed
 
 
 class CompileStats:
