@@ -168,12 +168,17 @@ def _pipeline_args(extra):
 def crop_frame(dng: str, crop, exposure: float):
     """(the centre crop of the file's mosaic as a BayerFrame in sensor layout (flip 0) rendered at
     ``exposure`` EV, (top, left, h, w), the file's LibRaw flip code); ``crop`` None: the whole
-    mosaic (still at ``exposure``, still flip 0)."""
+    mosaic (still at ``exposure``, still flip 0) with the file's DefaultCrop, whose box is
+    returned (what diffraw's whole-frame output covers)."""
+    import dataclasses
+
     from diffraw_jax.inference import camera
 
     frame = camera.read_camera_raw(dng)
     if crop is None:
-        top, left, (h, w) = 0, 0, frame.mosaic.shape
+        top, left, h, w = frame.crop if frame.crop is not None else (0, 0) + frame.mosaic.shape
+        return (dataclasses.replace(frame, flip=0, baseline_exposure=exposure), (top, left, h, w),
+                frame.flip)
     else:
         top, left, h, w = crop_box(*frame.mosaic.shape, crop)
     sub = camera.BayerFrame(mosaic=frame.mosaic[top:top + h, left:left + w], cfa=frame.cfa,

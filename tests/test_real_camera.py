@@ -174,6 +174,41 @@ def test_real_camera_script_on_a_crop_of_a_written_dng(tmp_path, capsys):
     assert len(err) == 1 and "too short" in err[0]
 
 
+def test_real_camera_script_whole_frame_of_a_dng_with_a_default_crop(tmp_path):
+    """The whole-frame path with --references on a DNG whose DefaultCrop (origin (12, 8), 224x160
+    of a 256x176 mosaic) diffraw applies: every rendering (diffraw, LibRaw AHD, c, LibRaw DHT)
+    covers the crop, and the DHT row equals the statistics recomputed here from rawpy's DHT
+    rendering cut to that crop."""
+    import json
+
+    import rawpy
+    from pidng.core import Tag
+
+    from diffraw_jax.data import synthetic_zrr
+    from test_camera_files import _write
+
+    mosaic, _ = synthetic_zrr.make_pair(0, "test", 3, 256)
+    codes = (64 + mosaic[:176, :256].astype(np.float64) / 1023.0 * 3900).astype(np.uint16)
+    dng = _write(tmp_path / "crop.dng", codes, neutral=(0.55, 1, 0.7),
+                 extra=[(Tag.DefaultCropOrigin[0], Tag.DefaultCropOrigin[1], [12, 8]),
+                        (Tag.DefaultCropSize[0], Tag.DefaultCropSize[1], [224, 160])])
+    rc_script = _load_script()
+    out = tmp_path / "out"
+    assert rc_script.main(["--input", str(dng), "--checkpoint", "pretrained/distill-1", "--out", str(out),
+                           "--jpeg_width", "300", "--references"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["region"] == "whole frame 224x160"
+    with rawpy.imread(str(dng)) as r:
+        kw = dict(use_camera_wb=True, output_bps=16, no_auto_bright=True, gamma=(2.4, 12.92), exp_shift=1.0,
+                  exp_preserve_highlights=1.0)
+        ref = r.postprocess(**kw)[8:168, 12:236] / 65535.0
+        dht = r.postprocess(demosaic_algorithm=rawpy.DemosaicAlgorithm.DHT, **kw)[8:168, 12:236] / 65535.0
+    want = real_camera.detail_statistics(dht, ref)
+    got = s["scores"]["detail"]["libraw_dht"]
+    for k in ("chroma_noise", "luma_noise", "detail_energy", "detail_correlation"):
+        assert got[k] == pytest.approx(want[k], rel=1e-4), k
+
+
 # ---- the 100%-view statistics of issue 28 (detail_statistics) ----------------------------------
 
 def _flat_and_textured(seed=0, size=160, noise=0.004):
