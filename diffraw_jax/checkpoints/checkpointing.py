@@ -37,7 +37,6 @@ import time
 from typing import Any, Optional
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -272,12 +271,9 @@ _OUTCOMES = ("ok", "damaged", "storage")
 
 def _agree(outcome: str) -> str:
     """The worst outcome over every process (storage > damaged > ok)."""
-    if jax.process_count() == 1:
-        return outcome
-    from jax.experimental import multihost_utils
+    from diffraw_jax import parallel
 
-    codes = np.asarray(multihost_utils.process_allgather(np.int32(_OUTCOMES.index(outcome))))
-    return _OUTCOMES[int(codes.max())]
+    return max(parallel.process_values(outcome), key=_OUTCOMES.index)
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps) -> None:

@@ -442,11 +442,9 @@ def _check_lock(lock, workdir: str) -> None:
     when any of them finds that the lock is no longer this run's."""
     why = lock.lost() if lock is not None else None
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        seen = np.asarray(multihost_utils.process_allgather(np.int32(why is not None)))
-        if why is None and seen.any():
-            why = (f"the lock of {workdir} was taken by another trainer (process {int(np.argmax(seen))} "
+        seen = [bool(v) for v in parallel.process_values("1" if why else "")]
+        if why is None and any(seen):
+            why = (f"the lock of {workdir} was taken by another trainer (process {seen.index(True)} "
                    "found it); stopped without saving")
     if why:
         raise workdir_lock.WorkdirLockedError(why)

@@ -232,11 +232,11 @@ def estimate_shift(img01, ref01, max_shift: int = MAX_SHIFT) -> tuple:
     return float(dy), float(dx)
 
 
-def register(img01, ref01, max_shift: int = MAX_SHIFT) -> tuple:
+def register(img01, ref01, max_shift: int = MAX_SHIFT, shift=None) -> tuple:
     """``img01`` moved onto ``ref01``: (img [h, w, C], ref [h, w, C]) float64, both cropped by
     ``max_shift`` px on every side.
 
-    The shift is :func:`estimate_shift`'s; its whole-pixel part moves the image exactly (a slice),
+    The shift is ``shift`` (dy, dx) when given (already estimated), else :func:`estimate_shift`'s; its whole-pixel part moves the image exactly (a slice),
     a fractional part (|f| > 1e-3) is applied as a Fourier phase ramp (``scipy.ndimage.fourier_shift``,
     all-pass: the noise power is kept, unlike an interpolation) on the image reflect-padded by 16 px.
     """
@@ -244,7 +244,7 @@ def register(img01, ref01, max_shift: int = MAX_SHIFT) -> tuple:
 
     img = np.asarray(img01, np.float64)
     ref = np.asarray(ref01, np.float64)
-    dy, dx = estimate_shift(img, ref, max_shift)
+    dy, dx = estimate_shift(img, ref, max_shift) if shift is None else shift
     iy, ix = int(np.round(dy)), int(np.round(dx))
     fy, fx = dy - iy, dx - ix
     if abs(fy) > 1e-3 or abs(fx) > 1e-3:
@@ -359,7 +359,7 @@ def detail_statistics(img01, ref01, *, register_images: bool = True, match_tone:
     shift = (0.0, 0.0)
     if register_images:
         shift = estimate_shift(o, r, max_shift)
-        o, r = register(o, r, max_shift)
+        o, r = register(o, r, max_shift, shift)  # one phase correlation, not two
     if match_tone:
         o = np.clip(apply_tone_curves(o, fit_tone_curves(o, r)), 0.0, 1.0)
     lab_o, lab_r = color.srgb_to_lab(o), color.srgb_to_lab(r)
