@@ -172,8 +172,20 @@ if __name__ == "__main__":
         assert f"pid {os.getpid()} on host" in str(e) and "renewed" in str(e), e
     first.check()
 
-    # --break_lock takes it: the old owner's renewal and check both learn it; release keeps the new one.
-    second = wl.WorkdirLock(wd, break_lock=True, renew_every=0).acquire()
+    # --break_lock takes it even when the owner renews between the taker's read and its write (the
+    # write's generation precondition fails once; the taker reads again and retries).
+    second = wl.WorkdirLock(wd, break_lock=True, renew_every=0)
+    real_read, reads = second._backend.read, []
+    def read_then_owner_renews():
+        got = real_read()
+        if not reads:
+            first.renew()
+        reads.append(got)
+        return got
+    second._backend.read = read_then_owner_renews
+    second.acquire()
+    assert len(reads) >= 2 and wl.holder(wd)["token"] == second.token, reads
+    # The old owner's renewal and check both learn it; release keeps the new one.
     time.sleep(0.6)
     assert first.lost_to is not None and first.lost_to["token"] == second.token  # found by a renewal
     try:

@@ -234,19 +234,25 @@ class _GcsLease:
         return new
 
     def acquire(self, record: dict, workdir, break_lock: bool) -> None:
-        owner, generation = self.read()
-        if owner or generation not in (b"", b"\x02"):  # \x02: tensorstore's "no such object"
-            age = time.time() - float(owner.get("renewed", 0))
-            if not break_lock and age <= self.lease_s:
-                raise WorkdirLockedError(_locked_message(
-                    workdir, owner, f" (its lease is renewed every minute and expires {self.lease_s / 60:.0f} min "
-                                    "after the last renewal)"))
-            why = "--break_lock" if break_lock else f"its lease expired {age / 60:.0f} min ago"
-            log.warning("taking over the lock of %s from %s: %s", workdir, describe(owner), why)
-        new = self._write(record, generation)
-        if not new:
-            raise WorkdirLockedError(_locked_message(workdir, self.read()[0], " (taken at the same moment)"))
-        self.generation = new
+        """Read, decide, write with the read generation as precondition; when the object changed in
+        between (a racing trainer, or the owner's renewal landing during a --break_lock or an expired
+        take-over) read again and decide again: a live new owner is refused, --break_lock retries."""
+        for _ in range(5):
+            owner, generation = self.read()
+            if owner or generation not in (b"", b"\x02"):  # \x02: tensorstore's "no such object"
+                age = time.time() - float(owner.get("renewed", 0))
+                if not break_lock and age <= self.lease_s:
+                    raise WorkdirLockedError(_locked_message(
+                        workdir, owner, f" (its lease is renewed every minute and expires {self.lease_s / 60:.0f} "
+                                        "min after the last renewal)"))
+                why = "--break_lock" if break_lock else f"its lease expired {age / 60:.0f} min ago"
+                log.warning("taking over the lock of %s from %s: %s", workdir, describe(owner), why)
+            new = self._write(record, generation)
+            if new:
+                self.generation = new
+                return
+        raise WorkdirLockedError(f"{workdir}: the lock changed hands 5 times while this trainer tried to "
+                                 "take it; one trainer per workdir")
 
     def renew(self, record: dict) -> Optional[dict]:
         """Rewrites the lease if it is still ours; else returns the new owner (no write)."""
