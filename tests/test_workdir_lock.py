@@ -134,6 +134,13 @@ from diffraw_jax.training import workdir_lock as wl
 wd = sys.argv[1]
 
 
+def wait_for(condition, what, timeout=60):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+
+
 def race(start_at, q):
     while time.time() < start_at:
         time.sleep(0.0005)
@@ -163,8 +170,7 @@ if __name__ == "__main__":
     first = wl.WorkdirLock(wd, renew_every=0.2).acquire()
     seen = wl.holder(wd)
     assert seen["token"] == first.token and seen["pid"] == os.getpid(), seen
-    time.sleep(1.0)
-    assert wl.holder(wd)["renewed"] > seen["renewed"]  # renewed by its thread
+    wait_for(lambda: wl.holder(wd)["renewed"] > seen["renewed"], "never renewed by its thread")
     try:
         wl.WorkdirLock(wd, renew_every=0).acquire()
         raise AssertionError("a second trainer got a held lease")
@@ -186,8 +192,8 @@ if __name__ == "__main__":
     second.acquire()
     assert len(reads) >= 2 and wl.holder(wd)["token"] == second.token, reads
     # The old owner's renewal and check both learn it; release keeps the new one.
-    time.sleep(0.6)
-    assert first.lost_to is not None and first.lost_to["token"] == second.token  # found by a renewal
+    wait_for(lambda: first.lost_to is not None, "the old owner's renewal never found the new owner")
+    assert first.lost_to["token"] == second.token
     try:
         first.check()
         raise AssertionError("the old owner did not notice")
