@@ -10,7 +10,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-fast demo demo-train pretrained pretrained-paper distill device-check clean
+.PHONY: install test test-fast demo demo-train photos pretrained pretrained-synthetic pretrained-paper distill \
+	distill-rounds device-check clean
 
 install: $(STAMP)
 
@@ -56,18 +57,44 @@ demo-train: install
 		--config.data.data_dir=$(DEMO_TFDS) --config.color_net.workdir=$(DEMO_WORK)/demo_isp
 	@echo "results: $(DEMO_WORK)/demo_train/eval/test/summary.md and samples.png"
 
-# Reproduces the shipped model (pretrained/demo, calibrated colour) into pretrained/demo-new:
-# 1,024 photographic synthetic pairs with their calibration (zrr/calibrated), then DiffRAW
-# (configs/pretrained.py, fine-tuned from pretrained/paper-demo) and export-weights.
-# About 45 minutes on 2 CPU cores; see pretrained/demo/TRAINING.md.
+# The shipped teacher (pretrained/demo) into pretrained/demo-new: the data command (23 real
+# photographs from Debian's wallpaper packages and textured dead leaves, unprocessed into RAW pairs
+# with their calibration, 40% at base-ISO noise; apt-get download, nothing installed), its TFDS
+# build, pretrained/synthetic fine-tuned on it (configs/pretrained.py), export-weights. About 40
+# minutes on 2 CPU cores; see pretrained/demo/TRAINING.md and docs/real-detail.md.
+PHOTOS ?= data/photos
+PHOTOS_TFDS ?= data/tfds_photos
+photos: install
+	test -f $(PHOTOS)/photos.json || $(BIN)/python -m diffraw_jax.data.photos --out $(PHOTOS) \
+		--num_train 1024 --num_test 32 --workers 2
+	$(BIN)/python -m tfds_zrr.build --manual_dir $(PHOTOS) --data_dir $(PHOTOS_TFDS) --config calibrated
+
+pretrained: photos
+	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/pretrained
+	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/pretrained --out pretrained/demo-new
+
+# The shipped student (pretrained/distill-1) into pretrained/distill-1-new: one round of distillation
+# for every start of the teacher's file-dependent sampler (configs/distill.py:any; TEACHER=
+# pretrained/demo-new after `make pretrained` for the whole chain). About 25 minutes on 2 cores.
+TEACHER ?= pretrained/demo
+distill: photos
+	$(BIN)/python main.py --config=configs/distill.py:any --workdir=$(DEMO_WORK)/distill/student-any \
+		--config.distill.teacher=$(TEACHER)
+	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/distill/student-any --out pretrained/distill-1-new
+
+# The synthetic-data base (pretrained/synthetic, calibrated colour, that pretrained/demo is
+# fine-tuned from) into pretrained/synthetic-new: 1,024 photographic synthetic pairs with their
+# calibration (zrr/calibrated), then DiffRAW (configs/pretrained_synthetic.py, fine-tuned from
+# pretrained/paper-demo) and export-weights. About 45 minutes on 2 CPU cores; see
+# pretrained/synthetic/TRAINING.md.
 PHOTO_DATA ?= data/synthetic_photo
 PHOTO_TFDS ?= data/tfds_photo
-pretrained: install
+pretrained-synthetic: install
 	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.data.synthetic_zrr --out $(PHOTO_DATA) --aligned \
 		--num_train 1024 --num_test 16 --size 448 --seed 0
 	$(BIN)/python -m tfds_zrr.build --manual_dir $(PHOTO_DATA) --data_dir $(PHOTO_TFDS) --config calibrated
-	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/pretrained
-	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/pretrained --out pretrained/demo-new
+	$(BIN)/python main.py --config=configs/pretrained_synthetic.py --workdir=$(DEMO_WORK)/pretrained_synthetic
+	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/pretrained_synthetic --out pretrained/synthetic-new
 
 # The paper-condition model (pretrained/paper-demo: G, then DiffRAW trained on x = c = D2(y)) into
 # pretrained/paper-demo-new. It was made with the generator of commit 2472a45 (dead leaves without
@@ -80,19 +107,15 @@ pretrained-paper: install
 	$(BIN)/python main.py --config=configs/pretrained_paper.py --workdir=$(DEMO_WORK)/pretrained_paper
 	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/pretrained_paper --out pretrained/paper-demo-new
 
-# Few-step DiffRAW (docs/evaluation.md "Few-step DiffRAW"): four rounds of progressive distillation of
-# pretrained/demo (DTDM-DDIM 16 -> 8 -> 4 -> 2 -> 1 steps; each round resumes if stopped),
-# the measurements in results/distill, and the shipped student's weights folder.
-DISTILL_SHIP ?= 1
-distill: install
-	test -d $(PHOTO_DATA)/train || $(BIN)/python -m diffraw_jax.data.synthetic_zrr --out $(PHOTO_DATA) --aligned \
-		--num_train 1024 --num_test 16 --size 448 --seed 0
-	$(BIN)/python -m tfds_zrr.build --manual_dir $(PHOTO_DATA) --data_dir $(PHOTO_TFDS) --config calibrated
+# Few-step DiffRAW from s (docs/evaluation.md "Few-step DiffRAW"): four rounds of progressive
+# distillation of pretrained/demo (DTDM-DDIM 16 -> 8 -> 4 -> 2 -> 1 steps from s; each round resumes
+# if stopped), the measurements in results/distill, and the 1-step student's weights folder.
+distill-rounds: photos
 	for n in 8 4 2 1; do \
 		$(BIN)/python main.py --config=configs/distill.py:$$n --workdir=workdir/distill/student-$$n || exit 1; \
 	done
 	$(BIN)/python scripts/distill_report.py --out results/distill
-	$(BIN)/diffraw export-weights --checkpoint workdir/distill/student-$(DISTILL_SHIP) --out pretrained/distill-$(DISTILL_SHIP)-new
+	$(BIN)/diffraw export-weights --checkpoint workdir/distill/student-1 --out pretrained/distill-rounds-1
 
 # One short check on a GPU/TPU (at most 8 minutes, benchmarks/device_check.py): train step and
 # forward in bfloat16 with MFU (against PyTorch where torch is installed), the memory plan's goal

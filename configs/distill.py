@@ -10,9 +10,16 @@ the 16-step teacher of round one is pretrained/demo itself):
     python main.py --config=configs/distill.py:2 --workdir=workdir/distill/student-2
     python main.py --config=configs/distill.py:1 --workdir=workdir/distill/student-1
 
-(``make distill`` runs the four rounds and the report.) The student is the teacher's
-network, initialised from the teacher's EMA parameters; data, mesh, EMA, orbax
-checkpoints and resume are the trainer's own.
+The student is the teacher's network, initialised from the teacher's EMA parameters; data,
+mesh, EMA, orbax checkpoints and resume are the trainer's own.
+
+The shipped student (pretrained/distill-1, ``make distill``) is instead one round for every start
+(``distill.start = "any"``, docs/real-detail.md "A student for every start"): the config
+argument ``any``. It learns in one step, from each start T in [1, s], what pretrained/demo's
+own sampler (DTDM-DDIM-4 from s, the same stride from T) makes, and samples like its teacher
+with the file-dependent start:
+
+    python main.py --config=configs/distill.py:any --workdir=workdir/distill/student-any
 """
 from configs import pretrained
 
@@ -20,7 +27,14 @@ from configs import pretrained
 ROUND_STEPS = {8: 150, 4: 200, 2: 400, 1: 800}
 
 
+# The student for every start: its teacher's steps from s, and its length.
+ANY_TEACHER_STEPS = 4
+ANY_STEPS = 1500
+
+
 def get_config(student_steps="4"):
+    if student_steps == "any":
+        return any_start_config()
     n = int(student_steps)
     if n not in ROUND_STEPS:
         raise ValueError(f"configs/distill.py:<n> takes n in {sorted(ROUND_STEPS)}, got {n}")
@@ -31,6 +45,7 @@ def get_config(student_steps="4"):
     c.distill.teacher_steps = 2 * n
     c.sample.method = "dtdm_ddim"
     c.sample.num_steps = n
+    c.sample.start = ""             # distilled from s: the paper's start
     c.model.dropout = 0.0           # the targets are deterministic
     c.optim.learning_rate = 1e-4
     c.optim.warmup_steps = 20
@@ -39,4 +54,16 @@ def get_config(student_steps="4"):
     c.train.log_every_steps = 50
     c.train.checkpoint_every_steps = 100
     c.eval.ddim_steps = 0           # the student's own sampler is the main row
+    return c
+
+
+def any_start_config():
+    """One round, a 1-step student for every start of pretrained/demo's file-dependent sampler."""
+    c = get_config(str(min(ROUND_STEPS)))
+    c.distill.teacher = "pretrained/demo"
+    c.distill.teacher_steps = ANY_TEACHER_STEPS
+    c.distill.start = "any"
+    c.sample.start = "auto"         # its teacher's file-dependent sampler, in one step
+    c.train.num_train_steps = ANY_STEPS
+    c.train.checkpoint_every_steps = 250
     return c

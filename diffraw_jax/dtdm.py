@@ -59,6 +59,7 @@ __all__ = [
     "ddpm_reverse_step",
     "sampling_timesteps",
     "start_for_noise",
+    "steps_for_start",
     "sample",
     "METHODS",
     "OBJECTIVES",
@@ -405,6 +406,16 @@ def start_for_noise(schedule: Schedule, s: int, sigma01: float) -> int:
     added = 0.5 * np.sqrt(om / ab)
     hits = np.nonzero(added >= float(sigma01))[0]
     return int(hits[0] + 1) if hits.size else s
+
+
+def steps_for_start(num_steps: int, s: int, t: int) -> int:
+    """The DTDM-DDIM step count from start t of a sampler that makes ``num_steps`` steps from s:
+    the same stride, ceil(num_steps * t / s) steps, at least 1 and at most ``num_steps``
+    (docs/real-detail.md "The file-dependent sampler"). Python int."""
+    num_steps, s, t = int(num_steps), int(s), int(t)
+    if not 1 <= t <= s:
+        raise ValueError(f"start t must be in [1, s={s}], got {t}")
+    return max(1, min(num_steps, -(-num_steps * t // s)))
 
 
 def _check_static_int(name: str, value, lo: int, hi: int) -> int:

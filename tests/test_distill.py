@@ -173,6 +173,61 @@ def test_ideal_students_reproduce_the_teacher_with_half_the_steps():
     assert np.abs(np.asarray(run_sampler(jax_ideal, x, 1)) - ref).max() > 1e-2
 
 
+def test_steps_for_start_keeps_the_stride_of_the_sampler_from_s():
+    assert [dtdm.steps_for_start(4, S, t) for t in (1, 25, 26, 50, 51, 75, 76, 100)] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert all(dtdm.steps_for_start(1, S, t) == 1 for t in range(1, S + 1))
+    assert dtdm.steps_for_start(16, S, 3) == 1 and dtdm.steps_for_start(16, S, 7) == 2
+    with pytest.raises(ValueError, match="start t must be in"):
+        dtdm.steps_for_start(4, S, 0)
+    table, counts = distill.any_start_grids(S, 4)
+    for t in (1, 13, 26, 60, 100):
+        k = counts[t]
+        np.testing.assert_array_equal(table[t, :k + 1], dtdm.sampling_timesteps(t, k))
+        assert not table[t, k + 1:].any()
+
+
+def test_one_step_student_for_any_start_reproduces_the_teachers_sampler_from_there():
+    """distill.start = "any": a student fitted by least squares (per T, f = a_T m + b_T x + c_T,
+    which holds the ideal student) to any_start_example's targets makes in one step from the
+    sampler's start point m_T what the ideal teacher's DTDM-DDIM makes in
+    steps_for_start(4, s, T) steps from the same m_T, for starts from 1 to s."""
+    y, x = draw(6000, 21)
+    keys = jax.random.split(jax.random.key(21), y.shape[0])
+    m, t, target = distill.any_start_example(SCHED, jax_ideal(x), x, keys, S, 4)
+    m, t, target, xs = (np.asarray(v, np.float64) for v in (m, t, target, x))
+    assert t.min() >= 1 and t.max() <= S and len(np.unique(t)) == S  # every start drawn
+    # The start points are the sampler's: (m_T - sqrt(ab_T) x) / sqrt(1 - ab_T) ~ N(0, 1), free of y.
+    ab = np.asarray(SCHED.alpha_bars, np.float64)[t.astype(int)].reshape(-1, 1, 1, 1)
+    z = (m - np.sqrt(ab) * xs) / np.sqrt(1 - ab)
+    assert abs(z.mean()) < 0.01 and abs(z.var() - 1) < 0.02
+    assert abs(np.corrcoef(z.ravel(), np.asarray(y).ravel())[0, 1]) < 0.01
+    table = np.zeros((S + 1, 3))
+    for tt in np.unique(t).astype(int):
+        sel = t == tt
+        feats = np.stack([m[sel].ravel(), xs[sel].ravel(), np.ones(m[sel].size)], 1)
+        table[tt], *_ = np.linalg.lstsq(feats, target[sel].ravel(), rcond=None)
+    table = jnp.asarray(table, jnp.float32)
+
+    def student(xb):
+        def f(mb, tb):
+            c = table[tb][:, :, None, None, None]
+            return c[:, 0] * mb + c[:, 1] * xb + c[:, 2]
+        return f
+
+    _, x_test = draw(64, 22)
+    for start in (3, 20, 40, 70, 100):
+        k = dtdm.steps_for_start(4, S, start)
+        theirs = dtdm.sample(jax_ideal(x_test), SCHED, x_test, S, jax.random.key(5), method="dtdm_ddim",
+                             num_steps=k, start=start)
+        mine = dtdm.sample(student(x_test), SCHED, x_test, S, jax.random.key(5), method="dtdm_ddim",
+                           num_steps=1, start=start)
+        np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), atol=5e-4, err_msg=f"start {start}")
+        if k > 1:  # ...which the ideal denoiser's own single step from there does not achieve
+            one = dtdm.sample(jax_ideal(x_test), SCHED, x_test, S, jax.random.key(5), method="dtdm_ddim",
+                              num_steps=1, start=start)
+            assert np.abs(np.asarray(one) - np.asarray(theirs)).max() > 1e-3, start
+
+
 # ------------------------------------------------------------------------- trainer
 
 
@@ -307,6 +362,44 @@ def test_distill_config_chains_the_rounds_and_trains(tmp_path, teacher):
     cfg.color_net.workdir = ""
     state = train.train_and_evaluate(cfg, str(tmp_path / "s2"), data_sources=_tiny_sources())
     assert int(state.step) == 2
+
+
+def test_student_for_every_start_trains_and_its_config_is_checked(tmp_path, teacher):
+    """distill.start = "any" through the trainer (tiny teacher, 2 steps): the student starts as the
+    teacher and moves; configs/distill.py:any is the shipped student's recipe; a step count other
+    than 1 and an unknown start are refused before any work; the exported folder records its
+    sampler, and "auto" is refused for a model without the calibrated condition."""
+    import importlib
+
+    from diffraw_jax.checkpoints import weights
+    from diffraw_jax.training import train
+
+    ship = importlib.import_module("configs.distill").get_config("any")
+    train._validate_distill(ship)
+    assert (ship.distill.start, ship.distill.teacher, ship.distill.teacher_steps, ship.sample.num_steps,
+            ship.sample.start) == ("any", "pretrained/demo", 4, 1, "auto")
+    cfg = _distill_config(teacher, steps=2, n=1)
+    cfg.distill.start, cfg.distill.teacher_steps = "any", 3
+    wd = str(tmp_path / "any")
+    state = train.train_and_evaluate(cfg, wd, data_sources=_tiny_sources())
+    t_params = weights.load_inference(teacher, color_net=False).params
+    moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(t_params)))
+    assert int(state.step) == 2 and moved > 0
+    manifest = weights.export_weights(wd, str(tmp_path / "w"), sample_start="")
+    assert manifest["sampler"]["num_steps"] == 1 and manifest["sampler"]["start"] == "s"
+    with pytest.raises(ValueError, match="not a calibrated model"):
+        weights.export_weights(wd, str(tmp_path / "w2"), sample_start="auto")
+    assert not os.path.exists(tmp_path / "w2")
+    for field, value, message in (("sample.num_steps", 2, "sample.num_steps=1"),
+                                  ("distill.start", "late", "must be 's' or 'any'")):
+        bad = _distill_config(teacher, steps=2, n=1)
+        bad.distill.start = "any"
+        section, key = field.split(".")
+        bad[section][key] = value
+        with pytest.raises(ValueError, match=message):
+            train.train_and_evaluate(bad, str(tmp_path / key), data_sources=_tiny_sources())
+        assert not os.path.exists(tmp_path / key / "checkpoints")
 
 
 # make_step(devices, fsdp) for the compare_devices fixture (conftest.py).

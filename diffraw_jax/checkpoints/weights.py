@@ -304,13 +304,16 @@ def _write_weights(loaded: LoadedModel, out: epath.Path, source: str) -> dict:
     }
     if loaded.config.task == "diffraw":
         st = loaded.sampler_settings()
-        manifest["sampler"] = {"method": st.method, "num_steps": st.num_steps, "s": st.s, "label": st.label}
+        manifest["sampler"] = {"method": st.method, "num_steps": st.num_steps, "s": st.s, "label": st.label,
+                               "start": str(loaded.config.sample.get("start", "")) or "s",
+                               "start_noise_factor": float(loaded.config.sample.get("start_noise_factor", 1.0))}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
 def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: Optional[bool] = None,
-                   sample_method: Optional[str] = None, sample_num_steps: Optional[int] = None) -> dict:
+                   sample_method: Optional[str] = None, sample_num_steps: Optional[int] = None,
+                   sample_start: Optional[str] = None, start_noise_factor: Optional[float] = None) -> dict:
     """Writes the portable weights folder ``out`` for the model at ``path``; returns its manifest.
 
     ``out`` (local or ``gs://``) must not exist (nothing is ever overwritten); it
@@ -318,7 +321,8 @@ def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: 
     half folder (on GCS the rename copies object by object: a crash during it
     may leave part of ``out`` beside the hidden temporary folder).
     ``sample_method``/``sample_num_steps`` set the sampler the folder asks for
-    (stored in its config's ``sample`` fields and the manifest).
+    (stored in its config's ``sample`` fields and the manifest); so do ``sample_start``
+    ("" for s, or "auto") and ``start_noise_factor`` (the auto start's, > 0).
     """
     out = as_path(out)
     if out.exists():
@@ -327,12 +331,21 @@ def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: 
     if loaded.config.task != "diffraw":
         raise ValueError(f"{path} is a colour network; export the DiffRAW model that uses it")
     config = loaded.config.copy_and_resolve_references()
-    if sample_method is not None or sample_num_steps is not None:
+    if sample_start is not None and sample_start not in ("", "auto"):
+        raise ValueError(f"sample_start must be '' (start at s) or 'auto', got {sample_start!r}")
+    if start_noise_factor is not None and not float(start_noise_factor) > 0:
+        raise ValueError(f"start_noise_factor must be > 0, got {start_noise_factor}")
+    if sample_start == "auto" and factory.model_condition(config) != "calibrated":
+        raise ValueError("sample_start 'auto' measures the noise of the calibrated condition; "
+                         f"{path} is not a calibrated model")
+    overrides = {"method": sample_method, "num_steps": None if sample_num_steps is None else int(sample_num_steps),
+                 "start": sample_start,
+                 "start_noise_factor": None if start_noise_factor is None else float(start_noise_factor)}
+    if any(v is not None for v in overrides.values()):
         with config.unlocked():
-            if sample_method is not None:
-                config.sample.method = sample_method
-            if sample_num_steps is not None:
-                config.sample.num_steps = int(sample_num_steps)
+            for key, value in overrides.items():
+                if value is not None:
+                    config.sample[key] = value
         factory.sampler_settings(config)  # validate
     config.color_net.workdir = COLOR_NET_DIR if loaded.color_net is not None else ""
     loaded = dataclasses.replace(loaded, config=config)

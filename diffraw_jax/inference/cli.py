@@ -5,7 +5,7 @@
         [--tile T] [--overlap O] [--batch B] [--step N] [--overwrite] [--other-sampler]
         [--black 63] [--white 1020] [--cfa RGGB] [--format png|tiff|jpeg] [--quality 95]
         [--bits16] [--quiet]
-    diffraw export-weights --checkpoint W --out DIR [--step N] [--method M] [--steps N]
+    diffraw export-weights --checkpoint W --out DIR [--step N] [--method M] [--steps N] [--start s|auto]
 
 (also ``python -m diffraw_jax.inference.cli ...``). ``W`` is a weights folder
 (``export-weights``) or a training workdir (``config.json`` + ``checkpoints/``),
@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=_start, default=None, metavar="T|auto",
                    help="dtdm_ddim: start sampling at step T < s (less noise added to the condition, more "
                    "of its detail and noise kept); auto: per file, from its measured noise "
-                   "(docs/real-detail.md; calibrated models). Default: s")
+                   "(docs/real-detail.md; calibrated models). Default: the model's (the shipped models: "
+                   "auto; T = s: the paper's start)")
     p.add_argument("--step", type=int, default=None, metavar="N",
                    help="a workdir's checkpoint step (default: the latest)")
     p.add_argument("--color", default=None, metavar="calibrated|g|classic|IMAGE",
@@ -618,6 +619,11 @@ def export_weights_main(argv: Sequence[str]) -> int:
     p.add_argument("--method", default=None, choices=dtdm.METHODS,
                    help="the sampler the weights ask for (default: the training config's)")
     p.add_argument("--steps", type=int, default=None, help="its step count (default: the config's)")
+    p.add_argument("--start", default=None, choices=("s", "auto"),
+                   help="where it starts: s (the paper) or auto, per file from its noise (calibrated "
+                   "models; docs/real-detail.md). Default: the config's")
+    p.add_argument("--start-noise-factor", type=float, default=None, metavar="K",
+                   help="auto start: the start noise covers K times the file's noise (default: the config's)")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
@@ -625,7 +631,10 @@ def export_weights_main(argv: Sequence[str]) -> int:
     logs.setup(False)
     try:
         manifest = weights.export_weights(args.checkpoint, args.out, step=args.step,
-                                          sample_method=args.method, sample_num_steps=args.steps)
+                                          sample_method=args.method, sample_num_steps=args.steps,
+                                          sample_start=None if args.start is None else
+                                          ("" if args.start == "s" else args.start),
+                                          start_noise_factor=args.start_noise_factor)
     except FileExistsError:
         _err(args.out, "exists; choose a new folder (weights are never overwritten)")
         return 2

@@ -89,6 +89,7 @@ class DiffRAWPipeline:
         self._bar = None
         self.last_exposure = 0.0  # the EV of the last calibrated frame (calibrated_inputs)
         self.auto_start = False   # from_checkpoint(start="auto"): the start step per frame
+        self.start_noise_factor = 1.0  # auto start: the start noise covers this many times the frame's
         self.base_settings = settings
         self.last_noise = float("nan")  # auto start: the last frame's condition noise (sRGB, [0, 1])
         self._color_fn = sampling.make_color_condition(color_model if color == "g" else None, color_params)
@@ -99,7 +100,7 @@ class DiffRAWPipeline:
                         color: Optional[str] = None, tile="train", overlap: Optional[int] = None, batch: int = 4,
                         eta: float = 0.0, use_ema: Optional[bool] = None,
                         step: Optional[int] = None, other_sampler: bool = False,
-                        start=None) -> "DiffRAWPipeline":
+                        start=None, start_noise_factor: Optional[float] = None) -> "DiffRAWPipeline":
         """Loads a weights folder or a training workdir (read-only, ``weights.load_inference``).
 
         ``method``/``num_steps``: default what the model's config asks for
@@ -116,7 +117,9 @@ class DiffRAWPipeline:
         was distilled for (otherwise a ValueError saying which that is). ``start``: the step a
         dtdm_ddim sampler starts from (``factory.sampler_settings``; default s), or "auto": per
         frame, from the frame's measured noise (``auto_start``; a calibrated model only; for
-        method "dtdm" it sets the ancestral steps instead, Algorithm 2 from m_t).
+        method "dtdm" it sets the ancestral steps instead, Algorithm 2 from m_t); default the
+        model's ``sample.start``. ``start_noise_factor``: the auto start's noise in multiples of the
+        frame's (default the model's ``sample.start_noise_factor``).
         Raises FileNotFoundError, ValueError or RuntimeError (see ``load_inference``).
         """
         loaded = weights.load_inference(path, use_ema=use_ema, step=step, color_net=False)
@@ -125,6 +128,8 @@ class DiffRAWPipeline:
         color = check_color(color, loaded.condition, path)
         if color == "g":
             loaded.color_net = weights.find_color_net(loaded.config, path)
+        if start is None:  # the model's own: sample.start ("" = s, "auto")
+            start = str(loaded.config.sample.get("start", "")) or None
         auto = isinstance(start, str)
         if auto and start != "auto":
             raise ValueError(f"start must be a step or 'auto', got {start!r}")
@@ -150,6 +155,11 @@ class DiffRAWPipeline:
                    tile=tile, overlap=overlap, batch=batch, config=loaded.config, step=loaded.step,
                    condition=loaded.condition)
         pipe.auto_start = auto
+        if start_noise_factor is None:
+            start_noise_factor = loaded.config.sample.get("start_noise_factor", 1.0)
+        if not float(start_noise_factor) > 0:
+            raise ValueError(f"start_noise_factor must be > 0, got {start_noise_factor}")
+        pipe.start_noise_factor = float(start_noise_factor)
         return pipe
 
     def _check_tile(self, tile: Tuple[int, int]) -> None:
@@ -256,20 +266,22 @@ class DiffRAWPipeline:
         return out.astype(np.float32)
 
     def auto_start_settings(self, planes, exposure_ev: float) -> factory.SamplerSettings:
-        """The sampler for one frame under ``start="auto"`` (docs/real-detail.md): the start step
-        t = ``dtdm.start_for_noise`` of the condition's noise at mid-grey
-        (``calibration.condition_noise`` of the frame's normalised planes [h, w, 4] at
-        ``exposure_ev``). dtdm_ddim: starts at t with min(steps, t) steps; dtdm: t ancestral steps
+        """The sampler for one frame under ``start="auto"`` (docs/real-detail.md "The file-dependent
+        sampler"): the start step t = ``dtdm.start_for_noise`` of ``start_noise_factor`` times the
+        condition's noise at mid-grey (``calibration.condition_noise`` of the frame's normalised
+        planes [h, w, 4] at ``exposure_ev``). dtdm_ddim: starts at t with the stride of its steps
+        from s (``dtdm.steps_for_start``: a 1-step sampler stays 1 step); dtdm: t ancestral steps
         (Algorithm 2 from m_t); t = s leaves the sampler as it is. Sets ``last_noise``."""
         base = self.base_settings
         self.last_noise = calibration.condition_noise(planes, exposure_ev)
-        t = dtdm.start_for_noise(self.schedule, base.s, self.last_noise)
+        t = dtdm.start_for_noise(self.schedule, base.s, self.start_noise_factor * self.last_noise)
         if t >= base.s or base.method == "ddpm":
             return base
         if base.method == "dtdm":
             return base._replace(num_steps=t, label=f"{base.label}, auto start t={t}")
-        return base._replace(num_steps=min(base.num_steps or base.s, t), start=t,
-                             label=f"{base.label}, auto start t={t}")
+        n = dtdm.steps_for_start(base.num_steps or base.s, base.s, t)
+        label = base.label.replace(f"DDIM-{base.num_steps or base.s}", f"DDIM-{n}", 1)
+        return base._replace(num_steps=n, start=t, label=f"{label}, auto start t={t}")
 
     # ---- entry points --------------------------------------------------------
     def calibrated_inputs(self, prepared: camera.PreparedFrame, frame: camera.BayerFrame):

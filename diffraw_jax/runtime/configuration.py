@@ -125,11 +125,16 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.distill = ds = ml_collections.ConfigDict()  # progressive distillation (configs/distill.py)
     ds.teacher = ""             # weights folder or workdir of the teacher; "" = ordinary training
-    ds.teacher_steps = 0        # the teacher's DTDM-DDIM steps; the student makes half as many
+    ds.teacher_steps = 0        # the teacher's DTDM-DDIM steps (from s); the student makes half as many
+    ds.start = "s"              # "s": progressive rounds from s (the paper's start); "any": a one-step
+                                # student for every start T in [1, s] (docs/real-detail.md)
 
     c.sample = sm = ml_collections.ConfigDict()
     sm.method = "dtdm"          # dtdm | dtdm_ddim | ddpm
     sm.num_steps = -1           # < 0: s
+    sm.start = ""               # "": start at s (the paper); "auto": per file, from its measured noise
+                                # (calibrated models, inference; docs/real-detail.md)
+    sm.start_noise_factor = 1.0  # "auto": the start noise covers this many times the file's noise
     sm.use_ema = True
     return c
 

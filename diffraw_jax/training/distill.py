@@ -29,6 +29,16 @@ Since ||f error||^2 = SNR_t ||y_hat error||^2 with SNR_t = ab_t/(1-ab_t) >= 39 f
 t <= s = 100, this is Salimans & Ho's "truncated SNR" weighting max(SNR_t, 1) of the
 y_hat error; f-prediction is well conditioned here because DTDM never reaches low
 SNR (their reason to leave epsilon-prediction does not arise).
+
+A student for any start (``distill.start = "any"``, docs/real-detail.md "A student for every
+start"): the file-dependent sampler starts at a step T in [1, s] chosen per file and makes
+``dtdm.steps_for_start(n, s, T)`` steps from there (n from s). The one-step student learns,
+for T ~ U{1..s}, the teacher's whole sampler from that start: m_T is the sampler's own start
+point sqrt(ab_T) x + sqrt(1-ab_T) eps (eq. 18 with y replaced by x, as ``dtdm.sample`` starts),
+the teacher's K = steps_for_start(n, s, T) DDIM steps on ``dtdm.sampling_timesteps(T, K)`` land
+at m_0 = y_hat, and the target is the f* that lands one step T -> 0 there (``student_target``
+with r = 0). One round: the teacher's K <= n steps are unrolled (Luhman & Luhman's direct
+distillation of a deterministic sampler, here with at most n = 4 teacher steps).
 """
 from __future__ import annotations
 
@@ -42,7 +52,8 @@ from diffraw_jax import dtdm
 
 Array = jax.Array
 
-__all__ = ["ddim_slope", "student_target", "teacher_two_steps", "grids", "distillation_example"]
+__all__ = ["ddim_slope", "student_target", "teacher_two_steps", "grids", "distillation_example",
+           "any_start_grids", "any_start_example"]
 
 
 def ddim_slope(schedule: dtdm.Schedule, t, r) -> Array:
@@ -117,3 +128,49 @@ def distillation_example(schedule: dtdm.Schedule, teacher_fn: Callable[[Array, A
     m_t = dtdm.q_sample(schedule, y, x, t, noise, s)
     m_r = jax.lax.stop_gradient(teacher_two_steps(schedule, teacher_fn, m_t, x, t, t_mid, r, s))
     return m_t, t, student_target(schedule, m_t, m_r, t, r)
+
+
+def any_start_grids(s: int, teacher_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(grids int32 [s + 1, teacher_steps + 1], counts int32 [s + 1]): for each start T in 1..s
+    the teacher's DTDM-DDIM grid from T (``dtdm.sampling_timesteps(T, K)``, zero-padded) and its
+    step count K = ``dtdm.steps_for_start(teacher_steps, s, T)``; row 0 is unused."""
+    s, teacher_steps = int(s), int(teacher_steps)
+    if teacher_steps < 1:
+        raise ValueError(f"distill.teacher_steps must be >= 1, got {teacher_steps}")
+    table = np.zeros((s + 1, teacher_steps + 1), np.int32)
+    counts = np.zeros((s + 1,), np.int32)
+    for t in range(1, s + 1):
+        k = dtdm.steps_for_start(teacher_steps, s, t)
+        table[t, :k + 1] = dtdm.sampling_timesteps(t, k)
+        counts[t] = k
+    return table, counts
+
+
+def any_start_example(schedule: dtdm.Schedule, teacher_fn: Callable[[Array, Array], Array],
+                      x: Array, keys: Array, s: int, teacher_steps: int):
+    """A batch of one-step student examples from any start: (m_T, T, target), all [B, ...].
+
+    x: [B, H, W, C] the condition in [-1, 1]; keys: [B] PRNG keys, one per example. Per example
+    T ~ U{1..s}, m_T = sqrt(ab_T) x + sqrt(1-ab_T) eps (the sampler's start point), the
+    teacher's ``steps_for_start(teacher_steps, s, T)`` DTDM-DDIM steps from m_T to y_hat
+    (``teacher_fn(m, t) -> f``; a batch of mixed step counts runs ``teacher_steps``
+    evaluations, the finished examples held), target = ``student_target(m_T, y_hat, T, 0)``.
+    """
+    table, counts = (jnp.asarray(a) for a in any_start_grids(s, teacher_steps))
+
+    def draw(k):
+        k_t, k_n = jax.random.split(k)
+        return (jax.random.randint(k_t, (), 1, s + 1, dtype=jnp.int32),
+                jax.random.normal(k_n, x.shape[1:], jnp.float32))
+
+    t0, noise = jax.vmap(draw)(keys)
+    m_t = dtdm.q_sample(schedule, x, x, t0, noise, s)
+    grid, steps = table[t0], counts[t0]
+    m = m_t
+    for k in range(int(teacher_steps)):
+        active = k < steps
+        t, r = jnp.where(active, grid[:, k], 1), jnp.where(active, grid[:, k + 1], 0)
+        stepped = dtdm.ddim_step(schedule, m, teacher_fn(m, t), x, t, r, s)
+        m = jnp.where(active.reshape(active.shape + (1,) * (m.ndim - 1)), stepped, m)
+    y_hat = jax.lax.stop_gradient(m)
+    return m_t, t0, student_target(schedule, m_t, y_hat, t0, jnp.zeros_like(t0))

@@ -213,9 +213,14 @@ def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx,
             def teacher_fn(m, t):
                 return model.apply({"params": teacher_params}, m, w, x, t, train=False).astype(jnp.float32)
 
-            teacher_grid, _ = distill_lib.grids(s, config.distill.teacher_steps)
-            m_t, t, target = distill_lib.distillation_example(
-                schedule, teacher_fn, y, x, jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys), s, teacher_grid)
+            example_keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys)
+            if config.distill.start == "any":
+                m_t, t, target = distill_lib.any_start_example(
+                    schedule, teacher_fn, x, example_keys, s, config.distill.teacher_steps)
+            else:
+                teacher_grid, _ = distill_lib.grids(s, config.distill.teacher_steps)
+                m_t, t, target = distill_lib.distillation_example(
+                    schedule, teacher_fn, y, x, example_keys, s, teacher_grid)
         else:  # Algorithm 1, lines 5-7
             objective = config.diffusion.objective
             m_t, t, target = jax.vmap(
@@ -268,6 +273,15 @@ def _validate_distill(config):
     d = config.distill
     if config.diffusion.objective != "dtdm":
         raise ValueError("distillation needs diffusion.objective = 'dtdm' (it distils the DTDM-DDIM sampler)")
+    if d.start not in ("s", "any"):
+        raise ValueError(f"distill.start must be 's' or 'any', got {d.start!r}")
+    if d.start == "any":
+        if d.teacher_steps < 1 or config.sample.method != "dtdm_ddim" or config.sample.num_steps != 1:
+            raise ValueError("a student for any start (distill.start='any') samples with DTDM-DDIM in 1 step from "
+                             "a teacher's >= 1 steps: set distill.teacher_steps >= 1, sample.method='dtdm_ddim' "
+                             f"and sample.num_steps=1 (the config says {d.teacher_steps}, "
+                             f"{config.sample.method!r}, {config.sample.num_steps})")
+        return
     _, student = distill_lib.grids(config.diffusion.s, d.teacher_steps)
     n = len(student) - 1
     if config.sample.method != "dtdm_ddim" or config.sample.num_steps != n:
@@ -304,8 +318,10 @@ def load_teacher(config, model, param_shardings_):
     if factory.model_condition(teacher.config) != factory.model_condition(config):
         raise ValueError(f"the teacher {config.distill.teacher} was trained with model.condition="
                          f"{teacher.config.model.condition!r}, this student with {config.model.condition!r}")
-    log.info("teacher: %s (step %d, %s), DTDM-DDIM-%d -> student DTDM-DDIM-%d", config.distill.teacher,
-             teacher.step, teacher.kind, config.distill.teacher_steps, config.distill.teacher_steps // 2)
+    log.info("teacher: %s (step %d, %s), DTDM-DDIM-%d -> student DTDM-DDIM-%d%s", config.distill.teacher,
+             teacher.step, teacher.kind, config.distill.teacher_steps,
+             1 if config.distill.start == "any" else config.distill.teacher_steps // 2,
+             ", from every start" if config.distill.start == "any" else "")
     return params
 
 
