@@ -35,5 +35,4 @@ def get_config():
     c.sample.num_steps = 4
     c.sample.start = "auto"
     c.sample.start_noise_factor = START_NOISE_FACTOR
-    c.eval.ddim_steps = 0  # the main row is DTDM-DDIM-4 already
     return c
