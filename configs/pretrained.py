@@ -19,6 +19,9 @@ from configs import pretrained_synthetic
 # The auto start's noise, in multiples of the file's condition noise at mid-grey: chosen on the
 # shared DNG and the real-photo proxy (docs/real-detail.md "The file-dependent sampler").
 START_NOISE_FACTOR = 4.0
+# From this noise-matched start on (a noisy file), the DTDM-DDIM-4 sampler from s; below it one step
+# from the exact late start (dtdm.file_sampler).
+START_SWITCH = 30
 
 
 def get_config():
@@ -29,10 +32,12 @@ def get_config():
     c.optim.learning_rate = 1e-4
     c.optim.warmup_steps = 50
     c.train.num_train_steps = 4000
+    c.train.own_start_share = 0.5   # half the examples at their own late start (exact late starts)
     # The file-dependent sampler (docs/real-detail.md): DTDM-DDIM-4 from s for a noisy file, one
-    # step from a late start for a clean one.
+    # step from an exact late start for a clean one (taught by the own-start examples).
     c.sample.method = "dtdm_ddim"
     c.sample.num_steps = 4
     c.sample.start = "auto"
     c.sample.start_noise_factor = START_NOISE_FACTOR
+    c.sample.start_switch = START_SWITCH
     return c

@@ -59,7 +59,8 @@ __all__ = [
     "ddpm_reverse_step",
     "sampling_timesteps",
     "start_for_noise",
-    "steps_for_start",
+    "own_start_example",
+    "file_sampler",
     "sample",
     "METHODS",
     "OBJECTIVES",
@@ -249,6 +250,33 @@ def training_example(schedule: Schedule, y: Array, x: Array, key: Array, s, obje
     return q_sample(schedule, y, y, t, eps, s), t, eps
 
 
+def own_start_example(schedule: Schedule, y: Array, x: Array, key: Array, s):
+    """An example at its own start (not in the paper; docs/real-detail.md "Exact late starts"):
+    the state a sampler started at step t < s is in, taught exactly.
+
+    A sampler that starts late, at t, begins from m_t = sqrt(ab_t) x + sqrt(1-ab_t) eps (y is
+    unknown). Under the DTDM process of truncation s that is the marginal of eq. 18 only at
+    t = s; at t < s the network, trained on eq. 18, expects just the share
+    sqrt(ab_s) r_t / sqrt(ab_t) of x - y in it (r_t = sqrt(1-ab_t) / sqrt(1-ab_s)) and leaves the
+    rest, the noise of x included, in its output. The same m_t is exactly the marginal of the
+    DTDM process of truncation t at its own start (eq. 18 with s := t: gamma_t sqrt(1-ab_t) =
+    sqrt(ab_t), the y terms cancel), whose target is f = gamma_t (x - y) + eps (eq. 19 with
+    s := t); one DTDM-DDIM step t -> 0 with it lands on y. Trained beside the ordinary
+    examples, these teach the network the late start; it tells them apart by m_t - sqrt(ab_t) x,
+    white noise here, (1 - r_t)-scaled structure of y - x there.
+
+    Args: as ``training_example`` (t ~ U{1..s} with ``fold_in(key, 3)``, eps ``fold_in(key, 4)``).
+    Returns (m_t, t, target, weight): ``weight`` = SNR_s / SNR_t = (gamma_s / gamma_t)^2, the
+    float32 scalar that puts this example's loss ||f - target||^2 = SNR_t ||y_hat - y||^2 on the
+    scale of an ordinary example at t = s (without it the smallest t, SNR ~1e6, would dominate).
+    """
+    k_t, k_eps = (jax.random.fold_in(key, i) for i in (3, 4))
+    eps = jax.random.normal(k_eps, y.shape, jnp.float32)
+    t = jax.random.randint(k_t, (), 1, s + 1, dtype=jnp.int32)
+    weight = (gamma_s(schedule, s) / gamma_s(schedule, t)) ** 2
+    return q_sample(schedule, y, x, t, eps, t), t, training_target(schedule, y, x, eps, t), weight
+
+
 # ---------------------------------------------------------------------------
 # Reverse process.
 
@@ -408,14 +436,18 @@ def start_for_noise(schedule: Schedule, s: int, sigma01: float) -> int:
     return int(hits[0] + 1) if hits.size else s
 
 
-def steps_for_start(num_steps: int, s: int, t: int) -> int:
-    """The DTDM-DDIM step count from start t of a sampler that makes ``num_steps`` steps from s:
-    the same stride, ceil(num_steps * t / s) steps, at least 1 and at most ``num_steps``
-    (docs/real-detail.md "The file-dependent sampler"). Python int."""
-    num_steps, s, t = int(num_steps), int(s), int(t)
+def file_sampler(s: int, num_steps: int, t: int, switch: int) -> tuple[int, int]:
+    """The file-dependent DTDM-DDIM sampler for a noise-matched start t (``start_for_noise``):
+    (start, steps). Below ``switch``: one step from t, the exact late start a model trained with
+    own-start examples (``own_start_example``) knows; from ``switch`` on: the model's sampler
+    from s, ``num_steps`` steps (docs/real-detail.md "The file-dependent sampler"); ``switch`` 0:
+    never (one step from t for every t < s). Python ints."""
+    s, num_steps, t, switch = int(s), int(num_steps), int(t), int(switch)
     if not 1 <= t <= s:
         raise ValueError(f"start t must be in [1, s={s}], got {t}")
-    return max(1, min(num_steps, -(-num_steps * t // s)))
+    if not 0 <= switch <= s:
+        raise ValueError(f"the switch step must be in [0, s={s}] (0: never), got {switch}")
+    return (t, 1) if t < (switch or s) else (s, num_steps)
 
 
 def _check_static_int(name: str, value, lo: int, hi: int) -> int:

@@ -159,10 +159,11 @@ def _pipeline_args(extra):
     p.add_argument("--other-sampler", action="store_true")
     p.add_argument("--start", type=lambda v: v if v == "auto" else int(v))
     p.add_argument("--start-noise-factor", type=float)
+    p.add_argument("--start-switch", type=int)
     a, unknown = p.parse_known_args(extra)
     if unknown:
         raise ValueError(f"with --crop the diffraw arguments may be --method, --steps, --color, --seed, "
-                         f"--tile, --other-sampler, --start, --start-noise-factor; not {' '.join(unknown)}")
+                         f"--tile, --other-sampler, --start, --start-noise-factor, --start-switch; not {' '.join(unknown)}")
     return a
 
 
@@ -198,7 +199,7 @@ def render_crop(dng: str, checkpoint: str, crop, extra, exposure: float) -> tupl
     a = _pipeline_args(extra)
     sub, (top, left, h, w), flip = crop_frame(dng, crop, exposure)
     kw = dict(method=a.method, num_steps=a.steps, color=a.color, other_sampler=a.other_sampler, start=a.start,
-              start_noise_factor=a.start_noise_factor)
+              start_noise_factor=a.start_noise_factor, start_switch=a.start_switch)
     if a.tile is not None:
         kw["tile"] = a.tile or None
     t0 = time.perf_counter()

@@ -440,6 +440,8 @@ def main(argv=None) -> int:
                    help="the sampler's start step (dtdm_ddim; docs/real-detail.md); default the model's")
     p.add_argument("--start_noise_factor", type=float, default=None, metavar="K",
                    help="auto start: the start noise in multiples of the file's (default the model's)")
+    p.add_argument("--start_switch", type=int, default=None, metavar="T",
+                   help="auto start: from this noise-matched start on, the sampler from s (default the model's)")
     a = p.parse_args(argv)
     if a.synthetic < 0:
         p.error(f"--synthetic must be >= 0, got {a.synthetic}")
@@ -464,7 +466,8 @@ def main(argv=None) -> int:
         TRAINING_CAMERA.update(shot=shot, read=read)
     start = None if a.start is None else (a.start if a.start == "auto" else int(a.start))
     pipe = DiffRAWPipeline.from_checkpoint(a.model, method=a.method, num_steps=a.steps if a.steps > 0 else None,
-                                           tile="train", start=start, start_noise_factor=a.start_noise_factor)
+                                           tile="train", start=start, start_noise_factor=a.start_noise_factor,
+                                           start_switch=a.start_switch)
     if pipe.tile is not None and a.size < max(pipe.tile):
         p.error(f"--size {a.size} is smaller than the model's tile (its training crop, {max(pipe.tile)} px)")
     os.makedirs(a.out, exist_ok=True)

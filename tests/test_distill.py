@@ -173,29 +173,31 @@ def test_ideal_students_reproduce_the_teacher_with_half_the_steps():
     assert np.abs(np.asarray(run_sampler(jax_ideal, x, 1)) - ref).max() > 1e-2
 
 
-def test_steps_for_start_keeps_the_stride_of_the_sampler_from_s():
-    assert [dtdm.steps_for_start(4, S, t) for t in (1, 25, 26, 50, 51, 75, 76, 100)] == [1, 1, 2, 2, 3, 3, 4, 4]
-    assert all(dtdm.steps_for_start(1, S, t) == 1 for t in range(1, S + 1))
-    assert dtdm.steps_for_start(16, S, 3) == 1 and dtdm.steps_for_start(16, S, 7) == 2
-    with pytest.raises(ValueError, match="start t must be in"):
-        dtdm.steps_for_start(4, S, 0)
-    table, counts = distill.any_start_grids(S, 4)
-    for t in (1, 13, 26, 60, 100):
-        k = counts[t]
-        np.testing.assert_array_equal(table[t, :k + 1], dtdm.sampling_timesteps(t, k))
-        assert not table[t, k + 1:].any()
+def test_file_sampler_is_one_late_step_below_the_switch_and_the_sampler_from_s_above():
+    assert [dtdm.file_sampler(S, 4, t, 40) for t in (1, 17, 39, 40, 77, 100)] == \
+        [(1, 1), (17, 1), (39, 1), (S, 4), (S, 4), (S, 4)]
+    assert dtdm.file_sampler(S, 4, 99, 0) == (99, 1) and dtdm.file_sampler(S, 4, S, 0) == (S, 4)  # 0: never
+    for bad in ((0, 40), (S + 1, 40), (5, -1), (5, S + 1)):
+        with pytest.raises(ValueError, match="must be in"):
+            dtdm.file_sampler(S, 4, *bad)
+    starts, counts, table = distill.any_start_grids(S, 4, 40)
+    for t0 in (1, 13, 39, 40, 60, 100):
+        start, k = dtdm.file_sampler(S, 4, t0, 40)
+        assert (starts[t0], counts[t0]) == (start, k)
+        np.testing.assert_array_equal(table[t0, :k + 1], dtdm.sampling_timesteps(start, k))
+        assert not table[t0, k + 1:].any()
 
 
-def test_one_step_student_for_any_start_reproduces_the_teachers_sampler_from_there():
-    """distill.start = "any": a student fitted by least squares (per T, f = a_T m + b_T x + c_T,
-    which holds the ideal student) to any_start_example's targets makes in one step from the
-    sampler's start point m_T what the ideal teacher's DTDM-DDIM makes in
-    steps_for_start(4, s, T) steps from the same m_T, for starts from 1 to s."""
+def test_one_step_student_for_the_file_sampler_reproduces_the_teachers_sampler_from_there():
+    """distill.start = "any": a student fitted by least squares (per start T, f = a_T m + b_T x +
+    c_T, which holds the ideal student) to any_start_example's targets makes in one step from the
+    sampler's start point what the ideal teacher's file-dependent sampler makes from the same
+    point: one step from T below the switch, DTDM-DDIM-4 from s above it."""
     y, x = draw(6000, 21)
     keys = jax.random.split(jax.random.key(21), y.shape[0])
-    m, t, target = distill.any_start_example(SCHED, jax_ideal(x), x, keys, S, 4)
+    m, t, target = distill.any_start_example(SCHED, jax_ideal(x), x, keys, S, 4, 40)
     m, t, target, xs = (np.asarray(v, np.float64) for v in (m, t, target, x))
-    assert t.min() >= 1 and t.max() <= S and len(np.unique(t)) == S  # every start drawn
+    assert sorted(np.unique(t).astype(int).tolist()) == list(range(1, 40)) + [S]  # every start drawn
     # The start points are the sampler's: (m_T - sqrt(ab_T) x) / sqrt(1 - ab_T) ~ N(0, 1), free of y.
     ab = np.asarray(SCHED.alpha_bars, np.float64)[t.astype(int)].reshape(-1, 1, 1, 1)
     z = (m - np.sqrt(ab) * xs) / np.sqrt(1 - ab)
@@ -215,17 +217,15 @@ def test_one_step_student_for_any_start_reproduces_the_teachers_sampler_from_the
         return f
 
     _, x_test = draw(64, 22)
-    for start in (3, 20, 40, 70, 100):
-        k = dtdm.steps_for_start(4, S, start)
-        theirs = dtdm.sample(jax_ideal(x_test), SCHED, x_test, S, jax.random.key(5), method="dtdm_ddim",
-                             num_steps=k, start=start)
-        mine = dtdm.sample(student(x_test), SCHED, x_test, S, jax.random.key(5), method="dtdm_ddim",
-                           num_steps=1, start=start)
-        np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), atol=5e-4, err_msg=f"start {start}")
+    for t0 in (3, 20, 39, 40, 70):
+        start, k = dtdm.file_sampler(S, 4, t0, 40)
+        kw = dict(method="dtdm_ddim", start=None if start == S else start)
+        theirs = dtdm.sample(jax_ideal(x_test), SCHED, x_test, S, jax.random.key(5), num_steps=k, **kw)
+        mine = dtdm.sample(student(x_test), SCHED, x_test, S, jax.random.key(5), num_steps=1, **kw)
+        np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), atol=5e-4, err_msg=f"start {t0}")
         if k > 1:  # ...which the ideal denoiser's own single step from there does not achieve
-            one = dtdm.sample(jax_ideal(x_test), SCHED, x_test, S, jax.random.key(5), method="dtdm_ddim",
-                              num_steps=1, start=start)
-            assert np.abs(np.asarray(one) - np.asarray(theirs)).max() > 1e-3, start
+            one = dtdm.sample(jax_ideal(x_test), SCHED, x_test, S, jax.random.key(5), num_steps=1, **kw)
+            assert np.abs(np.asarray(one) - np.asarray(theirs)).max() > 1e-3, t0
 
 
 # ------------------------------------------------------------------------- trainer
@@ -378,8 +378,11 @@ def test_student_for_every_start_trains_and_its_config_is_checked(tmp_path, teac
     train._validate_distill(ship)
     assert (ship.distill.start, ship.distill.teacher, ship.distill.teacher_steps, ship.sample.num_steps,
             ship.sample.start) == ("any", "pretrained/demo", 4, 1, "auto")
+    teacher_cfg = importlib.import_module("configs.pretrained").get_config()
+    assert (ship.sample.start_switch, ship.sample.start_noise_factor) == \
+        (teacher_cfg.sample.start_switch, teacher_cfg.sample.start_noise_factor)  # its teacher's sampler
     cfg = _distill_config(teacher, steps=2, n=1)
-    cfg.distill.start, cfg.distill.teacher_steps = "any", 3
+    cfg.distill.start, cfg.distill.teacher_steps, cfg.sample.start_switch = "any", 3, 12
     wd = str(tmp_path / "any")
     state = train.train_and_evaluate(cfg, wd, data_sources=_tiny_sources())
     t_params = weights.load_inference(teacher, color_net=False).params

@@ -86,3 +86,30 @@ def test_cli_start_option():
     for bad in ("0", "-3", "later"):
         with pytest.raises(argparse.ArgumentTypeError):
             cli._start(bad)
+
+
+def test_own_start_example_is_the_late_start_taught_exactly():
+    """dtdm.own_start_example: m_t = sqrt(ab_t) x + sqrt(1-ab_t) eps whatever y is (the state a
+    sampler started at t is in, Monte Carlo), one DTDM-DDIM step t -> 0 with its target lands
+    on y exactly, and its weight is SNR_s / SNR_t from the schedule (an independent float64
+    computation)."""
+    import jax
+    import jax.numpy as jnp
+
+    sched = dtdm.make_schedule(2000, 1e-6, 1e-2, "linear")
+    rng = np.random.default_rng(0)
+    y = jnp.asarray(rng.uniform(-1, 1, (512, 4, 4, 3)), jnp.float32)
+    x = jnp.asarray(np.clip(np.asarray(y) + 0.2 * rng.standard_normal(y.shape), -1, 1), jnp.float32)
+    keys = jax.random.split(jax.random.key(1), y.shape[0])
+    m, t, target, weight = jax.vmap(lambda a, b, k: dtdm.own_start_example(sched, a, b, k, 100))(y, x, keys)
+    t = np.asarray(t)
+    assert t.min() >= 1 and t.max() <= 100 and len(np.unique(t)) > 80
+    ab = np.cumprod(1 - np.linspace(1e-6, 1e-2, 2000, dtype=np.float64))
+    ab_t = ab[t - 1].reshape(-1, 1, 1, 1)
+    z = (np.asarray(m, np.float64) - np.sqrt(ab_t) * np.asarray(x)) / np.sqrt(1 - ab_t)
+    assert abs(z.mean()) < 0.02 and abs(z.var() - 1) < 0.03
+    assert abs(np.corrcoef(z.ravel(), np.asarray(y).ravel())[0, 1]) < 0.02
+    landed = dtdm.ddim_step(sched, m, target, x, jnp.asarray(t), jnp.zeros_like(jnp.asarray(t)), 100)
+    np.testing.assert_allclose(np.asarray(landed), np.asarray(y), atol=2e-3)
+    snr = lambda a: a / (1 - a)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(weight), snr(ab[99]) / snr(ab[t - 1]), rtol=1e-3)

@@ -306,14 +306,16 @@ def _write_weights(loaded: LoadedModel, out: epath.Path, source: str) -> dict:
         st = loaded.sampler_settings()
         manifest["sampler"] = {"method": st.method, "num_steps": st.num_steps, "s": st.s, "label": st.label,
                                "start": str(loaded.config.sample.get("start", "")) or "s",
-                               "start_noise_factor": float(loaded.config.sample.get("start_noise_factor", 1.0))}
+                               "start_noise_factor": float(loaded.config.sample.get("start_noise_factor", 1.0)),
+                               "start_switch": int(loaded.config.sample.get("start_switch", 0))}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
 def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: Optional[bool] = None,
                    sample_method: Optional[str] = None, sample_num_steps: Optional[int] = None,
-                   sample_start: Optional[str] = None, start_noise_factor: Optional[float] = None) -> dict:
+                   sample_start: Optional[str] = None, start_noise_factor: Optional[float] = None,
+                   start_switch: Optional[int] = None) -> dict:
     """Writes the portable weights folder ``out`` for the model at ``path``; returns its manifest.
 
     ``out`` (local or ``gs://``) must not exist (nothing is ever overwritten); it
@@ -322,7 +324,8 @@ def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: 
     may leave part of ``out`` beside the hidden temporary folder).
     ``sample_method``/``sample_num_steps`` set the sampler the folder asks for
     (stored in its config's ``sample`` fields and the manifest); so do ``sample_start``
-    ("" for s, or "auto") and ``start_noise_factor`` (the auto start's, > 0).
+    ("" for s, or "auto"), ``start_noise_factor`` (the auto start's, > 0) and ``start_switch``
+    (0..s, 0 never; ``dtdm.file_sampler``).
     """
     out = as_path(out)
     if out.exists():
@@ -335,12 +338,15 @@ def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: 
         raise ValueError(f"sample_start must be '' (start at s) or 'auto', got {sample_start!r}")
     if start_noise_factor is not None and not float(start_noise_factor) > 0:
         raise ValueError(f"start_noise_factor must be > 0, got {start_noise_factor}")
+    if start_switch is not None and not 0 <= int(start_switch) <= int(config.diffusion.s):
+        raise ValueError(f"start_switch must be in [0, s={int(config.diffusion.s)}] (0: never), got {start_switch}")
     if sample_start == "auto" and factory.model_condition(config) != "calibrated":
         raise ValueError("sample_start 'auto' measures the noise of the calibrated condition; "
                          f"{path} is not a calibrated model")
     overrides = {"method": sample_method, "num_steps": None if sample_num_steps is None else int(sample_num_steps),
                  "start": sample_start,
-                 "start_noise_factor": None if start_noise_factor is None else float(start_noise_factor)}
+                 "start_noise_factor": None if start_noise_factor is None else float(start_noise_factor),
+                 "start_switch": None if start_switch is None else int(start_switch)}
     if any(v is not None for v in overrides.values()):
         with config.unlocked():
             for key, value in overrides.items():

@@ -624,6 +624,8 @@ def export_weights_main(argv: Sequence[str]) -> int:
                    "models; docs/real-detail.md). Default: the config's")
     p.add_argument("--start-noise-factor", type=float, default=None, metavar="K",
                    help="auto start: the start noise covers K times the file's noise (default: the config's)")
+    p.add_argument("--start-switch", type=int, default=None, metavar="T",
+                   help="auto start: from a noise-matched start T on, the sampler from s (default: the config's)")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
@@ -634,7 +636,8 @@ def export_weights_main(argv: Sequence[str]) -> int:
                                           sample_method=args.method, sample_num_steps=args.steps,
                                           sample_start=None if args.start is None else
                                           ("" if args.start == "s" else args.start),
-                                          start_noise_factor=args.start_noise_factor)
+                                          start_noise_factor=args.start_noise_factor,
+                                          start_switch=args.start_switch)
     except FileExistsError:
         _err(args.out, "exists; choose a new folder (weights are never overwritten)")
         return 2

@@ -90,6 +90,7 @@ class DiffRAWPipeline:
         self.last_exposure = 0.0  # the EV of the last calibrated frame (calibrated_inputs)
         self.auto_start = False   # from_checkpoint(start="auto"): the start step per frame
         self.start_noise_factor = 1.0  # auto start: the start noise covers this many times the frame's
+        self.start_switch = 0     # auto start: from this start on, the sampler from s (0: never)
         self.base_settings = settings
         self.last_noise = float("nan")  # auto start: the last frame's condition noise (sRGB, [0, 1])
         self._color_fn = sampling.make_color_condition(color_model if color == "g" else None, color_params)
@@ -100,7 +101,8 @@ class DiffRAWPipeline:
                         color: Optional[str] = None, tile="train", overlap: Optional[int] = None, batch: int = 4,
                         eta: float = 0.0, use_ema: Optional[bool] = None,
                         step: Optional[int] = None, other_sampler: bool = False,
-                        start=None, start_noise_factor: Optional[float] = None) -> "DiffRAWPipeline":
+                        start=None, start_noise_factor: Optional[float] = None,
+                        start_switch: Optional[int] = None) -> "DiffRAWPipeline":
         """Loads a weights folder or a training workdir (read-only, ``weights.load_inference``).
 
         ``method``/``num_steps``: default what the model's config asks for
@@ -119,7 +121,9 @@ class DiffRAWPipeline:
         frame, from the frame's measured noise (``auto_start``; a calibrated model only; for
         method "dtdm" it sets the ancestral steps instead, Algorithm 2 from m_t); default the
         model's ``sample.start``. ``start_noise_factor``: the auto start's noise in multiples of the
-        frame's (default the model's ``sample.start_noise_factor``).
+        frame's (default the model's ``sample.start_noise_factor``); ``start_switch``: the
+        noise-matched start from which the sampler runs from s (default the model's
+        ``sample.start_switch``; ``dtdm.file_sampler``).
         Raises FileNotFoundError, ValueError or RuntimeError (see ``load_inference``).
         """
         loaded = weights.load_inference(path, use_ema=use_ema, step=step, color_net=False)
@@ -160,6 +164,11 @@ class DiffRAWPipeline:
         if not float(start_noise_factor) > 0:
             raise ValueError(f"start_noise_factor must be > 0, got {start_noise_factor}")
         pipe.start_noise_factor = float(start_noise_factor)
+        if start_switch is None:
+            start_switch = loaded.config.sample.get("start_switch", 0)
+        if not 0 <= int(start_switch) <= settings.s:
+            raise ValueError(f"start_switch must be in [0, s={settings.s}] (0: never), got {start_switch}")
+        pipe.start_switch = int(start_switch)
         return pipe
 
     def _check_tile(self, tile: Tuple[int, int]) -> None:
@@ -267,11 +276,11 @@ class DiffRAWPipeline:
 
     def auto_start_settings(self, planes, exposure_ev: float) -> factory.SamplerSettings:
         """The sampler for one frame under ``start="auto"`` (docs/real-detail.md "The file-dependent
-        sampler"): the start step t = ``dtdm.start_for_noise`` of ``start_noise_factor`` times the
-        condition's noise at mid-grey (``calibration.condition_noise`` of the frame's normalised
-        planes [h, w, 4] at ``exposure_ev``). dtdm_ddim: starts at t with the stride of its steps
-        from s (``dtdm.steps_for_start``: a 1-step sampler stays 1 step); dtdm: t ancestral steps
-        (Algorithm 2 from m_t); t = s leaves the sampler as it is. Sets ``last_noise``."""
+        sampler"): the noise-matched start t = ``dtdm.start_for_noise`` of ``start_noise_factor``
+        times the condition's noise at mid-grey (``calibration.condition_noise`` of the frame's
+        normalised planes [h, w, 4] at ``exposure_ev``). dtdm_ddim: ``dtdm.file_sampler`` -- one
+        step from t below ``start_switch``, else the sampler as it is (from s); dtdm: t ancestral
+        steps (Algorithm 2 from m_t). Sets ``last_noise``."""
         base = self.base_settings
         self.last_noise = calibration.condition_noise(planes, exposure_ev)
         t = dtdm.start_for_noise(self.schedule, base.s, self.start_noise_factor * self.last_noise)
@@ -279,9 +288,11 @@ class DiffRAWPipeline:
             return base
         if base.method == "dtdm":
             return base._replace(num_steps=t, label=f"{base.label}, auto start t={t}")
-        n = dtdm.steps_for_start(base.num_steps or base.s, base.s, t)
+        start, n = dtdm.file_sampler(base.s, base.num_steps or base.s, t, self.start_switch)
+        if start == base.s:
+            return base._replace(label=f"{base.label}, auto: noisy (t={t}), from s")
         label = base.label.replace(f"DDIM-{base.num_steps or base.s}", f"DDIM-{n}", 1)
-        return base._replace(num_steps=n, start=t, label=f"{label}, auto start t={t}")
+        return base._replace(num_steps=n, start=start, label=f"{label}, auto start t={start}")
 
     # ---- entry points --------------------------------------------------------
     def calibrated_inputs(self, prepared: camera.PreparedFrame, frame: camera.BayerFrame):

@@ -104,6 +104,8 @@ def default_config() -> ml_collections.ConfigDict:
     t.num_train_steps = 1_000_000
     t.init_from = ""            # a weights folder or workdir whose EMA parameters start a new run
                                 #   (fine-tuning; a resumed run ignores it)
+    t.own_start_share = 0.0     # DTDM: this share of the examples at their own start t = s' ~ U{1..s}
+                                #   (dtdm.own_start_example: teaches the exact late start; docs/real-detail.md)
     t.log_every_steps = 100
     t.checkpoint_every_steps = 5_000
     t.keep_checkpoints = 3
@@ -135,6 +137,8 @@ def default_config() -> ml_collections.ConfigDict:
     sm.start = ""               # "": start at s (the paper); "auto": per file, from its measured noise
                                 # (calibrated models, inference; docs/real-detail.md)
     sm.start_noise_factor = 1.0  # "auto": the start noise covers this many times the file's noise
+    sm.start_switch = 0         # "auto": from this noise-matched start on, the sampler from s
+                                #   (dtdm.file_sampler; 0: never); below it one step from there
     sm.use_ema = True
     return c
 

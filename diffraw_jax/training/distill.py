@@ -30,15 +30,15 @@ t <= s = 100, this is Salimans & Ho's "truncated SNR" weighting max(SNR_t, 1) of
 y_hat error; f-prediction is well conditioned here because DTDM never reaches low
 SNR (their reason to leave epsilon-prediction does not arise).
 
-A student for any start (``distill.start = "any"``, docs/real-detail.md "A student for every
-start"): the file-dependent sampler starts at a step T in [1, s] chosen per file and makes
-``dtdm.steps_for_start(n, s, T)`` steps from there (n from s). The one-step student learns,
-for T ~ U{1..s}, the teacher's whole sampler from that start: m_T is the sampler's own start
-point sqrt(ab_T) x + sqrt(1-ab_T) eps (eq. 18 with y replaced by x, as ``dtdm.sample`` starts),
-the teacher's K = steps_for_start(n, s, T) DDIM steps on ``dtdm.sampling_timesteps(T, K)`` land
-at m_0 = y_hat, and the target is the f* that lands one step T -> 0 there (``student_target``
-with r = 0). One round: the teacher's K <= n steps are unrolled (Luhman & Luhman's direct
-distillation of a deterministic sampler, here with at most n = 4 teacher steps).
+A student for the file-dependent sampler (``distill.start = "any"``, docs/real-detail.md "The
+student"): the sampler starts at a noise-matched step t0 chosen per file and runs
+``dtdm.file_sampler(s, n, t0, switch)``: one step from t0 below the switch, the teacher's n
+steps from s above. The one-step student learns, for t0 ~ U{1..s}, the teacher's whole sampler
+from that start: m is the sampler's own start point sqrt(ab_T) x + sqrt(1-ab_T) eps (T the
+start; eq. 18 with y replaced by x, as ``dtdm.sample`` starts), the teacher's K DDIM steps on
+``dtdm.sampling_timesteps(T, K)`` land at y_hat, and the target is the f* that lands one step
+T -> 0 there (``student_target`` with r = 0). One round; the teacher's K <= n steps are
+unrolled (Luhman & Luhman's direct distillation of a deterministic sampler).
 """
 from __future__ import annotations
 
@@ -130,33 +130,35 @@ def distillation_example(schedule: dtdm.Schedule, teacher_fn: Callable[[Array, A
     return m_t, t, student_target(schedule, m_t, m_r, t, r)
 
 
-def any_start_grids(s: int, teacher_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """(grids int32 [s + 1, teacher_steps + 1], counts int32 [s + 1]): for each start T in 1..s
-    the teacher's DTDM-DDIM grid from T (``dtdm.sampling_timesteps(T, K)``, zero-padded) and its
-    step count K = ``dtdm.steps_for_start(teacher_steps, s, T)``; row 0 is unused."""
+def any_start_grids(s: int, teacher_steps: int, switch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts int32 [s + 1], counts int32 [s + 1], grids int32 [s + 1, teacher_steps + 1]): for
+    each noise-matched start t0 in 1..s the file-dependent sampler's start T and step count K
+    (``dtdm.file_sampler``) and its DTDM-DDIM grid ``dtdm.sampling_timesteps(T, K)``,
+    zero-padded; row 0 is unused."""
     s, teacher_steps = int(s), int(teacher_steps)
     if teacher_steps < 1:
         raise ValueError(f"distill.teacher_steps must be >= 1, got {teacher_steps}")
-    table = np.zeros((s + 1, teacher_steps + 1), np.int32)
+    starts = np.zeros((s + 1,), np.int32)
     counts = np.zeros((s + 1,), np.int32)
-    for t in range(1, s + 1):
-        k = dtdm.steps_for_start(teacher_steps, s, t)
-        table[t, :k + 1] = dtdm.sampling_timesteps(t, k)
-        counts[t] = k
-    return table, counts
+    table = np.zeros((s + 1, teacher_steps + 1), np.int32)
+    for t0 in range(1, s + 1):
+        start, k = dtdm.file_sampler(s, teacher_steps, t0, switch)
+        starts[t0], counts[t0] = start, k
+        table[t0, :k + 1] = dtdm.sampling_timesteps(start, k)
+    return starts, counts, table
 
 
 def any_start_example(schedule: dtdm.Schedule, teacher_fn: Callable[[Array, Array], Array],
-                      x: Array, keys: Array, s: int, teacher_steps: int):
-    """A batch of one-step student examples from any start: (m_T, T, target), all [B, ...].
+                      x: Array, keys: Array, s: int, teacher_steps: int, switch: int):
+    """A batch of one-step student examples for the file-dependent sampler: (m_T, T, target).
 
     x: [B, H, W, C] the condition in [-1, 1]; keys: [B] PRNG keys, one per example. Per example
-    T ~ U{1..s}, m_T = sqrt(ab_T) x + sqrt(1-ab_T) eps (the sampler's start point), the
-    teacher's ``steps_for_start(teacher_steps, s, T)`` DTDM-DDIM steps from m_T to y_hat
-    (``teacher_fn(m, t) -> f``; a batch of mixed step counts runs ``teacher_steps``
+    t0 ~ U{1..s}, (T, K) = ``dtdm.file_sampler(s, teacher_steps, t0, switch)``, m_T = sqrt(ab_T)
+    x + sqrt(1-ab_T) eps (the sampler's start point), the teacher's K DTDM-DDIM steps from m_T
+    to y_hat (``teacher_fn(m, t) -> f``; a batch of mixed step counts runs ``teacher_steps``
     evaluations, the finished examples held), target = ``student_target(m_T, y_hat, T, 0)``.
     """
-    table, counts = (jnp.asarray(a) for a in any_start_grids(s, teacher_steps))
+    starts, counts, table = (jnp.asarray(a) for a in any_start_grids(s, teacher_steps, switch))
 
     def draw(k):
         k_t, k_n = jax.random.split(k)
@@ -164,8 +166,8 @@ def any_start_example(schedule: dtdm.Schedule, teacher_fn: Callable[[Array, Arra
                 jax.random.normal(k_n, x.shape[1:], jnp.float32))
 
     t0, noise = jax.vmap(draw)(keys)
-    m_t = dtdm.q_sample(schedule, x, x, t0, noise, s)
-    grid, steps = table[t0], counts[t0]
+    start, steps, grid = starts[t0], counts[t0], table[t0]
+    m_t = dtdm.q_sample(schedule, x, x, start, noise, s)
     m = m_t
     for k in range(int(teacher_steps)):
         active = k < steps
@@ -173,4 +175,4 @@ def any_start_example(schedule: dtdm.Schedule, teacher_fn: Callable[[Array, Arra
         stepped = dtdm.ddim_step(schedule, m, teacher_fn(m, t), x, t, r, s)
         m = jnp.where(active.reshape(active.shape + (1,) * (m.ndim - 1)), stepped, m)
     y_hat = jax.lax.stop_gradient(m)
-    return m_t, t0, student_target(schedule, m_t, y_hat, t0, jnp.zeros_like(t0))
+    return m_t, start, student_target(schedule, m_t, y_hat, start, jnp.zeros_like(start))

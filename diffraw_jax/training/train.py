@@ -216,7 +216,8 @@ def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx,
             example_keys = jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys)
             if config.distill.start == "any":
                 m_t, t, target = distill_lib.any_start_example(
-                    schedule, teacher_fn, x, example_keys, s, config.distill.teacher_steps)
+                    schedule, teacher_fn, x, example_keys, s, config.distill.teacher_steps,
+                    config.sample.start_switch)
             else:
                 teacher_grid, _ = distill_lib.grids(s, config.distill.teacher_steps)
                 m_t, t, target = distill_lib.distillation_example(
@@ -225,10 +226,20 @@ def train_step(state: TrainState, batch, key, teacher_params=None, *, model, tx,
             objective = config.diffusion.objective
             m_t, t, target = jax.vmap(
                 lambda yy, xx, kk: dtdm.training_example(schedule, yy, xx, kk, s, objective))(y, x, keys)
+        weight = jnp.ones((bsz,), jnp.float32)
+        share = float(config.train.own_start_share)
+        if share > 0 and teacher_params is None:  # exact late starts (dtdm.own_start_example)
+            m_o, t_o, target_o, weight_o = jax.vmap(
+                lambda yy, xx, kk: dtdm.own_start_example(schedule, yy, xx, kk, s))(y, x, keys)
+            pick = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 5), share))(keys)
+            per_pixel = pick.reshape(pick.shape + (1,) * (m_t.ndim - 1))
+            m_t, target = jnp.where(per_pixel, m_o, m_t), jnp.where(per_pixel, target_o, target)
+            t, weight = jnp.where(pick, t_o, t), jnp.where(pick, weight_o, weight)
 
         def loss_fn(params):
             f = model.apply({"params": params}, m_t, w, x, t, train=True, rngs={"dropout": drop_key})
-            loss = jnp.mean((f.astype(jnp.float32) - target) ** 2)
+            err = (f.astype(jnp.float32) - target) ** 2
+            loss = jnp.mean(weight.reshape(weight.shape + (1,) * (err.ndim - 1)) * err)
             return loss, {}
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -267,6 +278,14 @@ def make_train_step(config, model, tx, schedule, mesh, state_shardings, teacher_
 def distilling(config) -> bool:
     """True when ``distill.teacher`` names a teacher (progressive distillation)."""
     return config.task == "diffraw" and factory.is_distilled(config)
+
+
+def _validate_own_start(config):
+    share = float(config.train.own_start_share)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"train.own_start_share must be in [0, 1], got {share}")
+    if share > 0 and config.diffusion.objective != "dtdm":
+        raise ValueError("train.own_start_share teaches the DTDM late start; it needs diffusion.objective = 'dtdm'")
 
 
 def _validate_distill(config):
@@ -337,6 +356,8 @@ def _validate(config):
     if config.train.num_train_steps < 0:
         raise ValueError("train.num_train_steps must be >= 0")
     factory.model_condition(config)
+    if config.task == "diffraw":
+        _validate_own_start(config)
     if distilling(config):
         _validate_distill(config)
 
