@@ -110,3 +110,27 @@ def test_bad_input_ends_in_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no-such-package-diffraw-test" in err[0]
     assert "Unable to locate package" in err[0]
+
+
+def test_blur_range_sets_the_optics_blur(tmp_path, capsys):
+    """--blur LOW,HIGH: the optics blur's sigma drawn in that range; a sharper range leaves more
+    high-frequency energy in the RAW of the same scene and noise draw; a bad range is one line."""
+    rng = np.random.default_rng(5)
+    scene = np.clip(0.5 + 0.4 * rng.standard_normal((64, 64, 3)), 0, 1)  # white texture: all frequencies
+    big = (np.kron(scene, np.ones((2, 2, 1))) * 255).astype(np.uint8)
+
+    def hf(blur):
+        raw = photos.make_example(1, "train", 0, 64, [big], 1.0, blur=blur)[0].astype(float)
+        g = raw[0::2, 1::2]  # one colour plane
+        return np.mean(np.diff(g, axis=0) ** 2)
+
+    sharp, soft = hf((0.0, 0.0)), hf((1.8, 1.8))
+    assert sharp > 3 * soft, (sharp, soft)
+    a = photos.make_example(1, "train", 0, 64, [big], 1.0, blur=(0.3, 1.0))
+    b = photos.make_example(1, "train", 0, 64, [big], 1.0, blur=(0.3, 1.0))
+    assert np.array_equal(a[0], b[0])  # deterministic per (seed, split, index)
+    for bad in ("1", "a,b", "1.0,0.5"):
+        rc = photos.main(["--out", str(tmp_path / bad.replace(",", "_")), "--num_train", "1", "--num_test", "1",
+                          "--blur", bad, "--debs", str(tmp_path / "none")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "--blur" in err[0], err

@@ -234,13 +234,14 @@ def photo_scene(photo: np.ndarray, rng: np.random.Generator, side: int) -> np.nd
 
 
 def make_example(seed: int, split: str, index: int, size: int, photos: list, photo_share: float,
-                 warp: bool = False):
+                 warp: bool = False, blur=None):
     """One pair: (raw uint16 [size, size], dslr uint8 [size, size, 3], calibration dict, source),
     deterministic per (seed, split, index) given the same ``photos`` (arrays, in ``PHOTOS`` order;
     None for a skipped one). ``source``: the photograph's index in ``photos``, or -1 for dead leaves.
     ``warp``: the ZRR-like misalignment of ``unprocess``; off by default (pixel-aligned pairs: the
     data of calibrated models, whose condition comes from the RAW itself -- synthetic_zrr's
-    ``--aligned``; pretrained/demo/TRAINING.md stage 3)."""
+    ``--aligned``; pretrained/synthetic/TRAINING.md stage 3). ``blur``: (low, high) px, the range of
+    the optics blur's sigma (drawn from its own stream); None: ``unprocess``'s own U(0.6, 1.8)."""
     rng = np.random.default_rng([seed, synthetic_zrr.SPLIT_IDS[split], index, 28])
     side = size + 2 * MARGIN
     usable = [i for i, p in enumerate(photos) if p is not None]
@@ -252,7 +253,11 @@ def make_example(seed: int, split: str, index: int, size: int, photos: list, pho
         scene = synthetic_zrr.render_scene(rng, side)
     shot, read = draw_noise(rng)
     dslr = np.round(np.clip(scene[MARGIN:MARGIN + size, MARGIN:MARGIN + size], 0, 1) * 255).astype(np.uint8)
-    raw, info = synthetic_zrr.unprocess(scene, rng, margin=MARGIN, shot=shot, read=read, warp=warp)
+    blur_sigma = None
+    if blur is not None:
+        blur_sigma = np.random.default_rng([seed, synthetic_zrr.SPLIT_IDS[split], index, 29]).uniform(*blur)
+    raw, info = synthetic_zrr.unprocess(scene, rng, margin=MARGIN, shot=shot, read=read, warp=warp,
+                                        blur_sigma=blur_sigma)
     return raw, dslr, synthetic_zrr.calibration(info), source
 
 
@@ -265,8 +270,8 @@ def _init(paths, size):
 
 
 def _work(args):
-    out, seed, split, index, size, share, warp = args
-    raw, dslr, calib, source = make_example(seed, split, index, size, _PHOTOS, share, warp)
+    out, seed, split, index, size, share, warp, blur = args
+    raw, dslr, calib, source = make_example(seed, split, index, size, _PHOTOS, share, warp, blur)
     synthetic_zrr.write_pair(out, split, index, raw, dslr, calib)
     return source
 
@@ -286,10 +291,12 @@ def usable_photos(paths: list, size: int) -> tuple:
 
 
 def generate(out: str, root: str, num_train: int, num_test: int, size: int = 448, seed: int = 0,
-             photo_share: float = 0.5, workers=None, photos=PHOTOS, warp: bool = False) -> dict:
+             photo_share: float = 0.5, workers=None, photos=PHOTOS, warp: bool = False, blur=None) -> dict:
     """Writes the pairs and ``photos.json`` under ``out`` from the photographs under ``root``
     (extracted packages) -> the summary dict (counts of pairs from photographs and from dead leaves,
-    photographs used and skipped)."""
+    photographs used and skipped). ``blur``: see ``make_example``."""
+    if blur is not None and not 0.0 <= blur[0] <= blur[1]:
+        raise DataError(f"--blur must be LOW,HIGH with 0 <= LOW <= HIGH (px), got {blur}")
     if not 0.0 <= photo_share <= 1.0:
         raise DataError(f"--photo_share must be in [0, 1], got {photo_share}")
     paths = find_photos(root, photos)
@@ -301,7 +308,7 @@ def generate(out: str, root: str, num_train: int, num_test: int, size: int = 448
     for split, n in (("train", num_train), ("test", num_test)):
         for sub in ("huawei_raw", "canon", "calibration"):
             os.makedirs(os.path.join(out, split, sub), exist_ok=True)
-        jobs += [(out, seed, split, i, size, photo_share, warp) for i in range(n)]
+        jobs += [(out, seed, split, i, size, photo_share, warp, blur) for i in range(n)]
     workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
     if workers == 1:
         _init(kept, size)
@@ -324,7 +331,8 @@ def generate(out: str, root: str, num_train: int, num_test: int, size: int = 448
                         "pairs": int(counts[i + 1])})
     summary = {"pairs": len(jobs), "photo_pairs": int(counts[1:].sum()), "dead_leaves_pairs": int(counts[0]),
                "photographs": len(paths), "photographs_skipped": skipped, "size": size, "seed": seed,
-               "photo_share": photo_share, "clean_share": CLEAN_SHARE, "warp": warp}
+               "photo_share": photo_share, "clean_share": CLEAN_SHARE, "warp": warp,
+               "blur": list(blur) if blur is not None else [0.6, 1.8]}
     return {"summary": summary, "photos": entries}
 
 
@@ -340,11 +348,22 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--warp", action="store_true",
                    help="misaligned pairs (ZRR-like warp); default pixel-aligned, as calibrated models train")
+    p.add_argument("--blur", default=None, metavar="LOW,HIGH",
+                   help="range of the optics blur's sigma in px (default 0.6,1.8: synthetic_zrr's, phone-like; "
+                   "0.3,1.0: a camera lens like the shipped models')")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     a = p.parse_args(argv)
     try:
         if a.num_train < 1 or a.num_test < 1:
             raise DataError(f"--num_train and --num_test must be >= 1, got {a.num_train} and {a.num_test}")
+        blur = None
+        if a.blur is not None:
+            try:
+                blur = tuple(float(v) for v in a.blur.split(","))
+            except ValueError:
+                blur = ()
+            if len(blur) != 2 or not 0.0 <= blur[0] <= blur[1]:
+                raise DataError(f"--blur must be LOW,HIGH (two numbers, 0 <= LOW <= HIGH px), got {a.blur!r}")
         if a.size % 2 or a.size < 2:
             raise DataError(f"--size must be even and >= 2, got {a.size}")
         if os.path.isdir(a.out) and os.listdir(a.out) and not a.overwrite:
@@ -355,7 +374,7 @@ def main(argv=None) -> int:
         os.makedirs(a.out, exist_ok=True)
         copy_licences(root, a.out)
         result = generate(a.out, root, a.num_train, a.num_test, a.size, a.seed, a.photo_share, a.workers,
-                          warp=a.warp)
+                          warp=a.warp, blur=blur)
     except DataError as e:
         print(f"photos: error: {e}", file=sys.stderr)
         return 2
