@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-fast demo demo-train photos pretrained pretrained-synthetic pretrained-paper distill \
+.PHONY: install test test-fast demo demo-train photos pretrained student pretrained-synthetic pretrained-paper \
 	distill-rounds device-check clean
 
 install: $(STAMP)
@@ -59,28 +59,28 @@ demo-train: install
 
 # The shipped teacher (pretrained/demo) into pretrained/demo-new: the data command (23 real
 # photographs from Debian's wallpaper packages and textured dead leaves, unprocessed into RAW pairs
-# with their calibration, 40% at base-ISO noise; apt-get download, nothing installed), its TFDS
-# build, pretrained/synthetic fine-tuned on it (configs/pretrained.py), export-weights. About 40
-# minutes on 2 CPU cores; see pretrained/demo/TRAINING.md and docs/real-detail.md.
+# with their calibration, 40% at base-ISO noise, optics blur 0-0.3 px; apt-get download, nothing
+# installed), its TFDS build, pretrained/synthetic fine-tuned on it (configs/pretrained.py),
+# export-weights. About 30 minutes on 2 CPU cores; see pretrained/demo/TRAINING.md and docs/real-detail.md.
 PHOTOS ?= data/photos
 PHOTOS_TFDS ?= data/tfds_photos
 photos: install
 	test -f $(PHOTOS)/photos.json || $(BIN)/python -m diffraw_jax.data.photos --out $(PHOTOS) \
-		--num_train 1024 --num_test 32 --workers 2
+		--num_train 1024 --num_test 32 --workers 2 --blur 0,0.3
 	$(BIN)/python -m tfds_zrr.build --manual_dir $(PHOTOS) --data_dir $(PHOTOS_TFDS) --config calibrated
 
 pretrained: photos
 	$(BIN)/python main.py --config=configs/pretrained.py --workdir=$(DEMO_WORK)/pretrained
 	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/pretrained --out pretrained/demo-new
 
-# The shipped student (pretrained/distill-1) into pretrained/distill-1-new: one round of distillation
-# for every start of the teacher's file-dependent sampler (configs/distill.py:any; TEACHER=
-# pretrained/demo-new after `make pretrained` for the whole chain). About 25 minutes on 2 cores.
+# The shipped one-step model (pretrained/distill-1) into pretrained/distill-1-new: the teacher
+# specialised to its one-step sampler from the file's noise-matched start (configs/student.py;
+# TEACHER=pretrained/demo-new after `make pretrained` for the whole chain). About 10 minutes.
 TEACHER ?= pretrained/demo
-distill: photos
-	$(BIN)/python main.py --config=configs/distill.py:any --workdir=$(DEMO_WORK)/distill/student-any \
-		--config.distill.teacher=$(TEACHER)
-	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/distill/student-any --out pretrained/distill-1-new
+student: photos
+	$(BIN)/python main.py --config=configs/student.py --workdir=$(DEMO_WORK)/student \
+		--config.train.init_from=$(TEACHER)
+	$(BIN)/diffraw export-weights --checkpoint $(DEMO_WORK)/student --out pretrained/distill-1-new
 
 # The synthetic-data base (pretrained/synthetic, calibrated colour, that pretrained/demo is
 # fine-tuned from) into pretrained/synthetic-new: 1,024 photographic synthetic pairs with their

@@ -1,4 +1,5 @@
-"""The shipped model (pretrained/demo) loads, checks out and runs through ``diffraw``."""
+"""The shipped models (pretrained/demo, pretrained/distill-1, the base pretrained/synthetic) load,
+check out and run through ``diffraw``."""
 import json
 import os
 import subprocess
@@ -20,9 +21,16 @@ def test_shipped_weights_load_with_their_manifest():
     assert m.config.model.name == "demo" and m.num_params == manifest["num_params"] == 2_756_723
     assert m.config.model.condition == "calibrated"  # colour from each file's own calibration (#21)
     assert m.color_net is not None and m.color_net.num_params == 378_659
-    assert m.sampler_settings().label == "DTDM-100"
+    # The file-dependent sampler (#28): one step from the file's noise-matched start; DTDM-DDIM-4
+    # from s on request. Trained with half its examples at their own late start.
+    assert m.sampler_settings().label == "DTDM-DDIM-4"
+    assert manifest["sampler"]["start"] == "auto" and manifest["sampler"]["start_switch"] == 0
+    assert manifest["sampler"]["start_noise_factor"] == m.config.sample.start_noise_factor > 0
+    assert m.config.train.own_start_share == 0.5 and m.config.train.init_from == "pretrained/synthetic"
     assert weights.folder_bytes(MODEL) < 15 * 2**20  # small enough for git
     assert os.path.isfile(os.path.join(MODEL, "TRAINING.md"))
+    base = weights.load_inference(os.path.join(REPO, "pretrained", "synthetic"), color_net=False)
+    assert base.config.model.condition == "calibrated" and base.sampler_settings().label == "DTDM-100"
 
 
 def test_diffraw_runs_the_shipped_model_on_a_dng(tmp_path):
@@ -56,16 +64,20 @@ STUDENT = os.path.join(REPO, "pretrained", "distill-1")
 
 
 def test_shipped_student_samples_in_one_step_through_diffraw(tmp_path):
-    """pretrained/distill-1: checks out, says one DTDM-DDIM step in its manifest, and diffraw
-    runs it on a DNG with no sampler options, logging that sampler."""
+    """pretrained/distill-1: checks out, says one DTDM-DDIM step from the file's noise-matched
+    start in its manifest, and diffraw runs it on a DNG with no sampler options, logging that
+    sampler and the start it chose."""
     pytest.importorskip("pidng")
     from diffraw_jax.checkpoints import weights
 
     m = weights.load_inference(STUDENT)  # checks sha256 and every shape
     manifest = json.load(open(os.path.join(STUDENT, "manifest.json")))
-    assert manifest["sampler"] == {"method": "dtdm_ddim", "num_steps": 1, "s": 100,
-                                   "label": "distilled DTDM-DDIM-1"}
-    assert m.sampler_settings().label == "distilled DTDM-DDIM-1" and m.num_params == 2_756_723
+    teacher = json.load(open(os.path.join(MODEL, "manifest.json")))["sampler"]
+    assert manifest["sampler"] == {"method": "dtdm_ddim", "num_steps": 1, "s": 100, "label": "DTDM-DDIM-1",
+                                   "start": "auto", "start_noise_factor": teacher["start_noise_factor"],
+                                   "start_switch": 0}
+    assert m.config.train.own_start_share == 1.0 and m.config.train.init_from == "pretrained/demo"
+    assert m.sampler_settings().label == "DTDM-DDIM-1" and m.num_params == 2_756_723
     assert m.color_net is not None and weights.folder_bytes(STUDENT) < 15 * 2**20
     assert os.path.isfile(os.path.join(STUDENT, "TRAINING.md"))
 
@@ -79,7 +91,8 @@ def test_shipped_student_samples_in_one_step_through_diffraw(tmp_path):
                        capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "processed 1, failed 0" in r.stdout
-    assert "sampler distilled DTDM-DDIM-1: 1 network evaluations per tile" in r.stdout + r.stderr
+    log = r.stdout + r.stderr
+    assert "-> sampler DTDM-DDIM-1, auto start t=" in log, log[-2000:]
     from PIL import Image
 
     img = np.asarray(Image.open(tmp_path / "out" / "synthetic_0.png"))

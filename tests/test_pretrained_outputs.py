@@ -5,7 +5,9 @@ paper's G path; pretrained/demo until issue #21) and pretrained/distill-1 on one
 64x96 mosaic, with this file's ``render`` under the test suite's XLA flags
 (tests/conftest.py). First recorded at commit 31f4c66 (before the one-path redesign of
 #20); re-recorded in #21 for two intended changes: paper-demo's G runs with
-``zero_mean_details`` (no 16-px lattice) and distill-1 is the calibrated student. A refactor that changes what the shipped weights
+``zero_mean_details`` (no 16-px lattice) and distill-1 is the calibrated student; and in #28
+for the retrained models (distill-1 and the new demo_default case: pretrained/demo, both at
+their defaults, the file-dependent start). A refactor that changes what the shipped weights
 compute (the loader, the config upgrade, the sampler, G, the colour condition,
 the tiler) fails here. Regenerate only for an intended change of the outputs:
 
@@ -23,6 +25,7 @@ CASES = {  # name -> (model folder, from_checkpoint keyword arguments)
     "demo_g_ddim4_tiled": ("pretrained/paper-demo", dict(method="dtdm_ddim", num_steps=4, tile=32, overlap=8)),
     "demo_classic_dtdm10": ("pretrained/paper-demo", dict(color="classic", method="dtdm", num_steps=10, tile=None)),
     "distill1_default": ("pretrained/distill-1", dict(tile=None)),
+    "demo_default": ("pretrained/demo", dict(tile=32, overlap=8)),
 }
 
 

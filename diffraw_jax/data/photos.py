@@ -350,7 +350,7 @@ def main(argv=None) -> int:
                    help="misaligned pairs (ZRR-like warp); default pixel-aligned, as calibrated models train")
     p.add_argument("--blur", default=None, metavar="LOW,HIGH",
                    help="range of the optics blur's sigma in px (default 0.6,1.8: synthetic_zrr's, phone-like; "
-                   "0.3,1.0: a camera lens like the shipped models')")
+                   "0,0.3: the shipped models', which are not taught to sharpen a camera's picture)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     a = p.parse_args(argv)
     try:
