@@ -2,7 +2,9 @@
 (issue 28, item 2), in the ZRR layout of ``synthetic_zrr``.
 
     python -m diffraw_jax.data.photos --out data/photos --num_train 1024 --num_test 32 \\
-        [--photo_share 0.5] [--seed 0] [--debs data/debs] [--workers N] [--warp]
+        [--photo_share 0.5] [--seed 0] [--debs data/debs] [--workers N] [--warp] [--blur LOW,HIGH]
+
+(the shipped models: ``--blur 0,0.3``; ``make photos``).
 
 1. **Download** the Debian packages ``PACKAGES`` (``plasma-workspace-wallpapers``,
    ``mate-backgrounds``) with ``apt-get download`` into ``--debs`` (default
