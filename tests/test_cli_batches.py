@@ -1,6 +1,7 @@
 """``diffraw`` batches that resume, and output folders checked before any sampling (#23);
 temporaries that name their host and pid, left alone by another host (#29)."""
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -183,10 +184,34 @@ def test_unwritable_output_injected(tmp_path, capsys, monkeypatch):
     assert sampled == []
 
 
+def _distilled_student(folder):
+    """A weights folder of a progressively distilled student (``distill.teacher`` set, DTDM-DDIM-1 from
+    s): pretrained/distill-1's weights (since #28 a specialised one-step model, not a distilled one)
+    under the config of a student of the last distillation round. The refusals below depend on the
+    config only; the loader checks the weights' sha256 and shapes as for any folder."""
+    import shutil
+
+    shutil.copytree(STUDENT, folder)
+    cfg_path = os.path.join(folder, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["distill"].update(teacher="pretrained/demo", teacher_steps=2, start="s")
+    cfg["sample"].update(method="dtdm_ddim", num_steps=1, start="")
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
+    return str(folder)
+
+
 def test_a_student_runs_only_the_sampler_it_was_distilled_for(tmp_path, capsys):
-    """pretrained/distill-1 was distilled for DTDM-DDIM-1: --method dtdm or --steps 4 is refused in
-    one line naming that; --other-sampler runs it with one warning."""
+    """A student distilled for DTDM-DDIM-1: --method dtdm or --steps 4 is refused in one line naming
+    that; --other-sampler runs it with one warning."""
+    student = _distilled_student(tmp_path / "student")
     src = _mosaics(tmp_path / "in", n=1)
+
+    def _args(src, out, *extra):  # noqa: F811 -- this test's own checkpoint
+        return ["--checkpoint", student, "--input", str(src), "--output", str(out), "--quiet", "--tile", "0",
+                *extra]
+
     for extra in (["--method", "dtdm"], ["--steps", "4"], ["--method", "dtdm_ddim", "--steps", "2"]):
         assert cli.main(_args(src, tmp_path / "out", *extra)) == 2
         err = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("error")]
@@ -302,7 +327,7 @@ def test_cli_profile_splits_a_run_and_measures_the_network_apart(tmp_path):
     rng = np.random.default_rng(2)
     path = dng_writer.write_dng(str(tmp_path / "f.dng"), (63 + rng.uniform(0.1, 0.6, (64, 96)) * 957).astype(np.uint16))
     r = cli_profile.profile(path, STUDENT, tile=32, batch=2)
-    assert r["tiles"] > 2 and r["network_calls"] == -(-r["tiles"] // 2) and r["sampler"] == "distilled DTDM-DDIM-1"
+    assert r["tiles"] > 2 and r["network_calls"] == -(-r["tiles"] // 2) and r["sampler"] == "DTDM-DDIM-1"
     assert set(r["steps_s"]) == {"read", "prepare", "colour condition (G or calibrated)", "sampling (f, tiled)",
                                  "finish (crop, orient)", "PNG encode", "write"}
     assert r["f_s"] > 0 and r["g_s"] is None and r["network_s"] >= r["f_s"]  # calibrated: no G in the path

@@ -11,7 +11,7 @@ from diffraw_jax.checkpoints import weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = ["pretrained/demo", "pretrained/demo/color_net", "pretrained/paper-demo", "pretrained/paper-demo/color_net",
-           "pretrained/distill-1",
+           "pretrained/distill-1", "pretrained/synthetic", "pretrained/synthetic/color_net",
            "pretrained/distill-1/color_net"]
 
 

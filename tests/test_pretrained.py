@@ -92,7 +92,8 @@ def test_shipped_student_samples_in_one_step_through_diffraw(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "processed 1, failed 0" in r.stdout
     log = r.stdout + r.stderr
-    assert "-> sampler DTDM-DDIM-1, auto start t=" in log, log[-2000:]
+    # A 64x96 frame is too small to measure its noise: the auto start falls back to s, and says so.
+    assert "synthetic_0.dng: condition noise nan at mid-grey -> sampler DTDM-DDIM-1" in log, log[-2000:]
     from PIL import Image
 
     img = np.asarray(Image.open(tmp_path / "out" / "synthetic_0.png"))

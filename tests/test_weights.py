@@ -187,7 +187,8 @@ def test_export_and_load_weights_round_trip(trained, tmp_path):
     manifest = weights.export_weights(trained["wd"], str(out))
     assert sorted(os.listdir(out)) == ["color_net", "config.json", "manifest.json", "params.npz"]
     assert manifest["step"] == 6 and manifest["num_params"] == 49_787
-    assert manifest["sampler"] == {"method": "dtdm", "num_steps": None, "s": 20, "label": "DTDM-20"}
+    assert manifest["sampler"] == {"method": "dtdm", "num_steps": None, "s": 20, "label": "DTDM-20",
+                                   "start": "s", "start_noise_factor": 1.0, "start_switch": 0}
     assert manifest["color_net"]["step"] == 5
     with open(out / "params.npz", "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == manifest["sha256"]["params.npz"]
@@ -301,8 +302,8 @@ def test_loaded_model_carries_what_its_config_fixes():
     weights_lib, factory_lib = weights, factory
     root = os.path.join(REPO, "pretrained")
     student = weights_lib.load_inference(os.path.join(root, "distill-1"), color_net=False)
-    assert (student.condition, student.distilled) == ("calibrated", True)
-    assert student.config.model.condition == "calibrated" and student.config.distill.teacher
+    assert (student.condition, student.distilled) == ("calibrated", False)  # specialised, not distilled (#28)
+    assert student.config.model.condition == "calibrated" and not student.config.distill.teacher
     assert student.schedule.betas.shape == (student.config.diffusion.num_timesteps,)
     paper = weights_lib.load_inference(os.path.join(root, "paper-demo"))
     assert (paper.condition, paper.distilled) == ("paper", False)
