@@ -125,24 +125,17 @@ def test_student_examples_at_s_are_the_sampler_start_point():
     assert abs(np.corrcoef(z.ravel(), np.asarray(y).ravel())[0, 1]) < 0.01
 
 
-def fit_student(teacher, teacher_steps, seed):
-    """Least squares over distillation_example's targets in the family f = a_t m + b_t x + c_t
-    (which holds the ideal student: the teacher is affine). Returns the student's denoiser."""
-    grid = distill.grids(S, teacher_steps)[0]
-    y, x = draw(256, seed)
-    keys = jax.random.split(jax.random.key(seed), y.shape[0])
-    m, t, target = distill.distillation_example(SCHED, teacher(x), y, x, keys, S, grid)
+def affine_student(m, t, target, x):
+    """Least squares over a student's examples (m, t, target; x the conditions) in the family
+    f = a_t m + b_t x + c_t, per t (it holds the ideal student: the teacher is affine). Returns
+    (the student's denoiser maker ``student(x) -> f(m, t)``, the trained steps, sorted)."""
     m, t, target, xs = (np.asarray(v, np.float64) for v in (m, t, target, x))
-    coef = {}
-    for tt in np.unique(t):
+    table = np.zeros((S + 1, 3))
+    trained = sorted(int(tt) for tt in np.unique(t))
+    for tt in trained:
         sel = t == tt
         feats = np.stack([m[sel].ravel(), xs[sel].ravel(), np.ones(m[sel].size)], 1)
-        coef[int(tt)], *_ = np.linalg.lstsq(feats, target[sel].ravel(), rcond=None)
-    assert sorted(coef) == sorted(grid[:-1:2].tolist())  # every student step was trained
-
-    table = np.zeros((S + 1, 3))
-    for tt, c in coef.items():
-        table[tt] = c
+        table[tt], *_ = np.linalg.lstsq(feats, target[sel].ravel(), rcond=None)
     table = jnp.asarray(table, jnp.float32)
 
     def student(xb):
@@ -150,6 +143,16 @@ def fit_student(teacher, teacher_steps, seed):
             c = table[tb][:, :, None, None, None]
             return c[:, 0] * mb + c[:, 1] * xb + c[:, 2]
         return f
+    return student, trained
+
+
+def fit_student(teacher, teacher_steps, seed):
+    """``affine_student`` of distillation_example's targets. Returns the student's denoiser."""
+    grid = distill.grids(S, teacher_steps)[0]
+    y, x = draw(256, seed)
+    keys = jax.random.split(jax.random.key(seed), y.shape[0])
+    student, trained = affine_student(*distill.distillation_example(SCHED, teacher(x), y, x, keys, S, grid), x)
+    assert trained == sorted(grid[:-1:2].tolist())  # every student step was trained
     return student
 
 
@@ -196,25 +199,13 @@ def test_one_step_student_for_the_file_sampler_reproduces_the_teachers_sampler_f
     y, x = draw(6000, 21)
     keys = jax.random.split(jax.random.key(21), y.shape[0])
     m, t, target = distill.any_start_example(SCHED, jax_ideal(x), x, keys, S, 4, 40)
-    m, t, target, xs = (np.asarray(v, np.float64) for v in (m, t, target, x))
-    assert sorted(np.unique(t).astype(int).tolist()) == list(range(1, 40)) + [S]  # every start drawn
+    student, trained = affine_student(m, t, target, x)
+    assert trained == list(range(1, 40)) + [S]  # every start drawn
     # The start points are the sampler's: (m_T - sqrt(ab_T) x) / sqrt(1 - ab_T) ~ N(0, 1), free of y.
-    ab = np.asarray(SCHED.alpha_bars, np.float64)[t.astype(int)].reshape(-1, 1, 1, 1)
-    z = (m - np.sqrt(ab) * xs) / np.sqrt(1 - ab)
+    ab = np.asarray(SCHED.alpha_bars, np.float64)[np.asarray(t)].reshape(-1, 1, 1, 1)
+    z = (np.asarray(m, np.float64) - np.sqrt(ab) * np.asarray(x, np.float64)) / np.sqrt(1 - ab)
     assert abs(z.mean()) < 0.01 and abs(z.var() - 1) < 0.02
     assert abs(np.corrcoef(z.ravel(), np.asarray(y).ravel())[0, 1]) < 0.01
-    table = np.zeros((S + 1, 3))
-    for tt in np.unique(t).astype(int):
-        sel = t == tt
-        feats = np.stack([m[sel].ravel(), xs[sel].ravel(), np.ones(m[sel].size)], 1)
-        table[tt], *_ = np.linalg.lstsq(feats, target[sel].ravel(), rcond=None)
-    table = jnp.asarray(table, jnp.float32)
-
-    def student(xb):
-        def f(mb, tb):
-            c = table[tb][:, :, None, None, None]
-            return c[:, 0] * mb + c[:, 1] * xb + c[:, 2]
-        return f
 
     _, x_test = draw(64, 22)
     for t0 in (3, 20, 39, 40, 70):

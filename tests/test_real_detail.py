@@ -113,3 +113,31 @@ def test_own_start_example_is_the_late_start_taught_exactly():
     np.testing.assert_allclose(np.asarray(landed), np.asarray(y), atol=2e-3)
     snr = lambda a: a / (1 - a)  # noqa: E731
     np.testing.assert_allclose(np.asarray(weight), snr(ab[99]) / snr(ab[t - 1]), rtol=1e-3)
+
+
+def test_auto_start_settings_come_from_the_config_and_are_checked_once():
+    """factory.auto_start: the shipped models' own (2 and 1, switch 0), an override wins, and a bad
+    factor, a switch outside [0, s] or the auto start on a paper-condition model is a ValueError --
+    through the pipeline too, naming the model."""
+    from diffraw_jax.checkpoints import weights
+    from diffraw_jax.inference import DiffRAWPipeline
+    from diffraw_jax.models import factory
+
+    teacher = weights.load_config("pretrained/demo")
+    assert factory.auto_start(teacher) == (2.0, 0)
+    assert factory.auto_start(weights.load_config("pretrained/distill-1")) == (1.0, 0)
+    assert factory.auto_start(teacher, 3, 40) == (3.0, 40)
+    for factor, switch, message in ((0, None, "start_noise_factor must be > 0"), (None, 101, "start_switch must be in"),
+                                    (None, -1, "start_switch must be in")):
+        with pytest.raises(ValueError, match=message):
+            factory.auto_start(teacher, factor, switch)
+    paper = weights.load_config("pretrained/paper-demo")
+    assert factory.auto_start(paper, used=False) == (1.0, 0)
+    with pytest.raises(ValueError, match="not a calibrated model"):
+        factory.auto_start(paper)
+    with pytest.raises(ValueError, match="pretrained/paper-demo: start 'auto'"):
+        DiffRAWPipeline.from_checkpoint("pretrained/paper-demo", start="auto")
+    with pytest.raises(ValueError, match="pretrained/demo: start_noise_factor must be > 0"):
+        DiffRAWPipeline.from_checkpoint("pretrained/demo", start_noise_factor=-1)
+    pipe = DiffRAWPipeline.from_checkpoint("pretrained/demo", start_noise_factor=3, start_switch=40)
+    assert (pipe.auto_start, pipe.start_noise_factor, pipe.start_switch) == (True, 3.0, 40)

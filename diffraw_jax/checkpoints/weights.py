@@ -305,9 +305,9 @@ def _write_weights(loaded: LoadedModel, out: epath.Path, source: str) -> dict:
     if loaded.config.task == "diffraw":
         st = loaded.sampler_settings()
         manifest["sampler"] = {"method": st.method, "num_steps": st.num_steps, "s": st.s, "label": st.label,
-                               "start": str(loaded.config.sample.get("start", "")) or "s",
-                               "start_noise_factor": float(loaded.config.sample.get("start_noise_factor", 1.0)),
-                               "start_switch": int(loaded.config.sample.get("start_switch", 0))}
+                               "start": loaded.config.sample.start or "s",
+                               "start_noise_factor": float(loaded.config.sample.start_noise_factor),
+                               "start_switch": int(loaded.config.sample.start_switch)}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return manifest
 
@@ -336,13 +336,6 @@ def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: 
     config = loaded.config.copy_and_resolve_references()
     if sample_start is not None and sample_start not in ("", "auto"):
         raise ValueError(f"sample_start must be '' (start at s) or 'auto', got {sample_start!r}")
-    if start_noise_factor is not None and not float(start_noise_factor) > 0:
-        raise ValueError(f"start_noise_factor must be > 0, got {start_noise_factor}")
-    if start_switch is not None and not 0 <= int(start_switch) <= int(config.diffusion.s):
-        raise ValueError(f"start_switch must be in [0, s={int(config.diffusion.s)}] (0: never), got {start_switch}")
-    if sample_start == "auto" and factory.model_condition(config) != "calibrated":
-        raise ValueError("sample_start 'auto' measures the noise of the calibrated condition; "
-                         f"{path} is not a calibrated model")
     overrides = {"method": sample_method, "num_steps": None if sample_num_steps is None else int(sample_num_steps),
                  "start": sample_start,
                  "start_noise_factor": None if start_noise_factor is None else float(start_noise_factor),
@@ -353,6 +346,10 @@ def export_weights(path: str, out: str, *, step: Optional[int] = None, use_ema: 
                 if value is not None:
                     config.sample[key] = value
         factory.sampler_settings(config)  # validate
+        try:
+            factory.auto_start(config, used=config.sample.start == "auto")
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     config.color_net.workdir = COLOR_NET_DIR if loaded.color_net is not None else ""
     loaded = dataclasses.replace(loaded, config=config)
     out.parent.mkdir(parents=True, exist_ok=True)

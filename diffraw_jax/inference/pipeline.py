@@ -133,13 +133,14 @@ class DiffRAWPipeline:
         if color == "g":
             loaded.color_net = weights.find_color_net(loaded.config, path)
         if start is None:  # the model's own: sample.start ("" = s, "auto")
-            start = str(loaded.config.sample.get("start", "")) or None
+            start = loaded.config.sample.start or None
         auto = isinstance(start, str)
         if auto and start != "auto":
             raise ValueError(f"start must be a step or 'auto', got {start!r}")
-        if auto and loaded.condition != "calibrated":
-            raise ValueError("start 'auto' measures the noise of the calibrated condition; "
-                             f"{path} is not a calibrated model")
+        try:
+            auto_settings = factory.auto_start(loaded.config, start_noise_factor, start_switch, used=auto)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         settings = loaded.sampler_settings(method, num_steps, other_than_distilled=other_sampler,
                                            start=None if auto else start)
         if isinstance(tile, str):
@@ -159,16 +160,7 @@ class DiffRAWPipeline:
                    tile=tile, overlap=overlap, batch=batch, config=loaded.config, step=loaded.step,
                    condition=loaded.condition)
         pipe.auto_start = auto
-        if start_noise_factor is None:
-            start_noise_factor = loaded.config.sample.get("start_noise_factor", 1.0)
-        if not float(start_noise_factor) > 0:
-            raise ValueError(f"start_noise_factor must be > 0, got {start_noise_factor}")
-        pipe.start_noise_factor = float(start_noise_factor)
-        if start_switch is None:
-            start_switch = loaded.config.sample.get("start_switch", 0)
-        if not 0 <= int(start_switch) <= settings.s:
-            raise ValueError(f"start_switch must be in [0, s={settings.s}] (0: never), got {start_switch}")
-        pipe.start_switch = int(start_switch)
+        pipe.start_noise_factor, pipe.start_switch = auto_settings
         return pipe
 
     def _check_tile(self, tile: Tuple[int, int]) -> None:

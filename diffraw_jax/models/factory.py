@@ -182,6 +182,26 @@ def count_params(tree: Any) -> int:
     return int(sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree)))
 
 
+def auto_start(config, start_noise_factor: Optional[float] = None, start_switch: Optional[int] = None,
+               *, used: bool = True) -> tuple[float, int]:
+    """The file-dependent start's settings (docs/real-detail.md "The file-dependent sampler"):
+    (start_noise_factor, start_switch), each the override or the config's ``sample`` field; the one
+    validator. ValueError for a factor <= 0, a switch outside [0, s] (0: never), or -- when
+    ``used`` (the auto start is asked for) -- a model without the calibrated condition, whose noise
+    it measures."""
+    factor = float(config.sample.start_noise_factor if start_noise_factor is None else start_noise_factor)
+    switch = int(config.sample.start_switch if start_switch is None else start_switch)
+    s = int(config.diffusion.s)
+    if not factor > 0:
+        raise ValueError(f"start_noise_factor must be > 0, got {factor}")
+    if not 0 <= switch <= s:
+        raise ValueError(f"start_switch must be in [0, s={s}] (0: never), got {switch}")
+    if used and model_condition(config) != "calibrated":
+        raise ValueError("start 'auto' measures the noise of the calibrated condition; this is not a "
+                         "calibrated model")
+    return factor, switch
+
+
 def is_distilled(config) -> bool:
     """True for a progressively distilled student (``distill.teacher`` set)."""
     return bool(config.distill.teacher)
